@@ -1,0 +1,23 @@
+"""targetprop: target propagation via regularized inversion for recurrent networks.
+
+The layers look and load like ``torch.nn`` recurrent layers; after ``loss.backward()`` their
+parameters' ``.grad`` hold the target-propagation direction (Roulet & Harchaoui, eqs. 1–3).
+"""
+from .activations import ACTIVATIONS, get_activation
+from .init import orthogonal_, orthogonal_init_
+from .inverse import RegularizedInverseError, inverse_operator, invert_step
+from .rnn import TPRNN
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TPRNN",
+    "orthogonal_",
+    "orthogonal_init_",
+    "inverse_operator",
+    "invert_step",
+    "RegularizedInverseError",
+    "ACTIVATIONS",
+    "get_activation",
+    "__version__",
+]

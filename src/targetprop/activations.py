@@ -1,0 +1,162 @@
+"""Activations of the recurrent step and the pieces of them TP needs.
+
+Each activation ``a`` provides, all evaluated from the *output* ``y = a(u)`` so that
+no pre-activation has to be stored (DESIGN.md §2):
+
+* ``apply_``: ``a`` applied in place (used by our own forward loop);
+* ``derivative(y)``: ``a'(u)`` exactly, used by BP and by eq. (3)'s parameter directions;
+* ``project(y, tol)``: ``π``, the projection onto the range of ``a`` shrunk by ``tol``;
+* ``inverse(y)``: ``a⁻¹`` on that range;
+* ``inverse_derivative(y, tol)``: the derivative of ``a⁻¹ ∘ π`` at ``y`` taken as
+  ``1 / a'(a⁻¹(π(y)))``, the diagonal factor of the linearized inverse in eq. (2).
+
+ReLU convention: its range is ``[0, ∞)`` and ``a⁻¹`` is the identity there. A unit that is
+off (``y = 0``) has ``a'(u) = 0`` and no finite inverse derivative; we pass *no*
+displacement through it (``inverse_derivative = 1{y > 0}``), which is the derivative of
+``a⁻¹ ∘ π`` on the side of the kink where ``π`` is constant.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Activation:
+    """Base class; subclasses implement the maths of one activation."""
+
+    name: str = ""
+    #: name of PyTorch's native RNN kernel for this activation, or None (own loop)
+    native_kernel: str | None = None
+
+    def apply_(self, u: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def derivative(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def project(self, y: Tensor, tol: float) -> Tensor:
+        raise NotImplementedError
+
+    def project_(self, y: Tensor, tol: float) -> Tensor:
+        return y.copy_(self.project(y, tol))
+
+    def inverse(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def inverse_(self, y: Tensor) -> Tensor:
+        return y.copy_(self.inverse(y))
+
+    def inverse_derivative(self, y: Tensor, tol: float) -> Tensor:
+        return self.derivative(self.project(y, tol)).reciprocal_()
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+class Tanh(Activation):
+    name = "tanh"
+    native_kernel = "rnn_tanh"
+
+    def apply_(self, u):
+        return u.tanh_()
+
+    def derivative(self, y):
+        return 1.0 - y * y
+
+    def project(self, y, tol):
+        return y.clamp(-1.0 + tol, 1.0 - tol)
+
+    def project_(self, y, tol):
+        return y.clamp_(-1.0 + tol, 1.0 - tol)
+
+    def inverse(self, y):
+        return torch.atanh(y)
+
+    def inverse_(self, y):
+        return y.atanh_()
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+    def apply_(self, u):
+        return u.sigmoid_()
+
+    def derivative(self, y):
+        return y * (1.0 - y)
+
+    def project(self, y, tol):
+        return y.clamp(tol, 1.0 - tol)
+
+    def project_(self, y, tol):
+        return y.clamp_(tol, 1.0 - tol)
+
+    def inverse(self, y):
+        return torch.logit(y)
+
+    def inverse_(self, y):
+        return y.logit_()
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def apply_(self, u):
+        return u
+
+    def derivative(self, y):
+        return torch.ones_like(y)
+
+    def project(self, y, tol):
+        return y
+
+    def project_(self, y, tol):
+        return y
+
+    def inverse(self, y):
+        return y
+
+    def inverse_(self, y):
+        return y
+
+    def inverse_derivative(self, y, tol):
+        return torch.ones_like(y)
+
+
+class ReLU(Activation):
+    name = "relu"
+    native_kernel = "rnn_relu"
+
+    def apply_(self, u):
+        return u.relu_()
+
+    def derivative(self, y):
+        return (y > 0).to(y.dtype)
+
+    def project(self, y, tol):
+        return y.clamp(min=0.0)
+
+    def project_(self, y, tol):
+        return y.clamp_(min=0.0)
+
+    def inverse(self, y):
+        return y
+
+    def inverse_(self, y):
+        return y
+
+    def inverse_derivative(self, y, tol):
+        return (y > 0).to(y.dtype)
+
+
+ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (Tanh(), Sigmoid(), Identity(), ReLU())}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called ``name``; a ``ValueError`` lists the allowed names otherwise."""
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"nonlinearity must be one of {sorted(ACTIVATIONS)}, got {name!r}"
+        ) from None

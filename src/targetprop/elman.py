@@ -1,0 +1,182 @@
+"""The Elman cell: its forward pass, its TP rules and its parameter directions.
+
+Step (row vectors, time-major): ``u_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh``,
+``h_t = a(u_t)``. Index letters: T steps, B batch rows, d inputs, p hidden units.
+
+Rules (DESIGN.md §2; ``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ``, ``π`` the projection on a's range):
+
+=============  =====================================================================
+``bp``          ``R = (λ_t ⊙ a'(u_t)) W_hh``                          (the adjoint)
+``linearized``  ``R = (λ_t ⊘ a'(u_t)) Mᵀ``, a' read from ``π(h_t)``    (eq. 2)
+``difference``  ``R = (a⁻¹(π(h_t+λ_t)) − a⁻¹(π(h_t))) Mᵀ``             (Lee et al. 2015)
+``direct``      ``R = f⁻¹(h_t+λ_t) − h_{t-1}``                          (plain inverse)
+=============  =====================================================================
+
+Parameter directions (eq. 3) with ``δ_t = a'(u_t) ⊙ (−λ_t)`` stacked over all t:
+``grad W_hh = Σ_t δ_tᵀ h_{t-1}``, ``grad W_ih = Σ_t δ_tᵀ x_t``, ``grad b = Σ_t δ_t``, each one
+matrix product after the recursion; the input receives ``δ_t W_ih`` and ``h_0`` receives ``−λ_0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from .activations import Activation
+from .inverse import inverse_operator
+from .rules import register
+
+CELL = "elman"
+
+
+def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+            b_hh: Tensor | None, activation: Activation) -> Tensor:
+    """All hidden states ``h_1..h_T`` (T, B, p) for time-major ``x`` (T, B, d) and ``h0`` (B, p)."""
+    has_bias = b_ih is not None
+    if activation.native_kernel is not None:
+        params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else [])
+        kernel = getattr(torch, activation.native_kernel)
+        out, _ = kernel(x, h0.unsqueeze(0), params, has_bias, 1, 0.0, False, False, False)
+        return out
+    # Own loop for activations PyTorch has no kernel for: one input projection for all
+    # steps up front, then one in-place addmm and activation per step.
+    T, B, d = x.shape
+    flat = x.reshape(T * B, d)
+    out = torch.addmm(b_ih + b_hh, flat, w_ih.T) if has_bias else flat @ w_ih.T
+    out = out.view(T, B, -1)
+    h = h0
+    for t in range(T):
+        activation.apply_(out[t].addmm_(h, w_hh.T))
+        h = out[t]
+    return out
+
+
+@dataclass
+class ElmanTape:
+    """What the forward pass keeps for the backward: inputs, weights and hidden states."""
+
+    x: Tensor  # (T, B, d)
+    h0: Tensor  # (B, p)
+    out: Tensor  # (T, B, p): h_1..h_T
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None
+    bias_hh: Tensor | None
+    activation: Activation
+
+    def h_prev(self, t: int) -> Tensor:
+        """``h_{t-1}`` for t = 1..T."""
+        return self.h0 if t == 1 else self.out[t - 2]
+
+    @cached_property
+    def derivative(self) -> Tensor:
+        """``a'(u_t)`` for all t, exact (no projection): (T, B, p)."""
+        return self.activation.derivative(self.out)
+
+    @cached_property
+    def input_projection(self) -> Tensor:
+        """``x_t W_ihᵀ + b_ih + b_hh`` for all t: (T, B, p)."""
+        T, B, d = self.x.shape
+        flat = self.x.reshape(T * B, d)
+        if self.bias_ih is None:
+            return (flat @ self.weight_ih.T).view(T, B, -1)
+        return torch.addmm(self.bias_ih + self.bias_hh, flat, self.weight_ih.T).view(T, B, -1)
+
+    def work_buffer(self) -> Tensor:
+        return self.out.new_empty(self.out.shape[1:])
+
+    def adjoint_step(self):
+        """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
+        deriv, w_hh, buf = self.derivative, self.weight_hh, self.work_buffer()
+
+        def step(t, lam_t, out):
+            torch.mul(lam_t, deriv[t - 1], out=buf)
+            out.addmm_(buf, w_hh)
+
+        return step
+
+    def directions(self, lam: Tensor, needs: tuple[bool, ...]):
+        """Eq. (3) from the displacements: grads of (x, h0, W_ih, W_hh, b_ih, b_hh).
+
+        ``lam`` (T+1, B, p) is consumed (overwritten in place).
+        """
+        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
+        T, B, p = self.out.shape
+        d = self.x.shape[-1]
+        grad_h0 = lam[0].neg() if need_h0 else None
+        # P = a'(u) ⊙ λ = −δ, in place over λ_1..λ_T; signs are fixed on the small results.
+        P = lam[1:].mul_(self.derivative)
+        flat = P.view(T * B, p)
+        grad_x = (P @ self.weight_ih).neg_() if need_x else None
+        grad_wih = (flat.T @ self.x.reshape(T * B, d)).neg_() if need_wih else None
+        grad_whh = None
+        if need_whh:
+            grad_whh = P[0].T @ self.h0
+            if T > 1:
+                grad_whh.addmm_(P[1:].reshape((T - 1) * B, p).T, self.out[:-1].reshape((T - 1) * B, p))
+            grad_whh.neg_()
+        grad_b = flat.sum(0).neg_() if (need_bih or need_bhh) else None
+        grad_bih = grad_b if need_bih else None
+        grad_bhh = (grad_b.clone() if need_bih else grad_b) if need_bhh else None
+        return grad_x, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh
+
+
+@register(CELL, "bp")
+class BP:
+    uses_target_step = False
+
+    def prepare(self, tape: ElmanTape, config):
+        return tape.adjoint_step()
+
+
+class _InverseRule:
+    uses_target_step = True
+
+    def prepare(self, tape: ElmanTape, config):
+        return self._step(tape, config, inverse_operator(tape.weight_hh, config.reg).T, tape.work_buffer())
+
+
+@register(CELL, "linearized")
+class Linearized(_InverseRule):
+    def _step(self, tape, config, mt, buf):
+        inv_deriv = tape.activation.inverse_derivative(tape.out, config.tol)
+
+        def step(t, lam_t, out):
+            torch.mul(lam_t, inv_deriv[t - 1], out=buf)
+            out.addmm_(buf, mt)
+
+        return step
+
+
+def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Tensor) -> Tensor:
+    """``buf ← a⁻¹(π(h_t + λ_t))``."""
+    torch.add(h_t, lam_t, out=buf)
+    return act.inverse_(act.project_(buf, tol))
+
+
+@register(CELL, "difference")
+class Difference(_InverseRule):
+    def _step(self, tape, config, mt, buf):
+        act, tol, H = tape.activation, config.tol, tape.out
+        base = act.inverse(act.project(H, tol))
+
+        def step(t, lam_t, out):
+            _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(base[t - 1])
+            out.addmm_(buf, mt)
+
+        return step
+
+
+@register(CELL, "direct")
+class Direct(_InverseRule):
+    def _step(self, tape, config, mt, buf):
+        act, tol, H = tape.activation, config.tol, tape.out
+        proj = tape.input_projection
+
+        def step(t, lam_t, out):
+            _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(proj[t - 1])
+            out.sub_(tape.h_prev(t)).addmm_(buf, mt)
+
+        return step

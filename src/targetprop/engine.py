@@ -1,0 +1,68 @@
+"""The backward pass through time, shared by every rule and every cell (paper, Section 3).
+
+Displacements ``λ_t = v_t − h_t`` (t = 0..T) are stored time-major in one (T+1, B, p) buffer.
+It is first filled with the injected loss gradients, ``λ_t ← −s·g_t`` where ``g_t = ∂ℓ/∂h_t``
+is the loss's direct dependence on ``h_t`` and ``s = γ_h`` (``s = 1`` for ``bp``), eq. (1);
+then, for t = T..1, the rule adds ``R(λ_t, t)`` into ``λ_{t-1}``, eq. (2). Nothing is
+allocated inside the loop: rules precompute every per-step factor before it.
+
+With ``through_time=True`` (the authors' public code) the targets ``v_t`` are the same, but the
+parameter direction is the gradient of ``Σ_t ½‖h_t − v_t‖²`` back-propagated through the
+whole recurrence: a second, BP-like recursion whose injected gradients are ``−λ_t``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import rules
+
+
+@dataclass(frozen=True)
+class TPConfig:
+    """Hyper-parameters of one backward pass (validated by the module that builds it)."""
+
+    cell: str
+    rule: str
+    activation: object
+    reg: float
+    target_step: float
+    tol: float
+    through_time: bool = False
+
+
+def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tensor:
+    """The (T+1, B, p) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0."""
+    T, B, p = grad_output.shape
+    lam = grad_output.new_empty(T + 1, B, p)
+    lam[0].zero_()
+    torch.mul(grad_output, -scale, out=lam[1:])
+    if grad_last is not None:
+        lam[T].add_(grad_last, alpha=-scale)
+    return lam
+
+
+def propagate(step: rules.Step, lam: Tensor) -> Tensor:
+    """Run ``λ_{t-1} += R(λ_t, t)`` for t = T..1 in place on ``lam`` (T+1, B, p)."""
+    for t in range(lam.shape[0] - 1, 0, -1):
+        step(t, lam[t], lam[t - 1])
+    return lam
+
+
+def displacements(tape, grad_output: Tensor, grad_last: Tensor | None, config: TPConfig) -> Tensor:
+    """The displacements whose negation drives every parameter direction (eq. 3).
+
+    Returns the (T+1, B, p) buffer ``λ`` of eqs. (1)–(2) or, with ``through_time``, the
+    (negated) adjoints of ``Σ_t ½‖h_t − v_t‖²`` through the unrolled recurrence.
+    """
+    rule = rules.get_rule(config.cell, config.rule)
+    scale = config.target_step if rule.uses_target_step else 1.0
+    lam = propagate(rule.prepare(tape, config), inject(grad_output, grad_last, scale))
+    if config.through_time and config.rule != "bp":
+        # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss.
+        nu = lam.clone()
+        nu[0].zero_()
+        lam = propagate(tape.adjoint_step(), nu)
+    return lam

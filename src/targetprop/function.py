@@ -1,0 +1,33 @@
+"""Autograd glue: the TP layer as a ``torch.autograd.Function``.
+
+Forward runs the cell's forward kernel without building a graph and keeps only the hidden
+states; backward turns the incoming ``grad_output`` / ``grad_h_n`` into displacements
+(:mod:`targetprop.engine`) and returns the parameter directions of eq. (3) as the parameters'
+gradients, so autograd accumulates them into ``.grad`` like any gradient (optimizers, DDP
+all-reduce and gradient accumulation see nothing special).
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import elman, engine
+
+
+class ElmanTPFunction(torch.autograd.Function):
+    """``(config, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``."""
+
+    @staticmethod
+    def forward(ctx, config, x, h0, w_ih, w_hh, b_ih, b_hh):
+        out = elman.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation)
+        ctx.config = config
+        ctx.save_for_backward(x, h0, out, w_ih, w_hh, b_ih, b_hh)
+        return out, out[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_hn):
+        x, h0, out, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+        tape = elman.ElmanTape(x, h0, out, w_ih, w_hh, b_ih, b_hh, ctx.config.activation)
+        lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
+        return (None, *tape.directions(lam, ctx.needs_input_grad[1:]))

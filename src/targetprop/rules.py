@@ -1,0 +1,61 @@
+"""Registry of target-propagation rules, per cell.
+
+A *rule* says how a displacement ``λ_t = v_t − h_t`` travels one step back in time
+(DESIGN.md §2): ``λ_{t-1} = R(λ_t, t) − γ_h g_{t-1}``. Each cell registers the rules it
+supports; the through-time engine (:mod:`targetprop.engine`) is the same for all of them.
+
+A registered rule is an object with
+
+* ``uses_target_step``: whether ``γ_h`` scales the injected loss gradients (False for ``bp``,
+  whose displacements are the negated exact adjoints);
+* ``prepare(tape, config) -> step``: everything that does not depend on ``λ`` computed once,
+  for all steps at once; ``step(t, lam_t, out)`` then *adds* ``R(λ_t, t)`` into ``out``
+  (which already holds the injected ``−γ_h g_{t-1}``) without allocating.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from torch import Tensor
+
+Step = Callable[[int, Tensor, Tensor], None]
+
+#: every rule name the library knows, in the order the docs list them
+RULE_NAMES = ("bp", "linearized", "difference", "direct", "learned")
+
+
+class Rule(Protocol):
+    uses_target_step: bool
+
+    def prepare(self, tape, config) -> Step: ...
+
+
+_REGISTRY: dict[str, dict[str, Rule]] = {}
+
+
+def register(cell: str, name: str):
+    """Class decorator: register an instance of the class as rule ``name`` of ``cell``."""
+
+    def deco(cls):
+        _REGISTRY.setdefault(cell, {})[name] = cls()
+        return cls
+
+    return deco
+
+
+def available(cell: str) -> tuple[str, ...]:
+    return tuple(n for n in RULE_NAMES if n in _REGISTRY.get(cell, {}))
+
+
+def check_rule_name(cell: str, name: str) -> str:
+    """``name`` if ``cell`` supports it; a ``ValueError`` naming the allowed rules otherwise."""
+    if name not in _REGISTRY.get(cell, {}):
+        hint = ""
+        if name in RULE_NAMES:
+            hint = f" ({name!r} is not defined for the {cell} cell)"
+        raise ValueError(f"rule must be one of {list(available(cell))}, got {name!r}{hint}")
+    return name
+
+
+def get_rule(cell: str, name: str) -> Rule:
+    return _REGISTRY[cell][check_rule_name(cell, name)]
