@@ -33,9 +33,13 @@ def inverse_operator(weight_hh: Tensor, reg: float, name: str = "weight_hh_l0") 
     chol, info = torch.linalg.cholesky_ex(gram)
     m = torch.cholesky_solve(weight_hh.T.contiguous(), chol) if int(info) == 0 else None
     if m is None or not bool(torch.isfinite(m).all()):
+        if reg > 0:
+            why = (f"{name} has entries up to {weight_hh.abs().max().item():.3g} in {weight_hh.dtype}, "
+                   f"too large for the factorization (has training diverged? try smaller step sizes)")
+        else:
+            why = "the matrix is singular or not positive definite. Use a positive reg (e.g. reg=1.0)"
         raise RegularizedInverseError(
-            f"Cholesky factorization of {name}ᵀ·{name} + reg·I (p={p}, reg={reg:g}) failed: the "
-            f"matrix is singular or not positive definite. Use a positive reg (e.g. reg=1.0)."
+            f"Cholesky factorization of {name}ᵀ·{name} + reg·I (p={p}, reg={reg:g}) failed: {why}."
         )
     return m
 
