@@ -7,8 +7,11 @@ no pre-activation has to be stored (DESIGN.md §2):
 * ``derivative(y)``: ``a'(u)`` exactly, used by BP and by eq. (3)'s parameter directions;
 * ``project(y, tol)``: ``π``, the projection onto the range of ``a`` shrunk by ``tol``;
 * ``inverse(y)``: ``a⁻¹`` on that range;
-* ``inverse_derivative(y, tol)``: the derivative of ``a⁻¹ ∘ π`` at ``y`` taken as
-  ``1 / a'(a⁻¹(π(y)))``, the diagonal factor of the linearized inverse in eq. (2).
+* ``inverse_derivative(deriv, tol)``: from ``deriv = a'(u)``, the derivative of ``a⁻¹ ∘ π``
+  at ``y`` taken as ``1 / a'(a⁻¹(π(y)))``, the diagonal factor of the linearized inverse in
+  eq. (2). For tanh and sigmoid, ``a'(a⁻¹(π(y))) = max(a'(u), floor(tol))`` exactly (``a'`` is
+  monotone in the distance of ``y`` to the range's ends), so one clamp of the already computed
+  derivative suffices.
 
 ReLU convention: its range is ``[0, ∞)`` and ``a⁻¹`` is the identity there. A unit that is
 off (``y = 0``) has ``a'(u) = 0`` and no finite inverse derivative; we pass *no*
@@ -46,8 +49,12 @@ class Activation:
     def inverse_(self, y: Tensor) -> Tensor:
         return y.copy_(self.inverse(y))
 
-    def inverse_derivative(self, y: Tensor, tol: float) -> Tensor:
-        return self.derivative(self.project(y, tol)).reciprocal_()
+    def derivative_floor(self, tol: float) -> float:
+        """``a'`` at the ends of the range shrunk by ``tol``."""
+        raise NotImplementedError
+
+    def inverse_derivative(self, deriv: Tensor, tol: float) -> Tensor:
+        return torch.clamp_min(deriv, self.derivative_floor(tol)).reciprocal_()
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -61,7 +68,10 @@ class Tanh(Activation):
         return u.tanh_()
 
     def derivative(self, y):
-        return 1.0 - y * y
+        return torch.addcmul(y.new_ones(()), y, y, value=-1.0)  # 1 − y², one pass
+
+    def derivative_floor(self, tol):
+        return 1.0 - (1.0 - tol) ** 2
 
     def project(self, y, tol):
         return y.clamp(-1.0 + tol, 1.0 - tol)
@@ -83,7 +93,10 @@ class Sigmoid(Activation):
         return u.sigmoid_()
 
     def derivative(self, y):
-        return y * (1.0 - y)
+        return torch.addcmul(y, y, y, value=-1.0)  # y − y², one pass
+
+    def derivative_floor(self, tol):
+        return tol * (1.0 - tol)
 
     def project(self, y, tol):
         return y.clamp(tol, 1.0 - tol)
@@ -119,8 +132,8 @@ class Identity(Activation):
     def inverse_(self, y):
         return y
 
-    def inverse_derivative(self, y, tol):
-        return torch.ones_like(y)
+    def inverse_derivative(self, deriv, tol):
+        return deriv
 
 
 class ReLU(Activation):
@@ -145,8 +158,8 @@ class ReLU(Activation):
     def inverse_(self, y):
         return y
 
-    def inverse_derivative(self, y, tol):
-        return (y > 0).to(y.dtype)
+    def inverse_derivative(self, deriv, tol):
+        return deriv  # 1{y > 0}: off units pass no displacement
 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (Tanh(), Sigmoid(), Identity(), ReLU())}

@@ -89,7 +89,7 @@ class ElmanTape:
 
     def adjoint_step(self):
         """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
-        deriv, w_hh, buf = self.derivative, self.weight_hh, self.work_buffer()
+        deriv, w_hh, buf = self.derivative.unbind(0), self.weight_hh, self.work_buffer()
 
         def step(t, lam_t, out):
             torch.mul(lam_t, deriv[t - 1], out=buf)
@@ -141,7 +141,7 @@ class _InverseRule:
 @register(CELL, "linearized")
 class Linearized(_InverseRule):
     def _step(self, tape, config, mt, buf):
-        inv_deriv = tape.activation.inverse_derivative(tape.out, config.tol)
+        inv_deriv = tape.activation.inverse_derivative(tape.derivative, config.tol).unbind(0)
 
         def step(t, lam_t, out):
             torch.mul(lam_t, inv_deriv[t - 1], out=buf)
@@ -159,8 +159,8 @@ def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Ten
 @register(CELL, "difference")
 class Difference(_InverseRule):
     def _step(self, tape, config, mt, buf):
-        act, tol, H = tape.activation, config.tol, tape.out
-        base = act.inverse(act.project(H, tol))
+        act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
+        base = act.inverse_(act.project(tape.out, tol)).unbind(0)
 
         def step(t, lam_t, out):
             _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(base[t - 1])
@@ -172,8 +172,8 @@ class Difference(_InverseRule):
 @register(CELL, "direct")
 class Direct(_InverseRule):
     def _step(self, tape, config, mt, buf):
-        act, tol, H = tape.activation, config.tol, tape.out
-        proj = tape.input_projection
+        act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
+        proj = tape.input_projection.unbind(0)
 
         def step(t, lam_t, out):
             _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(proj[t - 1])

@@ -46,8 +46,9 @@ def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tenso
 
 def propagate(step: rules.Step, lam: Tensor) -> Tensor:
     """Run ``λ_{t-1} += R(λ_t, t)`` for t = T..1 in place on ``lam`` (T+1, B, p)."""
-    for t in range(lam.shape[0] - 1, 0, -1):
-        step(t, lam[t], lam[t - 1])
+    rows = lam.unbind(0)  # per-step views made once, not per step
+    for t in range(len(rows) - 1, 0, -1):
+        step(t, rows[t], rows[t - 1])
     return lam
 
 
