@@ -41,13 +41,15 @@ def test_state_dict_round_trip_with_torch_rnn():
     torch.nn.RNN(3, 5, bias=False).load_state_dict(no_bias.state_dict())
 
 
-@pytest.mark.parametrize("T,B,p", [(1, 1, 1), (1, 3, 4), (5, 1, 1), (4, 2, 3)])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("T,B,p", [(1, 1, 1), (1, 3, 4), (5, 1, 1), (4, 2, 3), (3, 5, 37), (2, 3, 70)])
 @pytest.mark.parametrize("rule", ["bp", "linearized", "difference", "direct"])
-def test_odd_shapes_match_reference(T, B, p, rule):
+def test_odd_shapes_match_reference(T, B, p, rule, backend):
+    """Odd sizes, including widths that exercise every register block of the compiled loops."""
     from test_rules import reference_run
 
     layer, x, h0, C, Cn = make_problem("tanh", B=B, T=T, d=2, p=p, seed=T * 100 + B * 10 + p)
-    layer.rule = rule
+    layer.rule, layer.backend = rule, backend
     grads, gx, gh0, _, _ = run_layer(layer, x, h0, C, Cn)
     rgrads, rgx, rgh0, _ = reference_run(layer, rule, x, h0, C, Cn)
     for k in grads:
@@ -75,12 +77,13 @@ def test_non_contiguous_input_and_unbatched_gradients():
         assert_rel(g_unb[k], g_b1[k], where="unbatched vs batch of one")
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("rule", ["bp", "linearized", "difference", "direct"])
-def test_float32_agrees_with_float64(rule):
+def test_float32_agrees_with_float64(rule, backend):
     layer, x, h0, C, Cn = make_problem("tanh", T=20, seed=4)
     layer.rule = rule
     g64 = run_layer(layer, x, h0, C, Cn)[0]
-    layer32 = TPRNN(2, 4, rule=rule)
+    layer32 = TPRNN(2, 4, rule=rule, backend=backend)
     layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
     g32 = run_layer(layer32, x.float(), h0.float(), C.float(), Cn.float())[0]
     for k in g64:

@@ -46,15 +46,17 @@ CASES = [
     for act in ("tanh", "sigmoid", "identity")
     for bias in (True, False)
 ]
+BACKENDS = ["torch", "cpp"]  # the pure-PyTorch path and the compiled loops
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule,act,bias", CASES)
-def test_rule_matches_reference_loop(rule, act, bias):
-    layer, x, h0, C, Cn = make_problem(act, bias=bias, seed=hash((rule, act, bias)) % 1000)
-    layer.rule, layer.reg, layer.target_step = rule, 0.7, 0.05
+def test_rule_matches_reference_loop(rule, act, bias, backend):
+    layer, x, h0, C, Cn = make_problem(act, bias=bias, seed=(len(rule) * 7 + len(act) * 3 + bias) % 1000)
+    layer.rule, layer.reg, layer.target_step, layer.backend = rule, 0.7, 0.05, backend
     grads, gx, gh0, out, hn = run_layer(layer, x, h0, C, Cn)
     rgrads, rgx, rgh0, hs = reference_run(layer, rule, x, h0, C, Cn)
-    where = f"{rule}/{act}/bias={bias}"
+    where = f"{rule}/{act}/bias={bias}/{backend}"
     assert_rel(out, torch.stack(hs[1:], 1), where=where + " forward")
     for k in rgrads:
         assert_rel(grads[k], rgrads[k], where=f"{where} {k}")
@@ -74,11 +76,12 @@ def test_rule_is_not_bp():
     assert (tp - bp).norm() / bp.norm() > 1e-2
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("with_h0", [True, False])
-def test_bp_rule_equals_torch_rnn_autograd(batch_first, with_h0):
+def test_bp_rule_equals_torch_rnn_autograd(batch_first, with_h0, backend):
     layer, x, h0, C, Cn = make_problem("tanh", T=9, seed=3)
-    layer.rule, layer.batch_first = "bp", batch_first
+    layer.rule, layer.batch_first, layer.backend = "bp", batch_first, backend
     rnn = torch.nn.RNN(2, 4, batch_first=batch_first, dtype=D64)
     rnn.load_state_dict(layer.state_dict())
     xin = x if batch_first else x.transpose(0, 1).contiguous()
@@ -100,11 +103,12 @@ def test_bp_rule_equals_torch_rnn_autograd(batch_first, with_h0):
         assert_rel(h1, h2, where="bp vs nn.RNN h0 grad")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", ["linearized", "difference", "direct"])
-def test_through_time_is_bp_of_target_losses(rule):
+def test_through_time_is_bp_of_target_losses(rule, backend):
     """through_time=True: same targets; direction = ∇θ Σ_t ½‖h_t(θ) − v_t‖² through the recurrence."""
     layer, x, h0, C, Cn = make_problem("tanh", T=7, seed=5)
-    layer.rule, layer.through_time, layer.target_step = rule, True, 0.05
+    layer.rule, layer.through_time, layer.target_step, layer.backend = rule, True, 0.05, backend
     grads, gx, gh0, _, _ = run_layer(layer, x, h0, C, Cn)
     _, _, _, hs = reference_run(layer, rule, x, h0, C, Cn)
     P = {k: w.detach() for k, w in layer.named_parameters()}

@@ -3,6 +3,7 @@
 The layers look and load like ``torch.nn`` recurrent layers; after ``loss.backward()`` their
 parameters' ``.grad`` hold the target-propagation direction (Roulet & Harchaoui, eqs. 1–3).
 """
+from . import kernels
 from .activations import ACTIVATIONS, get_activation
 from .init import orthogonal_, orthogonal_init_
 from .inverse import RegularizedInverseError, inverse_operator, invert_step

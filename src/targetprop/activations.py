@@ -7,11 +7,12 @@ no pre-activation has to be stored (DESIGN.md §2):
 * ``derivative(y)``: ``a'(u)`` exactly, used by BP and by eq. (3)'s parameter directions;
 * ``project(y, tol)``: ``π``, the projection onto the range of ``a`` shrunk by ``tol``;
 * ``inverse(y)``: ``a⁻¹`` on that range;
-* ``inverse_derivative(deriv, tol)``: from ``deriv = a'(u)``, the derivative of ``a⁻¹ ∘ π``
-  at ``y`` taken as ``1 / a'(a⁻¹(π(y)))``, the diagonal factor of the linearized inverse in
-  eq. (2). For tanh and sigmoid, ``a'(a⁻¹(π(y))) = max(a'(u), floor(tol))`` exactly (``a'`` is
-  monotone in the distance of ``y`` to the range's ends), so one clamp of the already computed
-  derivative suffices.
+* ``linearized_factor(deriv, tol) -> (factor, divide, floor)``: from ``deriv = a'(u)``, the
+  diagonal factor of the linearized inverse in eq. (2), the derivative of ``a⁻¹ ∘ π`` at ``y``,
+  ``1 / a'(a⁻¹(π(y)))``, as "divide by ``max(factor, floor)``" or "multiply by ``factor``".
+  For tanh and sigmoid, ``a'(a⁻¹(π(y))) = max(a'(u), floor(tol))`` exactly (``a'`` is monotone
+  in the distance of ``y`` to the range's ends), so the already computed derivative suffices;
+  ``inverse_derivative(deriv, tol)`` materializes it.
 
 ReLU convention: its range is ``[0, ∞)`` and ``a⁻¹`` is the identity there. A unit that is
 off (``y = 0``) has ``a'(u) = 0`` and no finite inverse derivative; we pass *no*
@@ -53,8 +54,12 @@ class Activation:
         """``a'`` at the ends of the range shrunk by ``tol``."""
         raise NotImplementedError
 
+    def linearized_factor(self, deriv: Tensor, tol: float) -> tuple[Tensor, bool, float]:
+        return deriv, True, self.derivative_floor(tol)
+
     def inverse_derivative(self, deriv: Tensor, tol: float) -> Tensor:
-        return torch.clamp_min(deriv, self.derivative_floor(tol)).reciprocal_()
+        factor, divide, floor = self.linearized_factor(deriv, tol)
+        return torch.clamp_min(factor, floor).reciprocal_() if divide else factor
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -132,8 +137,8 @@ class Identity(Activation):
     def inverse_(self, y):
         return y
 
-    def inverse_derivative(self, deriv, tol):
-        return deriv
+    def linearized_factor(self, deriv, tol):
+        return deriv, False, 0.0  # a' = 1
 
 
 class ReLU(Activation):
@@ -158,8 +163,8 @@ class ReLU(Activation):
     def inverse_(self, y):
         return y
 
-    def inverse_derivative(self, deriv, tol):
-        return deriv  # 1{y > 0}: off units pass no displacement
+    def linearized_factor(self, deriv, tol):
+        return deriv, False, 0.0  # 1{y > 0}: off units pass no displacement
 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (Tanh(), Sigmoid(), Identity(), ReLU())}

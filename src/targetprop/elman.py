@@ -26,28 +26,42 @@ from torch import Tensor
 
 from .activations import Activation
 from .inverse import inverse_operator
-from .rules import register
+from .rules import Recursion, propagate, register
 
 CELL = "elman"
 
 
+_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # csrc/kernels.cpp
+
+
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """``x_t W_ihᵀ + b_ih + b_hh`` for all t at once: (T, B, p), a new contiguous tensor."""
+    T, B, d = x.shape
+    flat = x.reshape(T * B, d)
+    proj = torch.addmm(b_ih + b_hh, flat, w_ih.T) if b_ih is not None else flat @ w_ih.T
+    return proj.view(T, B, -1)
+
+
 def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-            b_hh: Tensor | None, activation: Activation) -> Tensor:
-    """All hidden states ``h_1..h_T`` (T, B, p) for time-major ``x`` (T, B, d) and ``h0`` (B, p)."""
-    has_bias = b_ih is not None
+            b_hh: Tensor | None, activation: Activation, kernels=None) -> Tensor:
+    """All hidden states ``h_1..h_T`` (T, B, p) for time-major ``x`` (T, B, d) and ``h0`` (B, p).
+
+    With ``kernels`` (the compiled module), a fused loop over one input projection; otherwise
+    PyTorch's native kernel where it has one, else an in-place loop of ``addmm_`` + activation.
+    """
+    if kernels is not None:
+        out = input_projection(x, w_ih, b_ih, b_hh)
+        kernels.elman_forward_(out, h0.contiguous(), w_hh.T.contiguous(), _ACTIVATION_CODES[activation.name])
+        return out
     if activation.native_kernel is not None:
+        has_bias = b_ih is not None
         params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else [])
         kernel = getattr(torch, activation.native_kernel)
         out, _ = kernel(x, h0.unsqueeze(0), params, has_bias, 1, 0.0, False, False, False)
         return out
-    # Own loop for activations PyTorch has no kernel for: one input projection for all
-    # steps up front, then one in-place addmm and activation per step.
-    T, B, d = x.shape
-    flat = x.reshape(T * B, d)
-    out = torch.addmm(b_ih + b_hh, flat, w_ih.T) if has_bias else flat @ w_ih.T
-    out = out.view(T, B, -1)
+    out = input_projection(x, w_ih, b_ih, b_hh)
     h = h0
-    for t in range(T):
+    for t in range(out.shape[0]):
         activation.apply_(out[t].addmm_(h, w_hh.T))
         h = out[t]
     return out
@@ -65,6 +79,7 @@ class ElmanTape:
     bias_ih: Tensor | None
     bias_hh: Tensor | None
     activation: Activation
+    kernels: object = None  # the compiled module, or None for the pure-PyTorch path
 
     def h_prev(self, t: int) -> Tensor:
         """``h_{t-1}`` for t = 1..T."""
@@ -77,25 +92,29 @@ class ElmanTape:
 
     @cached_property
     def input_projection(self) -> Tensor:
-        """``x_t W_ihᵀ + b_ih + b_hh`` for all t: (T, B, p)."""
-        T, B, d = self.x.shape
-        flat = self.x.reshape(T * B, d)
-        if self.bias_ih is None:
-            return (flat @ self.weight_ih.T).view(T, B, -1)
-        return torch.addmm(self.bias_ih + self.bias_hh, flat, self.weight_ih.T).view(T, B, -1)
+        return input_projection(self.x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def work_buffer(self) -> Tensor:
         return self.out.new_empty(self.out.shape[1:])
 
-    def adjoint_step(self):
-        """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
-        deriv, w_hh, buf = self.derivative.unbind(0), self.weight_hh, self.work_buffer()
+    def scaled_recursion(self, factor: Tensor, mat: Tensor, divide: bool, floor: float) -> Recursion:
+        """``λ_{t-1} += (λ_t ⊙ f_t) mat``, or ``(λ_t ⊘ max(f_t, floor)) mat`` if ``divide``."""
+        if self.kernels is not None:
+            mat = mat.contiguous()
+            return lambda lam: self.kernels.scaled_recursion_(lam, factor, mat, divide, floor)
+        if divide:
+            factor = torch.clamp_min(factor, floor).reciprocal_()
+        factors, buf = factor.unbind(0), self.work_buffer()
 
         def step(t, lam_t, out):
-            torch.mul(lam_t, deriv[t - 1], out=buf)
-            out.addmm_(buf, w_hh)
+            torch.mul(lam_t, factors[t - 1], out=buf)
+            out.addmm_(buf, mat)
 
-        return step
+        return lambda lam: propagate(step, lam)
+
+    def adjoint_recursion(self) -> Recursion:
+        """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
+        return self.scaled_recursion(self.derivative, self.weight_hh, False, 0.0)
 
     def directions(self, lam: Tensor, needs: tuple[bool, ...]):
         """Eq. (3) from the displacements: grads of (x, h0, W_ih, W_hh, b_ih, b_hh).
@@ -128,26 +147,26 @@ class BP:
     uses_target_step = False
 
     def prepare(self, tape: ElmanTape, config):
-        return tape.adjoint_step()
-
-
-class _InverseRule:
-    uses_target_step = True
-
-    def prepare(self, tape: ElmanTape, config):
-        return self._step(tape, config, inverse_operator(tape.weight_hh, config.reg).T, tape.work_buffer())
+        return tape.adjoint_recursion()
 
 
 @register(CELL, "linearized")
-class Linearized(_InverseRule):
-    def _step(self, tape, config, mt, buf):
-        inv_deriv = tape.activation.inverse_derivative(tape.derivative, config.tol).unbind(0)
+class Linearized:
+    uses_target_step = True
 
-        def step(t, lam_t, out):
-            torch.mul(lam_t, inv_deriv[t - 1], out=buf)
-            out.addmm_(buf, mt)
+    def prepare(self, tape: ElmanTape, config):
+        factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
+        return tape.scaled_recursion(factor, inverse_operator(tape.weight_hh, config.reg).T, divide, floor)
 
-        return step
+
+class _StepwiseInverseRule:
+    """Rules whose step is not a scaled product: a Python loop of in-place ops per step."""
+
+    uses_target_step = True
+
+    def prepare(self, tape: ElmanTape, config):
+        step = self._step(tape, config, inverse_operator(tape.weight_hh, config.reg).T, tape.work_buffer())
+        return lambda lam: propagate(step, lam)
 
 
 def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Tensor) -> Tensor:
@@ -157,7 +176,7 @@ def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Ten
 
 
 @register(CELL, "difference")
-class Difference(_InverseRule):
+class Difference(_StepwiseInverseRule):
     def _step(self, tape, config, mt, buf):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
         base = act.inverse_(act.project(tape.out, tol)).unbind(0)
@@ -170,7 +189,7 @@ class Difference(_InverseRule):
 
 
 @register(CELL, "direct")
-class Direct(_InverseRule):
+class Direct(_StepwiseInverseRule):
     def _step(self, tape, config, mt, buf):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
         proj = tape.input_projection.unbind(0)

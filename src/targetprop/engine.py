@@ -31,6 +31,7 @@ class TPConfig:
     target_step: float
     tol: float
     through_time: bool = False
+    backend: str = "auto"
 
 
 def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tensor:
@@ -44,14 +45,6 @@ def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tenso
     return lam
 
 
-def propagate(step: rules.Step, lam: Tensor) -> Tensor:
-    """Run ``λ_{t-1} += R(λ_t, t)`` for t = T..1 in place on ``lam`` (T+1, B, p)."""
-    rows = lam.unbind(0)  # per-step views made once, not per step
-    for t in range(len(rows) - 1, 0, -1):
-        step(t, rows[t], rows[t - 1])
-    return lam
-
-
 def displacements(tape, grad_output: Tensor, grad_last: Tensor | None, config: TPConfig) -> Tensor:
     """The displacements whose negation drives every parameter direction (eq. 3).
 
@@ -60,10 +53,12 @@ def displacements(tape, grad_output: Tensor, grad_last: Tensor | None, config: T
     """
     rule = rules.get_rule(config.cell, config.rule)
     scale = config.target_step if rule.uses_target_step else 1.0
-    lam = propagate(rule.prepare(tape, config), inject(grad_output, grad_last, scale))
+    lam = inject(grad_output, grad_last, scale)
+    rule.prepare(tape, config)(lam)
     if config.through_time and config.rule != "bp":
         # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss.
         nu = lam.clone()
         nu[0].zero_()
-        lam = propagate(tape.adjoint_step(), nu)
+        tape.adjoint_recursion()(nu)
+        lam = nu
     return lam

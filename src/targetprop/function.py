@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import elman, engine
+from . import elman, engine, kernels
 
 
 class ElmanTPFunction(torch.autograd.Function):
@@ -19,7 +19,8 @@ class ElmanTPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, config, x, h0, w_ih, w_hh, b_ih, b_hh):
-        out = elman.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation)
+        ctx.kernels = kernels.select(config.backend, x, w_hh)
+        out = elman.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
         ctx.config = config
         ctx.save_for_backward(x, h0, out, w_ih, w_hh, b_ih, b_hh)
         return out, out[-1].clone()
@@ -28,6 +29,6 @@ class ElmanTPFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, grad_hn):
         x, h0, out, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
-        tape = elman.ElmanTape(x, h0, out, w_ih, w_hh, b_ih, b_hh, ctx.config.activation)
+        tape = elman.ElmanTape(x, h0, out, w_ih, w_hh, b_ih, b_hh, ctx.config.activation, ctx.kernels)
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
         return (None, *tape.directions(lam, ctx.needs_input_grad[1:]))

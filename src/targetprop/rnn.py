@@ -16,6 +16,7 @@ from . import elman, rules
 from .activations import get_activation
 from .engine import TPConfig
 from .function import ElmanTPFunction
+from .kernels import BACKENDS
 
 
 class TPRNN(nn.Module):
@@ -36,6 +37,8 @@ class TPRNN(nn.Module):
             parameter direction back-propagates ``Σ_t ½‖h_t − v_t‖²`` through the recurrence
             instead of holding ``h_{t-1}`` fixed.
         check_finite: raise on NaN/inf inputs (one reduction per forward).
+        backend: ``"auto"`` (fused compiled CPU loops where they apply, built on first use, else
+            pure PyTorch), ``"cpp"`` (compiled or an error) or ``"torch"`` (pure PyTorch).
 
     Shapes as ``torch.nn.RNN`` with one layer: ``forward(x, h0=None) -> (output, h_n)``,
     ``h0`` and ``h_n`` are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input).
@@ -56,6 +59,7 @@ class TPRNN(nn.Module):
         tol: float = 1e-3,
         through_time: bool = False,
         check_finite: bool = True,
+        backend: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -71,6 +75,7 @@ class TPRNN(nn.Module):
         self.tol = tol
         self.through_time = bool(through_time)
         self.check_finite = bool(check_finite)
+        self.backend = backend
         self.num_layers = 1
         self.bidirectional = False
         kw = {"device": device, "dtype": dtype}
@@ -105,11 +110,13 @@ class TPRNN(nn.Module):
             s += f", reg={self.reg:g}, target_step={self.target_step:g}, tol={self.tol:g}"
             if self.through_time:
                 s += ", through_time=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
         return s
 
     def _config(self) -> TPConfig:
         return TPConfig(self.cell, self.rule, get_activation(self.nonlinearity), self.reg,
-                        self.target_step, self.tol, self.through_time)
+                        self.target_step, self.tol, self.through_time, self.backend)
 
     def _check_input(self, x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
         """Validate; return time-major ``x`` (T, B, d), ``h0`` (B, p) or None, and batched-ness."""
@@ -165,4 +172,5 @@ _SETTERS = {
     "reg": lambda self, v: check.real("reg", v, low=0.0, low_open=False),
     "target_step": lambda self, v: check.real("target_step", v, low=0.0, low_open=True),
     "tol": lambda self, v: check.real("tol", v, low=0.0, high=0.5, low_open=True),
+    "backend": lambda self, v: check.choice("backend", v, BACKENDS),
 }

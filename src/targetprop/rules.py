@@ -8,9 +8,11 @@ A registered rule is an object with
 
 * ``uses_target_step``: whether ``γ_h`` scales the injected loss gradients (False for ``bp``,
   whose displacements are the negated exact adjoints);
-* ``prepare(tape, config) -> step``: everything that does not depend on ``λ`` computed once,
-  for all steps at once; ``step(t, lam_t, out)`` then *adds* ``R(λ_t, t)`` into ``out``
-  (which already holds the injected ``−γ_h g_{t-1}``) without allocating.
+* ``prepare(tape, config) -> recursion``: everything that does not depend on ``λ`` computed
+  once, for all steps at once; ``recursion(lam)`` then runs, in place on the (T+1, B, p)
+  buffer that already holds the injected ``−γ_h g_t``, ``λ_{t-1} += R(λ_t, t)`` for t = T..1
+  (a compiled loop, or :func:`propagate` over a per-step ``step(t, lam_t, out)`` that adds
+  ``R(λ_t, t)`` into ``out`` without allocating).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Callable, Protocol
 from torch import Tensor
 
 Step = Callable[[int, Tensor, Tensor], None]
+Recursion = Callable[[Tensor], None]
 
 #: every rule name the library knows, in the order the docs list them
 RULE_NAMES = ("bp", "linearized", "difference", "direct", "learned")
@@ -27,7 +30,7 @@ RULE_NAMES = ("bp", "linearized", "difference", "direct", "learned")
 class Rule(Protocol):
     uses_target_step: bool
 
-    def prepare(self, tape, config) -> Step: ...
+    def prepare(self, tape, config) -> Recursion: ...
 
 
 _REGISTRY: dict[str, dict[str, Rule]] = {}
@@ -59,3 +62,11 @@ def check_rule_name(cell: str, name: str) -> str:
 
 def get_rule(cell: str, name: str) -> Rule:
     return _REGISTRY[cell][check_rule_name(cell, name)]
+
+
+def propagate(step: Step, lam: Tensor) -> Tensor:
+    """Run ``λ_{t-1} += R(λ_t, t)`` for t = T..1 in place on ``lam`` (T+1, B, p), one step at a time."""
+    rows = lam.unbind(0)  # per-step views made once, not per step
+    for t in range(len(rows) - 1, 0, -1):
+        step(t, rows[t], rows[t - 1])
+    return lam

@@ -1,0 +1,226 @@
+"""Cost benchmark: one training iteration (forward + backward + optimizer step) of every rule
+against native BPTT (``torch.nn.RNN`` autograd), at the paper's shapes (Section 3's claim that
+TP costs about what BP costs when T ≥ p).
+
+Methods are timed *interleaved* in one process (one iteration of each in turn, repeated), and
+the median is reported, so that machine noise hits every method alike. Memory is reported as
+the bytes autograd saves for the backward pass (CPU), or the peak allocated memory (CUDA).
+
+Run: ``python -m targetprop.bench --grid targets`` (see ``--help``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from .init import orthogonal_init_
+from .rnn import TPRNN
+
+#: name -> TPRNN keyword arguments, or None for native torch.nn.RNN
+METHODS: dict[str, dict | None] = {
+    "native-bptt": None,
+    "engine-bp": {"rule": "bp"},
+    "tp-linearized": {"rule": "linearized"},
+    "tp-difference": {"rule": "difference"},
+    "tp-direct": {"rule": "direct"},
+    "tp-through-time": {"rule": "linearized", "through_time": True},
+}
+
+GRIDS = {
+    # (T, B, p, d)
+    "tiny": [(12, 4, 8, 1), (20, 3, 16, 2)],
+    "targets": [(784, 16, 100, 1), (60, 20, 100, 6), (120, 20, 100, 6)],
+    "length": [(T, 16, 100, 1) for T in (60, 120, 784, 3072)],
+    "width": [(784, 16, p, 1) for p in (32, 100, 256, 512)],
+    "batch": [(784, B, 100, 1) for B in (16, 20, 512)],
+}
+
+
+@dataclasses.dataclass
+class Result:
+    T: int
+    B: int
+    p: int
+    d: int
+    threads: int
+    device: str
+    method: str
+    median_ms: float
+    forward_ms: float
+    backward_ms: float
+    memory_mb: float
+    repeats: int
+
+
+def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 0) -> Callable[[], tuple]:
+    """A closure running one training iteration; returns (forward s, backward s, total s)."""
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = METHODS[method]
+    rnn = torch.nn.RNN(d, p, batch_first=True) if kwargs is None else TPRNN(d, p, reg=1.0, **kwargs)
+    orthogonal_init_(rnn, gen)
+    head = torch.nn.Linear(p, 10)
+    rnn.to(device)
+    head.to(device)
+    x = torch.randn(B, T, d, generator=gen).to(device)
+    y = torch.randint(0, 10, (B,), generator=gen).to(device)
+    opt = torch.optim.SGD([*rnn.parameters(), *head.parameters()], lr=1e-4)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(head(rnn(x)[1][0]), y)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t0
+
+    def memory():
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            return torch.cuda.max_memory_allocated() / 2**20
+        saved = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(head(rnn(x)[1][0]), y)
+        del loss
+        return sum(saved.values()) / 2**20
+
+    run.memory = memory
+    return run
+
+
+def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3) -> list[Result]:
+    """Time ``methods`` at one shape, interleaved; medians of ``repeats`` after ``warmup``."""
+    T, B, p, d = shape
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = {m: _iteration(m, T, B, p, d, device) for m in methods}
+        times = {m: [] for m in methods}
+        for rep in range(warmup + repeats):
+            for m in methods:
+                t = runs[m]()
+                if rep >= warmup:
+                    times[m].append(t)
+        out = []
+        for m in methods:
+            f, b, tot = zip(*times[m])
+            out.append(Result(T, B, p, d, threads, str(device), m, 1e3 * statistics.median(tot),
+                              1e3 * statistics.median(f), 1e3 * statistics.median(b), runs[m].memory(), repeats))
+        return out
+    finally:
+        torch.set_num_threads(old)
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table; ``ratio`` is the method's median over native BPTT's at the same shape."""
+    native = {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == "native-bptt"}
+    bp = {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == "engine-bp"}
+    lines = ["| T | B | p | d | threads | method | iteration ms | fwd ms | bwd ms | ÷ native | ÷ engine-bp | saved/peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        key = (r.T, r.B, r.p, r.d, r.threads, r.device)
+        rn = f"{r.median_ms / native[key]:.2f}" if key in native else "–"
+        rb = f"{r.median_ms / bp[key]:.2f}" if key in bp else "–"
+        lines.append(f"| {r.T} | {r.B} | {r.p} | {r.d} | {r.threads} | {r.method} | {r.median_ms:.2f} | "
+                     f"{r.forward_ms:.2f} | {r.backward_ms:.2f} | {rn} | {rb} | {r.memory_mb:.2f} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def plot(results: list[Result], path: str) -> None:
+    """Time per iteration against T and against p (one line per method), log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (var, fixed) in zip(axes, (("T", "p"), ("p", "T"))):
+        for m in dict.fromkeys(r.method for r in results):
+            rs = [r for r in results if r.method == m and r.threads == 1]
+            groups = {}
+            for r in rs:
+                groups.setdefault((getattr(r, fixed), r.B), []).append(r)
+            for (fv, B), grp in groups.items():
+                if len(grp) < 2:
+                    continue
+                grp.sort(key=lambda r: getattr(r, var))
+                ax.plot([getattr(r, var) for r in grp], [r.median_ms for r in grp], marker="o",
+                        label=f"{m} ({fixed}={fv}, B={B})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(var)
+        ax.set_ylabel("ms per iteration (1 thread)")
+        ax.legend(fontsize=6)
+    fig.suptitle("Training iteration time, TP rules vs BPTT")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="targetprop bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--grid", nargs="+", default=["targets"], choices=sorted(GRIDS), help="shape grids to run")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, torch.get_num_threads()])
+    p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", help="write the table (markdown) to this file")
+    p.add_argument("--plot", help="write a PNG of time against T and p")
+    return p
+
+
+def main(argv=None, args=None) -> int:
+    args = args or build_parser().parse_args(argv)
+    shapes = list(dict.fromkeys(s for g in args.grid for s in GRIDS[g]))
+    results = []
+    for threads in dict.fromkeys(args.threads):
+        for shape in shapes:
+            results += measure(shape, args.methods, threads, args.device, args.repeats, args.warmup)
+            print(table([r for r in results if (r.T, r.B, r.p, r.d) == shape and r.threads == threads]).split("\n", 2)[-1],
+                  flush=True)
+    text = (f"Machine: {machine()}\n\nCommand: `targetprop bench {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`\n\n"
+            + table(results) + "\n")
+    print("\n" + text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
