@@ -158,7 +158,6 @@ def test_layer_trains_with_torch_optim(opt, rule):
         ({"tol": 0.5}, "tol"),
         ({"tol": 0.7}, "tol"),
         ({"rule": "magic"}, "rule must be one of"),
-        ({"rule": "learned"}, "rule must be one of"),
         ({"nonlinearity": "gelu"}, "nonlinearity must be one of"),
         ({"input_size": 0}, "input_size"),
         ({"hidden_size": -3}, "hidden_size"),

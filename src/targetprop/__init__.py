@@ -7,12 +7,13 @@ from . import kernels
 from .activations import ACTIVATIONS, get_activation
 from .init import orthogonal_, orthogonal_init_
 from .inverse import RegularizedInverseError, inverse_operator, invert_step
-from .rnn import TPRNN
+from .rnn import TPGRU, TPRNN
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TPRNN",
+    "TPGRU",
     "orthogonal_",
     "orthogonal_init_",
     "inverse_operator",

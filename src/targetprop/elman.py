@@ -24,6 +24,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from . import kernels as _kernels
 from .activations import Activation
 from .inverse import inverse_operator
 from .rules import Recursion, propagate, register
@@ -32,6 +33,7 @@ CELL = "elman"
 
 
 _ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # csrc/kernels.cpp
+select_kernels = _kernels.select  # the compiled loops apply to this cell
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -199,3 +201,5 @@ class Direct(_StepwiseInverseRule):
             out.sub_(tape.h_prev(t)).addmm_(buf, mt)
 
         return step
+
+Tape = ElmanTape

@@ -32,6 +32,7 @@ class TPConfig:
     tol: float
     through_time: bool = False
     backend: str = "auto"
+    inverse: object = None  # the learned rule's reverse layer (targetprop.learned.ReverseLayer)
 
 
 def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tensor:

@@ -1,34 +1,36 @@
-"""Autograd glue: the TP layer as a ``torch.autograd.Function``.
+"""Autograd glue: a TP layer as one ``torch.autograd.Function``, for any cell.
 
 Forward runs the cell's forward kernel without building a graph and keeps only the hidden
 states; backward turns the incoming ``grad_output`` / ``grad_h_n`` into displacements
 (:mod:`targetprop.engine`) and returns the parameter directions of eq. (3) as the parameters'
 gradients, so autograd accumulates them into ``.grad`` like any gradient (optimizers, DDP
 all-reduce and gradient accumulation see nothing special).
+
+A *cell* is a module (``targetprop.elman``, ``targetprop.gru``) with ``forward(...)``,
+``Tape`` and ``select_kernels(backend, *tensors)``.
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import elman, engine, kernels
+from . import engine
 
 
-class ElmanTPFunction(torch.autograd.Function):
-    """``(config, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``."""
+class TPFunction(torch.autograd.Function):
+    """``(cell, config, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``."""
 
     @staticmethod
-    def forward(ctx, config, x, h0, w_ih, w_hh, b_ih, b_hh):
-        ctx.kernels = kernels.select(config.backend, x, w_hh)
-        out = elman.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
-        ctx.config = config
+    def forward(ctx, cell, config, x, h0, w_ih, w_hh, b_ih, b_hh):
+        ctx.cell, ctx.config = cell, config
+        ctx.kernels = cell.select_kernels(config.backend, x, w_hh)
+        out = cell.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
         ctx.save_for_backward(x, h0, out, w_ih, w_hh, b_ih, b_hh)
         return out, out[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_hn):
-        x, h0, out, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
-        tape = elman.ElmanTape(x, h0, out, w_ih, w_hh, b_ih, b_hh, ctx.config.activation, ctx.kernels)
+        tape = ctx.cell.Tape(*ctx.saved_tensors, ctx.config.activation, ctx.kernels)
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
-        return (None, *tape.directions(lam, ctx.needs_input_grad[1:]))
+        return (None, None, *tape.directions(lam, ctx.needs_input_grad[2:]))

@@ -18,7 +18,8 @@ class RegularizedInverseError(torch.linalg.LinAlgError):
 
 
 def inverse_operator(weight_hh: Tensor, reg: float, name: str = "weight_hh_l0") -> Tensor:
-    """``M = (W_hhᵀ W_hh + reg·I)⁻¹ W_hhᵀ`` (p×p), by Cholesky.
+    """``M = (W_hhᵀ W_hh + reg·I)⁻¹ W_hhᵀ`` (p×p), by Cholesky; batched over leading dimensions
+    (the GRU's three hidden matrices are factorized in one call).
 
     Raises :class:`RegularizedInverseError` when the factorization fails or produces
     non-finite values (e.g. ``reg = 0`` with a singular ``W_hh``, or a diverged ``W_hh``).
@@ -27,11 +28,11 @@ def inverse_operator(weight_hh: Tensor, reg: float, name: str = "weight_hh_l0") 
         raise RegularizedInverseError(
             f"{name} contains NaN or inf (has training diverged?); cannot build the regularized inverse"
         )
-    p = weight_hh.shape[0]
-    gram = weight_hh.T @ weight_hh
-    gram.diagonal().add_(reg)
+    p = weight_hh.shape[-1]
+    gram = weight_hh.mT @ weight_hh
+    gram.diagonal(dim1=-2, dim2=-1).add_(reg)
     chol, info = torch.linalg.cholesky_ex(gram)
-    m = torch.cholesky_solve(weight_hh.T.contiguous(), chol) if int(info) == 0 else None
+    m = torch.cholesky_solve(weight_hh.mT.contiguous(), chol) if not bool(info.any()) else None
     if m is None or not bool(torch.isfinite(m).all()):
         if reg > 0:
             why = (f"{name} has entries up to {weight_hh.abs().max().item():.3g} in {weight_hh.dtype}, "

@@ -9,6 +9,7 @@ tensors, float32/float64), ``"cpp"`` (compiled or an error) or ``"torch"`` (neve
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import os
 import sys
@@ -38,8 +39,8 @@ def _build():
         from torch.utils import cpp_extension
 
         name = _name()
-        built = os.path.join(cpp_extension.get_default_build_root(), name, name + ".so")
-        if not os.path.exists(built):
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+        if not glob.glob(os.path.join(root, "**", name + ".so"), recursive=True):
             print("targetprop: building the fused CPU kernels (first use only, about a minute)...",
                   file=sys.stderr, flush=True)
         module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=["-O3"], verbose=False)

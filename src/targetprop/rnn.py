@@ -1,6 +1,7 @@
-"""``TPRNN``: a one-layer Elman RNN that looks and loads like ``torch.nn.RNN`` and trains by TP.
+"""The TP layers: ``TPRNN`` and ``TPGRU`` look and load like one-layer ``torch.nn.RNN`` /
+``torch.nn.GRU`` and train by target propagation.
 
-After ``loss.backward()`` its parameters' ``.grad`` hold the target-propagation direction of
+After ``loss.backward()`` their parameters' ``.grad`` hold the target-propagation direction of
 eq. (3) (or the exact gradient with ``rule="bp"``), so any ``torch.optim`` optimizer applies
 the paper's update. See ``docs/maths.md``.
 """
@@ -12,25 +13,19 @@ import torch
 from torch import Tensor, nn
 
 from . import _validation as check
-from . import elman, rules
+from . import elman, gru, learned, rules
 from .activations import get_activation
 from .engine import TPConfig
-from .function import ElmanTPFunction
+from .function import TPFunction
+from .init import orthogonal_
 from .kernels import BACKENDS
 
-
-class TPRNN(nn.Module):
-    """Elman RNN with a target-propagation backward.
-
-    Args:
+_COMMON_ARGS = """
         input_size: features per step ``d``.
         hidden_size: hidden units ``p``.
-        nonlinearity: ``"tanh"`` (paper), ``"sigmoid"``, ``"identity"`` or ``"relu"``.
         bias: with ``bias_ih_l0`` and ``bias_hh_l0``.
         batch_first: input ``(B, T, d)`` and output ``(B, T, p)`` if True, else time first.
-        rule: how targets travel back in time: ``"linearized"`` (eq. 2, default), ``"difference"``,
-            ``"direct"``, or ``"bp"`` (exact gradient, for comparison on equal machinery).
-        reg: ``r ≥ 0``, the ridge term of the regularized inverse.
+        reg: ``r ≥ 0``, the ridge term of the regularized inverse (Section 2.1).
         target_step: ``γ_h > 0``, the step that makes the last target from the loss gradient (eq. 1).
         tol: ``τ ∈ (0, 0.5)``: targets are projected into the activation's range shrunk by ``τ``.
         through_time: if True, the authors' public-code variant: the same targets, but the
@@ -40,54 +35,48 @@ class TPRNN(nn.Module):
         backend: ``"auto"`` (fused compiled CPU loops where they apply, built on first use, else
             pure PyTorch), ``"cpp"`` (compiled or an error) or ``"torch"`` (pure PyTorch).
 
-    Shapes as ``torch.nn.RNN`` with one layer: ``forward(x, h0=None) -> (output, h_n)``,
-    ``h0`` and ``h_n`` are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input).
-    """
+    Shapes as ``torch.nn`` with one layer: ``forward(x, h0=None) -> (output, h_n)``; ``h0`` and
+    ``h_n`` are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input)."""
 
-    cell = elman.CELL
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = True,
-        rule: str = "linearized",
-        reg: float = 1.0,
-        target_step: float = 1e-2,
-        tol: float = 1e-3,
-        through_time: bool = False,
-        check_finite: bool = True,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-    ) -> None:
+class _TPRecurrent(nn.Module):
+    """Parameters, validation and forward shared by the TP layers; subclasses name the cell."""
+
+    cell_module = None  # elman or gru
+    gates = 1
+    _hyper = ("rule", "reg", "target_step", "tol", "backend")
+
+    def __init__(self, input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
+                 through_time, check_finite, backend, device, dtype) -> None:
         super().__init__()
         self.input_size = check.positive_int("input_size", input_size)
         self.hidden_size = check.positive_int("hidden_size", hidden_size)
-        self.nonlinearity = nonlinearity
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        self.rule = rule
+        self.num_layers = 1
+        self.bidirectional = False
+        kw = {"device": device, "dtype": dtype}
+        rows = self.gates * hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(rows, input_size, **kw))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(rows, hidden_size, **kw))
+        if self.bias:
+            self.bias_ih_l0 = nn.Parameter(torch.empty(rows, **kw))
+            self.bias_hh_l0 = nn.Parameter(torch.empty(rows, **kw))
+        else:
+            self.register_parameter("bias_ih_l0", None)
+            self.register_parameter("bias_hh_l0", None)
         self.reg = reg
         self.target_step = target_step
         self.tol = tol
         self.through_time = bool(through_time)
         self.check_finite = bool(check_finite)
         self.backend = backend
-        self.num_layers = 1
-        self.bidirectional = False
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih_l0 = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
-        if self.bias:
-            self.bias_ih_l0 = nn.Parameter(torch.empty(hidden_size, **kw))
-            self.bias_hh_l0 = nn.Parameter(torch.empty(hidden_size, **kw))
-        else:
-            self.register_parameter("bias_ih_l0", None)
-            self.register_parameter("bias_hh_l0", None)
+        self.rule = rule
         self.reset_parameters()
+
+    @property
+    def cell(self) -> str:
+        return self.cell_module.CELL
 
     # Hyper-parameters are validated whenever they are set, not only in __init__.
     def __setattr__(self, name, value):
@@ -97,15 +86,15 @@ class TPRNN(nn.Module):
         super().__setattr__(name, value)
 
     def reset_parameters(self) -> None:
-        """``torch.nn.RNN``'s default: uniform in ``±1/√p``. The paper's init is
+        """``torch.nn``'s default: uniform in ``±1/√p``. The paper's init is
         :func:`targetprop.orthogonal_init_`."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for w in self.parameters():
             nn.init.uniform_(w, -bound, bound)
 
     def extra_repr(self) -> str:
-        s = (f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, "
-             f"bias={self.bias}, batch_first={self.batch_first}, rule={self.rule!r}")
+        s = f"{self.input_size}, {self.hidden_size}{self._repr_cell()}, bias={self.bias}, " \
+            f"batch_first={self.batch_first}, rule={self.rule!r}"
         if self.rule != "bp":
             s += f", reg={self.reg:g}, target_step={self.target_step:g}, tol={self.tol:g}"
             if self.through_time:
@@ -114,9 +103,18 @@ class TPRNN(nn.Module):
             s += f", backend={self.backend!r}"
         return s
 
+    def _repr_cell(self) -> str:
+        return ""
+
+    def _activation(self):
+        return get_activation("tanh")
+
+    def _inverse(self):
+        return None
+
     def _config(self) -> TPConfig:
-        return TPConfig(self.cell, self.rule, get_activation(self.nonlinearity), self.reg,
-                        self.target_step, self.tol, self.through_time, self.backend)
+        return TPConfig(self.cell, self.rule, self._activation(), self.reg, self.target_step, self.tol,
+                        self.through_time, self.backend, self._inverse())
 
     def _check_input(self, x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
         """Validate; return time-major ``x`` (T, B, d), ``h0`` (B, p) or None, and batched-ness."""
@@ -151,26 +149,133 @@ class TPRNN(nn.Module):
         x, h0, batched = self._check_input(x, h0)
         if h0 is None:
             h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        out, h_n = ElmanTPFunction.apply(self._config(), x, h0, self.weight_ih_l0, self.weight_hh_l0,
-                                         self.bias_ih_l0, self.bias_hh_l0)
+        out, h_n = TPFunction.apply(self.cell_module, self._config(), x, h0, self.weight_ih_l0,
+                                    self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
         if not batched:
             return out.squeeze(1), h_n
         return (out.transpose(0, 1) if self.batch_first else out), h_n.unsqueeze(0)
 
 
+class TPRNN(_TPRecurrent):
+    __doc__ = """Elman RNN with a target-propagation backward (the paper's model).
+
+    Args:""" + _COMMON_ARGS.replace("        bias:", """        nonlinearity: ``"tanh"`` (paper), ``"sigmoid"``, ``"identity"`` or ``"relu"``.
+        rule: how targets travel back in time: ``"linearized"`` (eq. 2, default), ``"difference"``,
+            ``"direct"``, ``"learned"`` (reverse layer, DTP baseline) or ``"bp"`` (exact gradient).
+        bias:""", 1) + """
+
+    ``rule="learned"`` trains a reverse layer ``ψ(v) = a(x W_ihᵀ + v Vᵀ + c)`` inside every
+    backward (one Nesterov-SGD step with ``inverse_lr``, ``inverse_momentum``, on a
+    reconstruction loss with noise ``inverse_noise``) before propagating targets; its ``V`` and
+    ``c`` are the buffers ``inverse_weight_hh_l0`` and ``inverse_bias_l0`` (with momentum
+    buffers), so the forward optimizer does not see them. See :mod:`targetprop.learned`.
+    """
+
+    cell_module = elman
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
+                 batch_first: bool = True, rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2,
+                 tol: float = 1e-3, through_time: bool = False, check_finite: bool = True, backend: str = "auto",
+                 inverse_lr: float = 1e-3, inverse_noise: float = 0.1, inverse_momentum: float = 0.9,
+                 device=None, dtype=None) -> None:
+        self.nonlinearity = nonlinearity
+        self.inverse_lr = inverse_lr
+        self.inverse_noise = inverse_noise
+        self.inverse_momentum = inverse_momentum
+        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
+                         through_time, check_finite, backend, device, dtype)
+
+    def __setattr__(self, name, value):
+        if name in ("nonlinearity", "inverse_lr", "inverse_noise", "inverse_momentum") and "_parameters" not in self.__dict__:
+            object.__setattr__(self, name, _SETTERS[name](self, value))  # before nn.Module.__init__
+            return
+        super().__setattr__(name, value)
+        if name == "rule" and value == "learned":
+            self._ensure_reverse_layer()
+
+    def _repr_cell(self) -> str:
+        return f", nonlinearity={self.nonlinearity!r}"
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.rule == "learned":
+            s += f", inverse_lr={self.inverse_lr:g}, inverse_noise={self.inverse_noise:g}, " \
+                 f"inverse_momentum={self.inverse_momentum:g}"
+        return s
+
+    def _activation(self):
+        return get_activation(self.nonlinearity)
+
+    def _ensure_reverse_layer(self) -> None:
+        """Create the reverse layer's buffers (orthogonal ``V``, zero ``c``) the first time it is needed."""
+        if "inverse_weight_hh_l0" in self._buffers:
+            return
+        w = self.weight_hh_l0
+        self.register_buffer("inverse_weight_hh_l0", orthogonal_(torch.empty_like(w)))
+        self.register_buffer("inverse_bias_l0", w.new_zeros(self.hidden_size))
+        self.register_buffer("inverse_weight_hh_l0_momentum", torch.zeros_like(w))
+        self.register_buffer("inverse_bias_l0_momentum", w.new_zeros(self.hidden_size))
+
+    def _inverse(self):
+        if self.rule != "learned":
+            return None
+        self._ensure_reverse_layer()
+        return learned.ReverseLayer(self.inverse_weight_hh_l0, self.inverse_bias_l0,
+                                    self.inverse_weight_hh_l0_momentum, self.inverse_bias_l0_momentum,
+                                    self.inverse_lr, self.inverse_noise, self.inverse_momentum)
+
+    def inverse_reconstruction_error(self, x: Tensor, h0: Tensor | None = None) -> float:
+        """For ``rule="learned"``: mean ``‖ψ_t(f(h_{t-1})) − h_{t-1}‖²`` over the steps of ``x``
+        (no noise), how far the learned reverse layer is from inverting the forward step."""
+        if self.rule != "learned":
+            raise ValueError("inverse_reconstruction_error needs rule='learned'")
+        xt, h0, _ = self._check_input(x, h0)
+        if h0 is None:
+            h0 = xt.new_zeros(xt.shape[1], self.hidden_size)
+        with torch.no_grad():
+            out = elman.forward(xt, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
+                                self.bias_hh_l0, self._activation())
+            tape = elman.ElmanTape(xt, h0, out, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
+                                   self.bias_hh_l0, self._activation())
+            return self._inverse().reconstruction_error(tape).item()
+
+
+class TPGRU(_TPRecurrent):
+    __doc__ = """GRU with a target-propagation backward (the paper's Fashion-MNIST model).
+
+    Args:""" + _COMMON_ARGS.replace("        bias:", """        rule: ``"linearized"`` (the authors' GRU rule, default) or ``"bp"`` (exact gradient).
+        bias:""", 1) + """
+
+    Gate rows ``(r, z, n)`` as ``torch.nn.GRU``; the rule is written out in :mod:`targetprop.gru`.
+    """
+
+    cell_module = gru
+    gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = True,
+                 rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2, tol: float = 1e-3,
+                 through_time: bool = False, check_finite: bool = True, backend: str = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
+                         through_time, check_finite, backend, device, dtype)
+
+
 def _set_rule(self, v):
-    return rules.check_rule_name(self.cell, v)
+    return rules.check_rule_name(self.cell_module.CELL, v)
 
 
-def _set_nonlinearity(self, v):
-    return get_activation(v).name
+def _nonneg(name):
+    return lambda self, v: check.real(name, v, low=0.0, low_open=False)
 
 
 _SETTERS = {
     "rule": _set_rule,
-    "nonlinearity": _set_nonlinearity,
-    "reg": lambda self, v: check.real("reg", v, low=0.0, low_open=False),
+    "nonlinearity": lambda self, v: get_activation(v).name,
+    "reg": _nonneg("reg"),
     "target_step": lambda self, v: check.real("target_step", v, low=0.0, low_open=True),
     "tol": lambda self, v: check.real("tol", v, low=0.0, high=0.5, low_open=True),
     "backend": lambda self, v: check.choice("backend", v, BACKENDS),
+    "inverse_lr": _nonneg("inverse_lr"),
+    "inverse_noise": _nonneg("inverse_noise"),
+    "inverse_momentum": lambda self, v: check.real("inverse_momentum", v, low=0.0, high=1.0, low_open=False),
 }
