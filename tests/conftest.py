@@ -1,9 +1,22 @@
 import os
 import sys
 
+import pytest
+import torch
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import WORST  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run on one intra-op thread: small ops are faster so, and timings do not depend on
+    what else the machine runs (tests that exercise threads set them themselves)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_terminal_summary(terminalreporter):
