@@ -1,0 +1,88 @@
+"""DistributedDataParallel on CPU (gloo over loopback): because TP writes its direction into
+``.grad``, DDP's all-reduce (a mean over ranks) gives the same update as one process on the
+whole batch. Two spawned processes against one, bounded in time."""
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from targetprop import TPRNN, orthogonal_init_
+
+STEPS, B, T, D, P = 5, 8, 12, 3, 10
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(rule):
+    torch.manual_seed(0)
+    rnn = orthogonal_init_(TPRNN(D, P, rule=rule, reg=1.0, target_step=0.1), torch.Generator().manual_seed(0))
+    return torch.nn.ModuleDict({"rnn": rnn, "head": torch.nn.Linear(P, 4)}).double()
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(STEPS, B, T, D, generator=g, dtype=torch.float64), torch.randint(0, 4, (STEPS, B), generator=g)
+
+
+def _train(model, xs, ys, wrap):
+    """SGD with momentum on a mean cross-entropy; returns the final state dict."""
+    net = wrap(_Net(model))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for x, y in zip(xs, ys):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner["head"](self.inner["rnn"](x)[1][0])
+
+
+def _worker(rank, world, port, rule, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        xs, ys = _data()
+        shard = slice(rank * B // world, (rank + 1) * B // world)  # disjoint shards of every batch
+        model = _model(rule)
+        params = _train(model, xs[:, shard], ys[:, shard], wrap=torch.nn.parallel.DistributedDataParallel)
+        if rank == 0:
+            torch.save(params, path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rule", ["linearized", "bp"])
+def test_ddp_two_processes_equal_one_process(rule, tmp_path):
+    path = str(tmp_path / "ddp.pt")
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), rule, path), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 150
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the two DDP processes did not finish within 150 s")
+    ddp = torch.load(path)
+    xs, ys = _data()
+    single = _train(_model(rule), xs, ys, wrap=lambda net: net)
+    worst = max(((ddp[k] - single[k]).abs().max() / single[k].abs().max().clamp_min(1e-30)).item() for k in single)
+    print(f"DDP ({rule}): max relative parameter difference, 2 processes vs 1: {worst:.2e}")
+    assert worst < 1e-12, worst
+    moved = (single["rnn.weight_hh_l0"] - _model(rule).state_dict()["rnn.weight_hh_l0"]).abs().max()
+    assert moved > 1e-4  # the recurrent weights really trained
