@@ -19,7 +19,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) examples/demo_layer.py
+	$(PY) -m targetprop compare demo --overwrite
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,351 @@
+"""The ``targetprop`` command: ``train`` one run, ``compare`` methods from a TOML file, ``plot`` runs.
+
+This module owns the command line: parsing, turning bad input into one-line errors (exit code
+2, through ``argparse``'s ``parser.error``), progress and printed summaries. Training itself is
+:mod:`targetprop.trainer`'s; curves are :mod:`targetprop.plotting`'s.
+
+Exit codes: 0 when every run ended by itself (``completed``, or ``diverged``/``failed``, which
+are results recorded in ``summary.json``), 2 for bad input, 130 when interrupted by Ctrl-C.
+
+A comparison file (``targetprop compare FILE.toml``, or the name of a built-in one in
+``targetprop/configs``)::
+
+    description = "what this compares"      # optional, printed first
+    out = "runs/demo"                        # optional: one run per method in OUT/METHOD
+    plot = "curves.png"                      # optional: draw all runs into OUT/curves.png
+    [common]                                 # settings shared by every method
+    task = "temporal-order"
+    length = 60
+    [methods.tp]                             # one table per method, run in this order
+    rule = "linearized"
+    lr = 0.1
+
+Settings are the fields of :class:`targetprop.trainer.TrainConfig` (``targetprop train --help``
+lists them with the command-line spelling, dashes for underscores).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
+
+import torch
+
+from . import __version__
+from .tasks.registry import TASKS
+from .trainer import Trainer, TrainConfig, check_run_dir
+
+DEFAULTS = TrainConfig()
+COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return args.handler(args, args.subparser)
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors: ``targetprop train: error: … (see --help)``, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="targetprop",
+        description="Train recurrent networks with target propagation (Roulet & Harchaoui) or BP, "
+                    "compare methods, plot curves.")
+    parser.add_argument("--version", action="version", version=f"targetprop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_compare(sub)
+    _add_plot(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model on one task",
+                       description="Train one model on one task; write OUT/config.json, OUT/metrics.csv "
+                                   "(as it goes) and OUT/summary.json.")
+    _default = lambda name: f"(default: {getattr(DEFAULTS, name)})"  # noqa: E731
+    g = p.add_argument_group("task")
+    g.add_argument("--task", choices=sorted(TASKS), help=f"the task {_default('task')}")
+    g.add_argument("--length", type=_positive_int, help="steps per sequence T (default: the task's)")
+    g.add_argument("--batch-size", type=_positive_int, help="training mini-batch size (default: the task's)")
+    g.add_argument("--test-size", type=_positive_int, help="size of the fixed test set (default: the task's)")
+    g.add_argument("--task-option", action="append", metavar="KEY=VALUE", type=_key_value,
+                   help="a further option of the task, e.g. criterion=absolute for adding (repeatable)")
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", help=f"recurrent layer {_default('cell')}")
+    g.add_argument("--hidden-size", type=_positive_int, help=f"hidden units p {_default('hidden_size')}")
+    g.add_argument("--nonlinearity", help="tanh, sigmoid, identity or relu (default: the cell's own, tanh)")
+    g.add_argument("--rule", help=f"bp, linearized (eq. 2), difference, direct or learned {_default('rule')}")
+    g.add_argument("--reg", type=float, help=f"r, regularization of the inverse {_default('reg')}")
+    g.add_argument("--target-step", type=float, help=f"γ_h, eq. 1 {_default('target_step')}")
+    g.add_argument("--tol", type=float, help=f"τ, margin of the projection {_default('tol')}")
+    g.add_argument("--through-time", action="store_true", default=None,
+                   help="the authors' public-code variant: back-propagate the target losses through time")
+    g.add_argument("--init", help=f"orthogonal or default {_default('init')}")
+    g.add_argument("--layer-option", action="append", metavar="KEY=VALUE", type=_key_value,
+                   help="a further option of the recurrent layer, e.g. inverse_lr=1e-3 for the learned rule "
+                        "(repeatable)")
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--optimizer", help=f"sgd or adam {_default('optimizer')}")
+    g.add_argument("--lr", type=float, help=f"step size (γ_θ for TP) {_default('lr')}")
+    g.add_argument("--momentum", type=float, help=f"SGD momentum {_default('momentum')}")
+    g.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
+    g.add_argument("--clip", type=float, help="clip the direction's norm to this value (default: no clipping)")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--iterations", type=_positive_int, help=f"training iterations {_default('iterations')}")
+    g.add_argument("--eval-every", type=_positive_int, help=f"evaluate every N iterations {_default('eval_every')}")
+    g.add_argument("--stop-at-accuracy", type=float, metavar="FRACTION",
+                   help="stop once the test accuracy reaches this fraction, e.g. 1.0 (default: never)")
+    g.add_argument("--divergence-factor", type=_factor, metavar="FACTOR|none",
+                   help="stop as diverged when the training loss exceeds FACTOR times its initial value; "
+                        f"none: only on NaN/inf {_default('divergence_factor')}")
+    g.add_argument("--seed", type=int, help=f"seeds batches and init {_default('seed')}")
+    g.add_argument("--device", help=f"torch device {_default('device')}")
+    g.add_argument("--dtype", help=f"float32 or float64 {_default('dtype')}")
+    g.add_argument("--label", help="name of the run in tables and legends (default: from the settings)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, help="run directory (default: runs/TASK-RULE-sSEED)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run with different settings in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+    p.set_defaults(handler=_train, subparser=p)
+
+
+def _train(args, parser) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if not f.name.endswith("_options") and getattr(args, f.name, None) is not None}
+    values["task_options"] = dict(args.task_option or [])
+    values["layer_options"] = dict(args.layer_option or [])
+    if values.get("divergence_factor") == "none":
+        values["divergence_factor"] = None
+    trainer = _build(parser, values)
+    cfg = trainer.config
+    out = args.out or Path("runs") / f"{cfg.task}-{cfg.rule}{'-tt' if cfg.through_time else ''}-s{cfg.seed}"
+    try:
+        check_run_dir(out, cfg, overwrite=args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
+    summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args))
+    print(_summary_line(out, summary))
+    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="run several methods on one task and print a table",
+                       description="Run the methods of a comparison file one after another, print a table "
+                                   "(final accuracy, iterations to 100%, wall time) and optionally plot.",
+                       epilog=f"Built-in comparisons: {', '.join(builtin_configs())}.")
+    p.add_argument("config", metavar="CONFIG", help="a .toml file, or the name of a built-in comparison")
+    p.add_argument("--out", type=Path, help="directory of the runs (default: the file's `out`, else runs/NAME)")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw the curves there (default: the file's `plot`, inside the output directory)")
+    p.add_argument("--iterations", type=_positive_int, help="override every method's iterations")
+    p.add_argument("--overwrite", action="store_true", help="replace runs with different settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+    p.set_defaults(handler=_compare, subparser=p)
+
+
+def builtin_configs() -> list[str]:
+    """Names of the comparison files shipped in ``targetprop/configs``."""
+    folder = resources.files("targetprop") / "configs"
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".toml"))
+
+
+def load_comparison(spec: str) -> tuple[str, dict]:
+    """``(name, table)`` of a comparison file given by path or built-in name; ValueError if bad."""
+    path = Path(spec)
+    if path.is_file():
+        name, text = path.stem, path.read_text(encoding="utf-8")
+    elif spec in builtin_configs():
+        name, text = spec, (resources.files("targetprop") / "configs" / f"{spec}.toml").read_text(encoding="utf-8")
+    else:
+        raise ValueError(f"no comparison file {spec!r} (not a file, nor a built-in: {', '.join(builtin_configs())})")
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{spec}: not valid TOML: {err}") from None
+    unknown = sorted(set(table) - set(COMPARE_KEYS))
+    if unknown:
+        raise ValueError(f"{spec}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(COMPARE_KEYS)})")
+    if not isinstance(table.get("methods"), dict) or not table["methods"]:
+        raise ValueError(f"{spec}: needs at least one [methods.NAME] table")
+    return name, table
+
+
+def method_configs(spec: str, table: dict, iterations: int | None = None) -> dict[str, TrainConfig]:
+    """One validated config per method: ``[common]`` updated by ``[methods.NAME]``."""
+    common = table.get("common", {})
+    if not isinstance(common, dict):
+        raise ValueError(f"{spec}: [common] must be a table")
+    configs = {}
+    for name, settings in table["methods"].items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"{spec}: methods.{name} must be a table")
+        values = {**common, **settings, **({"iterations": iterations} if iterations else {})}
+        values.setdefault("label", name)
+        try:
+            configs[name] = TrainConfig.from_dict(values)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{spec}: methods.{name}: {err}") from None
+    return configs
+
+
+def _compare(args, parser) -> int:
+    try:
+        name, table = load_comparison(args.config)
+        configs = method_configs(args.config, table, args.iterations)
+    except ValueError as err:
+        parser.error(str(err))
+    out = args.out or Path(table.get("out", Path("runs") / name))
+    trainers = {m: _build(parser, dataclasses.asdict(c), where=f"methods.{m}: ") for m, c in configs.items()}
+    for method, trainer in trainers.items():
+        try:
+            check_run_dir(out / method, trainer.config, overwrite=args.overwrite)
+        except ValueError as err:
+            parser.error(str(err))
+    if table.get("description"):
+        print(table["description"])
+    summaries = {}
+    for method, trainer in trainers.items():
+        summaries[method] = summary = trainer.run(out / method, overwrite=args.overwrite, progress=_progress(args))
+        print(_summary_line(out / method, summary))
+        if summary["status"] == "interrupted":
+            break
+    text = comparison_table(summaries, trainers)
+    print(text)
+    (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
+    plot = args.plot or (out / table["plot"] if table.get("plot") else None)
+    if plot:
+        from .plotting import plot_runs
+
+        print(f"curves: {plot_runs([out / m for m in summaries], plot, title=_title(trainers))}")
+    return EXIT_INTERRUPTED if any(s["status"] == "interrupted" for s in summaries.values()) else 0
+
+
+def comparison_table(summaries: dict[str, dict], trainers: dict[str, Trainer]) -> str:
+    """A Markdown table: one row per method."""
+    lines = ["| method | settings | status | iterations | final test accuracy | best (at iteration) "
+             "| iterations to 100% | wall time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, s in summaries.items():
+        best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
+        reached = "not reached" if s["iteration_to_100"] is None else str(s["iteration_to_100"])
+        lines.append(f"| {method} | {trainers[method].config.method()} | {s['status']} | {s['iterations']} | "
+                     f"{_percent(s['final_test_accuracy'])} | {best} | {reached} | {s['wall_time']:.1f} s |")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw loss and accuracy curves of runs into a PNG",
+                       description="Loss and test accuracy against iterations and against training time, "
+                                   "one line per run.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or directories of runs)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="PNG", help="the image to write")
+    p.add_argument("--title", help="the figure's title")
+    p.set_defaults(handler=_plot, subparser=p)
+
+
+def _plot(args, parser) -> int:
+    from .plotting import plot_runs
+
+    if args.output.suffix.lower() != ".png":
+        parser.error(f"the output must be a .png file, got {args.output}")
+    try:
+        print(plot_runs(args.runs, args.output, title=args.title))
+    except ValueError as err:
+        parser.error(str(err))
+    return 0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _build(parser, values: dict, where: str = "") -> Trainer:
+    """A validated trainer, or a one-line error (exit code 2) naming what is wrong."""
+    try:
+        return Trainer(TrainConfig.from_dict(values))
+    except (ValueError, TypeError, OSError) as err:
+        parser.error(f"{where}{err}")
+
+
+def _progress(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _summary_line(out: Path, s: dict) -> str:
+    acc = _percent(s["final_test_accuracy"])
+    reached = ("100% not reached" if s["iteration_to_100"] is None
+               else f"100% first at iteration {s['iteration_to_100']}")
+    why = f" ({s['message']})" if s["message"] else ""
+    return (f"{s['label']}: {s['status']}{why} after {s['iterations']} iterations, test accuracy {acc}, "
+            f"{reached}, {s['wall_time']:.1f} s -> {out}")
+
+
+def _title(trainers: dict[str, Trainer]) -> str:
+    cfg = next(iter(trainers.values())).config
+    task = next(iter(trainers.values())).task
+    return f"{cfg.task}, T={task.length}, seed {cfg.seed}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _factor(text: str) -> float | str:
+    """A number, or ``none`` (kept as the string "none": no such check)."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value

@@ -1,0 +1,67 @@
+"""The networks the trainer trains: one recurrent TP layer and a linear head on its last state.
+
+This module owns assembling them (which layer, its init, the head). ``MODELS`` maps a cell
+name to the recurrent layer class; any class with ``TPRNN``'s constructor and
+``forward(x) -> (output, h_n)`` fits.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+from .init import orthogonal_, orthogonal_init_
+from .rnn import TPRNN
+
+MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN}
+
+
+class SequenceModel(nn.Module):
+    """``head(h_T)``: a recurrent layer read out at its last hidden state by a linear layer.
+
+    Used for classification (logits) and regression alike (Section 4: "the last layer uses a
+    soft-max on top of a linear operation" / "the last layer is linear").
+
+    Args:
+        cell: key of :data:`MODELS` (``"rnn"``: :class:`~targetprop.TPRNN`).
+        input_size, hidden_size, output_size: ``d``, ``p`` and the head's outputs.
+        init: ``"orthogonal"`` (the paper's: orthogonal weights, zero biases, for the recurrent
+            layer and the head) or ``"default"`` (the layers' own ``reset_parameters``).
+        generator: seeds the orthogonal init (``None``: the global generator).
+        **layer_options: passed to the recurrent layer (``rule``, ``reg``, ``target_step``,
+            ``tol``, ``through_time``, ``nonlinearity``, ``dtype``, ``device``, …); one the
+            layer does not take is a ValueError naming it.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, *,
+                 init: str = "orthogonal", generator: torch.Generator | None = None, **layer_options):
+        super().__init__()
+        if cell not in MODELS:
+            raise ValueError(f"unknown cell {cell!r}; known cells: {', '.join(sorted(MODELS))}")
+        if init not in ("orthogonal", "default"):
+            raise ValueError(f"init must be 'orthogonal' or 'default', got {init!r}")
+        _check_options(cell, layer_options)
+        self.rnn = MODELS[cell](input_size, hidden_size, batch_first=True, **layer_options)
+        factory = {k: layer_options[k] for k in ("device", "dtype") if k in layer_options}
+        self.head = nn.Linear(hidden_size, output_size, **factory)
+        if init == "orthogonal":
+            orthogonal_init_(self.rnn, generator)
+            orthogonal_(self.head.weight, generator)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (B, T, d) → head outputs (B, output_size)."""
+        _, h_n = self.rnn(x)
+        return self.head(h_n[0])
+
+
+def _check_options(cell: str, options: dict) -> None:
+    """A ValueError naming the options the layer of ``cell`` does not take."""
+    params = inspect.signature(MODELS[cell]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"the {cell!r} layer ({MODELS[cell].__name__}) does not take option(s) "
+                         f"{', '.join(unknown)}")

@@ -1,0 +1,233 @@
+"""The ``targetprop`` command end to end: train, compare, plot; bad input is a one-line error, exit 2."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from targetprop.cli import builtin_configs, load_comparison, main, method_configs
+from targetprop.trainer import read_metrics
+
+TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",
+        "--hidden-size", "8", "--quiet"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+COMPARISON = """
+description = "tiny"
+plot = "c.png"
+[common]
+task = "temporal-order"
+length = 10
+hidden_size = 8
+iterations = 20
+eval_every = 10
+test_size = 50
+seed = 3
+[methods.tp]
+rule = "linearized"
+lr = 0.1
+reg = 10.0
+[methods.bp]
+rule = "bp"
+lr = 1e-2
+momentum = 0.9
+nesterov = true
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fails(argv, capsys, *needles):
+    """Run ``argv``: it must exit with code 2 and a one-line error containing ``needles``."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def test_train_tiny_run_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--rule", "linearized", "--lr", "0.1", "--target-step", "0.01", "--reg", "10",
+                 "--seed", "1", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "completed after 20 iterations" in printed and str(out) in printed
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert ((saved["length"], saved["rule"], saved["reg"], saved["target_step"], saved["seed"])
+            == (10, "linearized", 10.0, 0.01, 1))
+    assert read_metrics(out)["iteration"] == [0, 10, 20]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def test_train_options_reach_the_config(tmp_path):
+    out = tmp_path / "bp"
+    assert main(["train", *TINY, "--rule", "bp", "--optimizer", "sgd", "--lr", "1e-3", "--momentum", "0.9",
+                 "--nesterov", "--clip", "1.5", "--task-option", "test_seed=2", "--label", "BP",
+                 "--stop-at-accuracy", "1.0", "--divergence-factor", "none", "--layer-option", "check_finite=false",
+                 "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["momentum"] == 0.9 and saved["nesterov"] is True and saved["clip"] == 1.5
+    assert saved["task_options"] == {"test_seed": 2} and saved["label"] == "BP" and saved["stop_at_accuracy"] == 1.0
+    assert saved["divergence_factor"] is None and saved["layer_options"] == {"check_finite": False}
+
+
+def test_python_dash_m_and_help():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "targetprop", "train", "--help"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0
+    for option in ("--task", "--rule", "--target-step", "--reg", "--stop-at-accuracy", "--overwrite", "--quiet"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["train", "--task", "sorting"], ["invalid choice: 'sorting'"]),
+    (["train", "--rule", "magic"], ["rule must be one of", "magic"]),
+    (["train", "--optimizer", "rmsprop"], ["optimizer must be one of"]),
+    (["train", "--length", "0"], ["--length", "positive integer"]),
+    (["train", "--length", "3"], ["length=3 is too short"]),
+    (["train", "--lr", "-0.1"], ["lr must be"]),
+    (["train", "--lr", "fast"], ["--lr", "invalid float value"]),
+    (["train", "--target-step", "0"], ["target_step must be"]),
+    (["train", "--nesterov"], ["nesterov needs a positive momentum"]),
+    (["train", "--divergence-factor", "big"], ["expected a number or 'none'"]),
+    (["train", "--task-option", "nokey"], ["KEY=VALUE"]),
+    (["train", "--device", "cuda:99"], ["device 'cuda:99' is not usable here"]),
+    (["train", "--device", "gpu"], ["device must be a torch device"]),
+    (["train", "--task-option", "k=3"], ["does not take option", "k"]),
+    (["plot"], ["required"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_input_is_a_one_line_error(argv, needles, capsys, tmp_path):
+    fails(argv + ["--out", str(tmp_path / "never")] if argv[0] == "train" else argv, capsys, *needles)
+    assert not (tmp_path / "never").exists()  # nothing half-written
+
+
+def test_existing_run_with_other_settings_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--out", out]) == 0
+    fails(["train", *TINY, "--lr", "0.5", "--out", out], capsys, "different settings", "lr: 0.1 → 0.5", "--overwrite")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["lr"] == 0.1
+    assert main(["train", *TINY, "--lr", "0.5", "--out", out, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["lr"] == 0.5
+
+
+def test_ctrl_c_exits_130_with_valid_files(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "targetprop", "train", "--length", "10", "--hidden-size", "8",
+                             "--iterations", "1000000", "--eval-every", "10", "--test-size", "20", "--quiet",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            metrics = out / "metrics.csv"
+            if metrics.exists() and metrics.read_text().count("\n") >= 4:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "interrupted" in stdout
+    rows = read_metrics(out)["iteration"]
+    assert len(rows) >= 3 and rows == [10.0 * i for i in range(len(rows))]
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def test_compare_runs_methods_prints_table_and_plots(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARISON)
+    png = tmp_path / "curves.png"
+    assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--plot", str(png), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("tiny\n")
+    assert ("| method | settings | status | iterations | final test accuracy | best (at iteration) "
+            "| iterations to 100% | wall time |") in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| tp ") or line.startswith("| bp ")]
+    assert len(rows) == 2 and all("| completed | 20 |" in r for r in rows)
+    assert "linearized γh=0.01 r=10, sgd lr=0.1" in rows[0] and "bp, sgd lr=0.01 nesterov=0.9" in rows[1]
+    for method in ("tp", "bp"):
+        saved = json.loads((tmp_path / "runs" / method / "config.json").read_text())["config"]
+        assert saved["label"] == method and saved["seed"] == 3 and saved["hidden_size"] == 8
+    assert (tmp_path / "runs" / "comparison.md").read_text().count("\n") == 4
+    assert png.read_bytes()[:8] == PNG_MAGIC and not (tmp_path / "runs" / "c.png").exists()
+
+
+def test_compare_iterations_override(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARISON)
+    assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--iterations", "5", "--quiet"]) == 0
+    assert read_metrics(tmp_path / "runs" / "bp")["iteration"] == [0, 5]
+    assert (tmp_path / "runs" / "c.png").read_bytes()[:8] == PNG_MAGIC  # the file's plot, inside --out
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda s: "extra = 1\n" + s, ["unknown key(s) extra"]),
+    (lambda s: s.replace("lr = 0.1", "lr = 0.1\nspeed = 2"), ["methods.tp", "unknown setting(s): speed"]),
+    (lambda s: s.replace("lr = 1e-2", "lr = -1.0"), ["methods.bp", "lr must be"]),
+    (lambda s: s.replace('rule = "bp"', 'rule = "nope"'), ["methods.bp", "rule must be one of"]),
+    (lambda s: s.split("[methods.tp]")[0], ["needs at least one [methods.NAME] table"]),
+    (lambda s: s + "\n[[broken", ["not valid TOML"]),
+])
+def test_bad_comparison_file(edit, needles, tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(edit(COMPARISON))
+    fails(["compare", str(config), "--out", str(tmp_path / "runs")], capsys, *needles)
+    assert not (tmp_path / "runs").exists()  # every method is checked before any runs
+
+
+def test_builtin_comparisons_are_valid():
+    assert {"demo", "temporal-order-60"} <= set(builtin_configs())
+    name, table = load_comparison("demo")
+    configs = method_configs(name, table)
+    assert list(configs) == ["tp", "tp-through-time", "bp"]
+    tp, tt, bp = configs.values()
+    assert ((tp.rule, tp.lr, tp.target_step, tp.reg, tp.through_time, tp.optimizer)
+            == ("linearized", 0.1, 0.01, 10.0, False, "sgd"))
+    assert tt.through_time and (tt.lr, tt.target_step, tt.reg) == (0.1, 0.01, 10.0)
+    assert (bp.rule, bp.lr, bp.momentum, bp.nesterov) == ("bp", 1e-5, 0.9, True)
+    assert all((c.task, c.length, c.hidden_size, c.seed) == ("temporal-order", 60, 100, 1) for c in configs.values())
+    full = method_configs("temporal-order-60", load_comparison("temporal-order-60")[1])
+    assert all(c.iterations == 40000 and c.stop_at_accuracy == 1.0 for c in full.values())
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+def test_plot_writes_a_png(tmp_path, capsys):
+    for rule in ("bp", "linearized"):
+        assert main(["train", *TINY, "--rule", rule, "--out", str(tmp_path / rule)]) == 0
+    png = tmp_path / "figs" / "curves.png"
+    assert main(["plot", str(tmp_path / "bp"), str(tmp_path / "linearized"), "-o", str(png), "--title", "t"]) == 0
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+    png2 = tmp_path / "all.png"  # a directory of runs stands for its runs
+    assert main(["plot", str(tmp_path), "-o", str(png2)]) == 0 and png2.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_bad_input(tmp_path, capsys):
+    fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")], capsys, "not a run directory")
+    fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.pdf")], capsys, ".png")
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,39 @@
+"""The trained network: a TP layer read out by a linear head at its last state, orthogonal init."""
+import pytest
+import torch
+
+from targetprop.init import orthogonal_
+from targetprop.models import MODELS, SequenceModel
+
+
+def test_sequence_model_shapes_and_orthogonal_init():
+    model = SequenceModel("rnn", 6, 16, 4, generator=torch.Generator().manual_seed(0), rule="bp")
+    assert model(torch.randn(5, 9, 6)).shape == (5, 4)
+    w = model.rnn.weight_hh_l0.detach()
+    torch.testing.assert_close(w @ w.T, torch.eye(16), atol=1e-5, rtol=0)
+    h = model.head.weight.detach()  # (4, 16): orthonormal rows
+    torch.testing.assert_close(h @ h.T, torch.eye(4), atol=1e-5, rtol=0)
+    assert model.rnn.bias_hh_l0.abs().sum() == 0 and model.head.bias.abs().sum() == 0
+    same = SequenceModel("rnn", 6, 16, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same.rnn.weight_ih_l0, model.rnn.weight_ih_l0)
+    assert "rnn" in MODELS
+    expected = orthogonal_(torch.empty(16, 6), torch.Generator().manual_seed(0))
+    assert torch.equal(model.rnn.weight_ih_l0.detach(), expected)  # first draw: W_ih
+
+
+def test_sequence_model_output_is_head_of_last_state():
+    model = SequenceModel("rnn", 2, 8, 1, init="default", rule="linearized", reg=3.0, dtype=torch.float64)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    _, h_n = model.rnn(x)
+    torch.testing.assert_close(model(x), model.head(h_n[0]))
+    assert model.rnn.reg == 3.0 and model.head.weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("kwargs,match", [({"cell": "lstm"}, "unknown cell"), ({"init": "xavier"}, "init"),
+                                          ({"rule": "nope"}, "rule"),
+                                          ({"dropout": 0.5}, "'rnn' layer \\(TPRNN\\) does not take option\\(s\\) dropout")])
+def test_sequence_model_bad_arguments(kwargs, match):
+    args = {"cell": "rnn", **kwargs}
+    cell = args.pop("cell")
+    with pytest.raises(ValueError, match=match):
+        SequenceModel(cell, 2, 4, 1, **args)
