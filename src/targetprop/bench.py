@@ -193,7 +193,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="targetprop bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", nargs="+", default=["targets"], choices=sorted(GRIDS), help="shape grids to run")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--threads", nargs="+", type=int, default=[1, torch.get_num_threads()])
+    p.add_argument("--threads", dest="thread_counts", nargs="+", type=int, default=[1, torch.get_num_threads()],
+                   help="intra-op thread counts to time (default: 1 and all)")
     p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
@@ -206,7 +207,7 @@ def main(argv=None, args=None) -> int:
     args = args or build_parser().parse_args(argv)
     shapes = list(dict.fromkeys(s for g in args.grid for s in GRIDS[g]))
     results = []
-    for threads in dict.fromkeys(args.threads):
+    for threads in dict.fromkeys(args.thread_counts):
         for shape in shapes:
             results += measure(shape, args.methods, threads, args.device, args.repeats, args.warmup)
             print(table([r for r in results if (r.T, r.B, r.p, r.d) == shape and r.threads == threads]).split("\n", 2)[-1],

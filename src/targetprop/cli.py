@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_compare(sub)
     _add_plot(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -90,10 +91,12 @@ def _add_train(sub) -> None:
     g.add_argument("--length", type=_positive_int, help="steps per sequence T (default: the task's)")
     g.add_argument("--batch-size", type=_positive_int, help="training mini-batch size (default: the task's)")
     g.add_argument("--test-size", type=_positive_int, help="size of the fixed test set (default: the task's)")
+    g.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA; "
+                                      "Fashion-MNIST: the Debian package's folder)")
     g.add_argument("--task-option", action="append", metavar="KEY=VALUE", type=_key_value,
                    help="a further option of the task, e.g. criterion=absolute for adding (repeatable)")
     g = p.add_argument_group("model")
-    g.add_argument("--cell", help=f"recurrent layer {_default('cell')}")
+    g.add_argument("--cell", "--model", dest="cell", help=f"recurrent layer: rnn or gru {_default('cell')}")
     g.add_argument("--hidden-size", type=_positive_int, help=f"hidden units p {_default('hidden_size')}")
     g.add_argument("--nonlinearity", help="tanh, sigmoid, identity or relu (default: the cell's own, tanh)")
     g.add_argument("--rule", help=f"bp, linearized (eq. 2), difference, direct or learned {_default('rule')}")
@@ -103,6 +106,8 @@ def _add_train(sub) -> None:
     g.add_argument("--through-time", action="store_true", default=None,
                    help="the authors' public-code variant: back-propagate the target losses through time")
     g.add_argument("--init", help=f"orthogonal or default {_default('init')}")
+    g.add_argument("--inverse-lr", type=float, help="learned rule: step size of the reverse layer (layer default 1e-3)")
+    g.add_argument("--inverse-noise", type=float, help="learned rule: noise σ of its reconstruction loss (default 0.1)")
     g.add_argument("--layer-option", action="append", metavar="KEY=VALUE", type=_key_value,
                    help="a further option of the recurrent layer, e.g. inverse_lr=1e-3 for the learned rule "
                         "(repeatable)")
@@ -137,6 +142,11 @@ def _train(args, parser) -> int:
               if not f.name.endswith("_options") and getattr(args, f.name, None) is not None}
     values["task_options"] = dict(args.task_option or [])
     values["layer_options"] = dict(args.layer_option or [])
+    if args.data_dir is not None:
+        values["task_options"]["data_dir"] = args.data_dir
+    for name in ("inverse_lr", "inverse_noise"):
+        if getattr(args, name) is not None:
+            values["layer_options"][name] = getattr(args, name)
     if values.get("divergence_factor") == "none":
         values["divergence_factor"] = None
     trainer = _build(parser, values)
@@ -149,6 +159,18 @@ def _train(args, parser) -> int:
     summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args))
     print(_summary_line(out, summary))
     return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def _add_bench(sub) -> None:
+    from . import bench
+
+    p = sub.add_parser("bench", help="time an iteration of every rule against native BPTT",
+                       description=bench.__doc__.split("\n\n")[0])
+    bench.build_parser(p)
+    p.set_defaults(handler=lambda args, parser: bench.main(args=args), subparser=p)
 
 
 # ---------------------------------------------------------------------------- compare

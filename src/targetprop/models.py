@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from .init import orthogonal_, orthogonal_init_
-from .rnn import TPRNN
+from .rnn import TPGRU, TPRNN
 
-MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN}
+MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN, "gru": TPGRU}
 
 
 class SequenceModel(nn.Module):
@@ -24,7 +24,7 @@ class SequenceModel(nn.Module):
     soft-max on top of a linear operation" / "the last layer is linear").
 
     Args:
-        cell: key of :data:`MODELS` (``"rnn"``: :class:`~targetprop.TPRNN`).
+        cell: key of :data:`MODELS` (``"rnn"``: :class:`~targetprop.TPRNN`, ``"gru"``: :class:`~targetprop.TPGRU`).
         input_size, hidden_size, output_size: ``d``, ``p`` and the head's outputs.
         init: ``"orthogonal"`` (the paper's: orthogonal weights, zero biases, for the recurrent
             layer and the head) or ``"default"`` (the layers' own ``reset_parameters``).

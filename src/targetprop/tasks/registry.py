@@ -10,11 +10,12 @@ import inspect
 from typing import Callable
 
 from .base import Task
+from .images import IMAGE_TASKS
 from .synthetic import SYNTHETIC_TASKS
 
 TaskFactory = Callable[..., Task]
 
-TASKS: dict[str, TaskFactory] = dict(SYNTHETIC_TASKS)
+TASKS: dict[str, TaskFactory] = {**SYNTHETIC_TASKS, **IMAGE_TASKS}
 
 
 def register_task(name: str, factory: TaskFactory) -> None:
