@@ -39,7 +39,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__
+from . import __version__, experiments
 from .tasks.registry import TASKS
 from .trainer import Trainer, TrainConfig, check_run_dir
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_plot(sub)
     _add_bench(sub)
+    experiments.add_commands(sub)  # reproduce, tune
     return parser
 
 
