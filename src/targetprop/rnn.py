@@ -178,17 +178,14 @@ class TPRNN(_TPRecurrent):
                  tol: float = 1e-3, through_time: bool = False, check_finite: bool = True, backend: str = "auto",
                  inverse_lr: float = 1e-3, inverse_noise: float = 0.1, inverse_momentum: float = 0.9,
                  device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
+                         through_time, check_finite, backend, device, dtype)
         self.nonlinearity = nonlinearity
         self.inverse_lr = inverse_lr
         self.inverse_noise = inverse_noise
         self.inverse_momentum = inverse_momentum
-        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
-                         through_time, check_finite, backend, device, dtype)
 
     def __setattr__(self, name, value):
-        if name in ("nonlinearity", "inverse_lr", "inverse_noise", "inverse_momentum") and "_parameters" not in self.__dict__:
-            object.__setattr__(self, name, _SETTERS[name](self, value))  # before nn.Module.__init__
-            return
         super().__setattr__(name, value)
         if name == "rule" and value == "learned":
             self._ensure_reverse_layer()
