@@ -24,16 +24,15 @@ def inverse_operator(weight_hh: Tensor, reg: float, name: str = "weight_hh_l0") 
     Raises :class:`RegularizedInverseError` when the factorization fails or produces
     non-finite values (e.g. ``reg = 0`` with a singular ``W_hh``, or a diverged ``W_hh``).
     """
-    if not bool(torch.isfinite(weight_hh).all()):
-        raise RegularizedInverseError(
-            f"{name} contains NaN or inf (has training diverged?); cannot build the regularized inverse"
-        )
     p = weight_hh.shape[-1]
     gram = weight_hh.mT @ weight_hh
     gram.diagonal(dim1=-2, dim2=-1).add_(reg)
     chol, info = torch.linalg.cholesky_ex(gram)
-    m = torch.cholesky_solve(weight_hh.mT.contiguous(), chol) if not bool(info.any()) else None
-    if m is None or not bool(torch.isfinite(m).all()):
+    m = torch.cholesky_solve(weight_hh.mT.contiguous(), chol)
+    if bool(info.any() | ~torch.isfinite(m).all()):  # one host sync on success
+        if not bool(torch.isfinite(weight_hh).all()):
+            raise RegularizedInverseError(
+                f"{name} contains NaN or inf (has training diverged?); cannot build the regularized inverse")
         if reg > 0:
             why = (f"{name} has entries up to {weight_hh.abs().max().item():.3g} in {weight_hh.dtype}, "
                    f"too large for the factorization (has training diverged? try smaller step sizes)")
