@@ -68,3 +68,14 @@ def test_fallback_when_the_build_fails(monkeypatch):
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="backend must be one of"):
         TPRNN(2, 3, backend="cuda")
+
+
+def test_auto_uses_compiled_loops_only_where_they_pay():
+    from targetprop import elman
+
+    x = torch.zeros(2, 3, 1)
+    wide = torch.zeros(elman.MAX_COMPILED_WIDTH + 1, elman.MAX_COMPILED_WIDTH + 1)
+    narrow = torch.zeros(elman.MAX_COMPILED_WIDTH, elman.MAX_COMPILED_WIDTH)
+    assert elman.select_kernels("auto", x, wide) is None
+    assert elman.select_kernels("auto", x, narrow) is kernels.load()
+    assert elman.select_kernels("cpp", x, wide) is kernels.load()  # asked for explicitly
