@@ -24,9 +24,10 @@ import torch
 from .init import orthogonal_init_
 from .rnn import TPRNN
 
-#: name -> TPRNN keyword arguments, or None for native torch.nn.RNN
-METHODS: dict[str, dict | None] = {
+#: name -> TPRNN keyword arguments, None for native torch.nn.RNN, "naive" for the per-step baseline
+METHODS: dict[str, dict | str | None] = {
     "native-bptt": None,
+    "naive-tp": "naive",
     "engine-bp": {"rule": "bp"},
     "tp-linearized": {"rule": "linearized"},
     "tp-difference": {"rule": "difference"},
@@ -60,11 +61,49 @@ class Result:
     repeats: int
 
 
+class _NaiveTP(torch.autograd.Function):
+    """Linearized TP written the straightforward way, as a yardstick: a per-step Python forward,
+    a per-step backward that allocates every temporary and accumulates each parameter
+    direction step by step, and ``M`` from an explicit inverse. Not used by the library."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
+        hs = [x.new_zeros(x.shape[1], w_hh.shape[0])]
+        for t in range(x.shape[0]):
+            hs.append(torch.tanh(x[t] @ w_ih.T + b_ih + hs[-1] @ w_hh.T + b_hh))
+        ctx.save_for_backward(x, w_ih, w_hh, *hs)
+        return hs[-1]
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_ih, w_hh, *hs = ctx.saved_tensors
+        m = torch.linalg.inv(w_hh.T @ w_hh + torch.eye(w_hh.shape[0], dtype=w_hh.dtype)) @ w_hh.T
+        grads = [torch.zeros_like(w) for w in (w_ih, w_hh)] + [torch.zeros_like(w_hh[0])]
+        lam = -1e-2 * g
+        for t in range(x.shape[0], 0, -1):
+            deriv = 1 - hs[t] ** 2
+            delta = -deriv * lam
+            grads[0] += delta.T @ x[t - 1]
+            grads[1] += delta.T @ hs[t - 1]
+            grads[2] += delta.sum(0)
+            lam = (lam / (1 - hs[t].clamp(-0.999, 0.999) ** 2)) @ m.T
+        return None, grads[0], grads[1], grads[2], grads[2].clone()
+
+
+class _NaiveModule(torch.nn.RNN):
+    def forward(self, x):
+        h = _NaiveTP.apply(x.transpose(0, 1), self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        return None, h.unsqueeze(0)
+
+
 def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 0) -> Callable[[], tuple]:
     """A closure running one training iteration; returns (forward s, backward s, total s)."""
     gen = torch.Generator().manual_seed(seed)
     kwargs = METHODS[method]
-    rnn = torch.nn.RNN(d, p, batch_first=True) if kwargs is None else TPRNN(d, p, reg=1.0, **kwargs)
+    if kwargs == "naive":
+        rnn = _NaiveModule(d, p, batch_first=True)
+    else:
+        rnn = torch.nn.RNN(d, p, batch_first=True) if kwargs is None else TPRNN(d, p, reg=1.0, **kwargs)
     orthogonal_init_(rnn, gen)
     head = torch.nn.Linear(p, 10)
     rnn.to(device)
@@ -192,7 +231,8 @@ def plot(results: list[Result], path: str) -> None:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="targetprop bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", nargs="+", default=["targets"], choices=sorted(GRIDS), help="shape grids to run")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "naive-tp"], choices=list(METHODS),
+                   help="methods to time (naive-tp: a straightforward per-step TP, as a yardstick)")
     p.add_argument("--threads", dest="thread_counts", nargs="+", type=int, default=[1, torch.get_num_threads()],
                    help="intra-op thread counts to time (default: 1 and all)")
     p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")
