@@ -221,7 +221,8 @@ def plot(results: list[Result], path: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(var)
         ax.set_ylabel("ms per iteration (1 thread)")
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.suptitle("Training iteration time, TP rules vs BPTT")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -244,6 +245,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv=None, args=None) -> int:
+    from_cli = args is not None
     args = args or build_parser().parse_args(argv)
     shapes = list(dict.fromkeys(s for g in args.grid for s in GRIDS[g]))
     results = []
@@ -252,8 +254,13 @@ def main(argv=None, args=None) -> int:
             results += measure(shape, args.methods, threads, args.device, args.repeats, args.warmup)
             print(table([r for r in results if (r.T, r.B, r.p, r.d) == shape and r.threads == threads]).split("\n", 2)[-1],
                   flush=True)
-    text = (f"Machine: {machine()}\n\nCommand: `targetprop bench {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`\n\n"
-            + table(results) + "\n")
+    if argv is not None:
+        command = "targetprop bench " + " ".join(argv)
+    elif from_cli:  # the targetprop command line
+        command = "targetprop " + " ".join(sys.argv[1:])
+    else:
+        command = "python -m targetprop.bench " + " ".join(sys.argv[1:])
+    text = f"Machine: {machine()}\n\nCommand: `{command}`\n\n" + table(results) + "\n"
     print("\n" + text)
     if args.output:
         with open(args.output, "w") as f:
