@@ -20,3 +20,21 @@ def assert_rel(actual, expected, tol: float = 1e-10, where: str = "") -> float:
         WORST.update(rel=err, where=where)
     assert err <= tol, f"{where}: relative error {err:.3e} > {tol:.0e}"
     return err
+
+
+def train_to_full_accuracy(rnn, head, optimizer, task, budget: int, every: int = 50):
+    """Train ``head(rnn(x)[1][0])`` on ``task`` until its test accuracy is 1.0 or ``budget`` runs
+    out; returns (iterations run, last test accuracy)."""
+    (xt, yt), = task.eval_batches("test")
+    acc, it = 0.0, 0
+    for it in range(1, budget + 1):
+        x, y = task.train_batch(it - 1)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(rnn(x)[1][0]), y).backward()
+        optimizer.step()
+        if it % every == 0:
+            with torch.no_grad():
+                acc = (head(rnn(xt)[1][0]).argmax(-1) == yt).double().mean().item()
+            if acc == 1.0:
+                break
+    return it, acc

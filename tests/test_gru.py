@@ -3,7 +3,7 @@ the pinned-gate reduction, and training."""
 import pytest
 import torch
 
-from helpers import assert_rel
+from helpers import assert_rel, train_to_full_accuracy
 from targetprop import TPGRU, orthogonal_, orthogonal_init_
 
 D64 = torch.float64
@@ -170,16 +170,5 @@ def test_tpgru_reaches_100_percent_on_temporal_order_10(rule, lr):
     rnn = orthogonal_init_(TPGRU(task.input_size, 32, rule=rule, reg=10.0, target_step=1e-2))
     head = torch.nn.Linear(32, task.output_size)
     opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=lr)
-    (xt, yt), = task.eval_batches("test")
-    acc = 0.0
-    for it in range(1500):
-        x, y = task.train_batch(it)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(rnn(x)[1][0]), y).backward()
-        opt.step()
-        if it % 100 == 99:
-            with torch.no_grad():
-                acc = (head(rnn(xt)[1][0]).argmax(-1) == yt).double().mean().item()
-            if acc == 1.0:
-                break
+    it, acc = train_to_full_accuracy(rnn, head, opt, task, budget=1500)
     assert acc == 1.0, (rule, it, acc)

@@ -3,7 +3,7 @@ reverse-layer update, its reconstruction error falling, its state dict, and trai
 import pytest
 import torch
 
-from helpers import assert_rel
+from helpers import assert_rel, train_to_full_accuracy
 from targetprop import TPRNN, orthogonal_init_
 from test_rules import make_problem, run_layer
 
@@ -91,16 +91,5 @@ def test_learned_rule_reaches_100_percent_on_temporal_order_10():
     rnn = orthogonal_init_(TPRNN(task.input_size, 32, rule="learned", target_step=0.1, inverse_lr=1e-2))
     head = torch.nn.Linear(32, task.output_size)
     opt = torch.optim.SGD([*rnn.parameters(), *head.parameters()], lr=0.1)
-    (xt, yt), = task.eval_batches("test")
-    acc = 0.0
-    for it in range(2000):
-        x, y = task.train_batch(it)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(rnn(x)[1][0]), y).backward()
-        opt.step()
-        if it % 50 == 49:
-            with torch.no_grad():
-                acc = (head(rnn(xt)[1][0]).argmax(-1) == yt).double().mean().item()
-            if acc == 1.0:
-                break
+    it, acc = train_to_full_accuracy(rnn, head, opt, task, budget=2000)
     assert acc == 1.0, (it, acc)
