@@ -10,6 +10,7 @@ Rules (DESIGN.md §2; ``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ``, ``π`` the project
 ``linearized``  ``R = (λ_t ⊘ a'(u_t)) Mᵀ``, a' read from ``π(h_t)``    (eq. 2)
 ``difference``  ``R = (a⁻¹(π(h_t+λ_t)) − a⁻¹(π(h_t))) Mᵀ``             (Lee et al. 2015)
 ``direct``      ``R = f⁻¹(h_t+λ_t) − h_{t-1}``                          (plain inverse)
+``learned``     ``R = ψ_t(h_t+λ_t) − ψ_t(h_t)``, a trained reverse layer  (:mod:`targetprop.learned`)
 =============  =====================================================================
 
 Parameter directions (eq. 3) with ``δ_t = a'(u_t) ⊙ (−λ_t)`` stacked over all t:
@@ -212,4 +213,5 @@ class Direct(_StepwiseInverseRule):
 
         return step
 
-Tape = ElmanTape
+
+Tape = ElmanTape  # the name the autograd glue looks up on a cell module
