@@ -1,9 +1,555 @@
 """The paper's experiments as data: ``targetprop reproduce`` and ``targetprop tune`` (issue 5).
 
-(Placeholder: the commands are added by :func:`add_commands`.)
+This module owns the experiment files (``targetprop/configs/fig*.toml`` and
+``linearized-vs-difference.toml``, one per figure panel), running them, and the grid search.
+Training is :mod:`targetprop.trainer`'s; drawing is :mod:`targetprop.plotting`'s.
+
+A panel file is a comparison file (see :mod:`targetprop.cli`) with a few more keys::
+
+    figure = "fig3"                # the figure it belongs to (``reproduce fig3`` runs all fig3 panels)
+    title = "Temporal order, T = 60"
+    kind = "curves"                # curves (Figs. 3, 4) | grid (Figs. 6a, 6b)
+    [budgets.full]                 # settings laid over [common]: the paper's budget
+    iterations = 40000
+    [budgets.short]                # a budget that finishes in minutes
+    iterations = 2000
+    [common] …                     # shared settings (fields of TrainConfig)
+    [methods.NAME] …               # one table per method
+    [grid]                         # kind = "grid" only
+    x = "lr"                       # a setting (``task.KEY`` for a task option, ``layer.KEY`` for a layer option)
+    x_values = [1e-4, 1e-2, 1]
+    y = "reg"
+    y_values = [0.0, 1.0]
+    metric = "auc"                 # what the heat map shows: auc (area under the training loss) | accuracy
+    [grid.select]                  # optional: per cell, the best of these settings by area under the loss
+    lr = [1e-2, 1e-1]              # (a method's own ``select`` table replaces it for that method)
+
+The string ``"none"`` stands for None (TOML has no null), e.g. ``divergence_factor = "none"``.
+A budget may hold a ``grid`` table that replaces keys of ``[grid]`` (a smaller grid for ``short``)
+and ``[budgets.B.methods.NAME]`` tables laid over the methods' (e.g. a shorter ``select``).
+``targetprop tune`` searches one- or two-axis grids over settings and selects by the area under
+the training-loss curve (the loss on the fixed training sample against iterations), as the paper
+does for Fig. 6a; a run that diverged or failed has no area and is never selected.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
+import math
+import time
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .datasets import DatasetError
+from .tasks.registry import task_options
+from .trainer import Trainer, TrainConfig, build_task, read_metrics
+
+FIGURES = ("fig3", "fig4", "fig6a", "fig6b", "linearized-vs-difference")
+BUDGETS = ("full", "short")
+PANEL_KEYS = ("figure", "title", "description", "kind", "budgets", "common", "methods", "grid")
+KINDS = ("curves", "grid")
+METRICS = ("auc", "accuracy")
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+OPTION_PREFIXES = {"task": "task_options", "layer": "layer_options"}
+
+
+# ---------------------------------------------------------------------------- panels as data
+
+
+def panel_names() -> list[str]:
+    """Names of the panel files shipped in ``targetprop/configs`` (those with a ``figure`` key)."""
+    folder = resources.files("targetprop") / "configs"
+    names = sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".toml"))
+    return [n for n in names if "figure" in _read_toml(folder / f"{n}.toml", n)]
+
+
+def load_panel(spec: str) -> dict:
+    """The panel table of a file path or built-in name, validated; ValueError names what is wrong."""
+    path = Path(spec)
+    if path.is_file():
+        table, name = _read_toml(path, spec), path.stem
+    else:
+        if spec not in panel_names():
+            raise ValueError(f"no panel {spec!r} (built-in panels: {', '.join(panel_names())})")
+        table, name = _read_toml(resources.files("targetprop") / "configs" / f"{spec}.toml", spec), spec
+    _check_panel(spec, table)
+    return {**table, "name": name}
+
+
+def _read_toml(path, spec: str) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{spec}: not valid TOML: {err}") from None
+
+
+def _check_panel(spec: str, table: dict) -> None:
+    unknown = sorted(set(table) - set(PANEL_KEYS))
+    if unknown:
+        raise ValueError(f"{spec}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(PANEL_KEYS)})")
+    if table.get("figure") not in FIGURES:
+        raise ValueError(f"{spec}: figure must be one of {', '.join(FIGURES)}, got {table.get('figure')!r}")
+    if table.get("kind", "curves") not in KINDS:
+        raise ValueError(f"{spec}: kind must be one of {', '.join(KINDS)}")
+    missing = [b for b in BUDGETS if not isinstance(table.get("budgets", {}).get(b), dict)]
+    if missing:
+        raise ValueError(f"{spec}: needs [budgets.{missing[0]}]")
+    if not isinstance(table.get("methods"), dict) or not table["methods"]:
+        raise ValueError(f"{spec}: needs at least one [methods.NAME] table")
+    if table.get("kind") == "grid":
+        grid = panel_grid(table, "full")
+        if grid.get("metric", "auc") not in METRICS or "x" not in grid or "x_values" not in grid:
+            raise ValueError(f"{spec}: [grid] needs x, x_values and a metric in {', '.join(METRICS)}")
+
+
+def panels_of(figure: str) -> list[str]:
+    """The built-in panels of ``figure`` (e.g. ``fig3``), in name order."""
+    return [n for n in panel_names() if load_panel(n)["figure"] == figure]
+
+
+def panel_grid(panel: dict, budget: str) -> dict:
+    """The panel's ``[grid]`` with the budget's ``grid`` table laid over it."""
+    return {**panel.get("grid", {}), **panel["budgets"][budget].get("grid", {})}
+
+
+def set_value(values: dict, key: str, value) -> dict:
+    """``values`` with the setting ``key`` set: a TrainConfig field, or ``task.K`` / ``layer.K``."""
+    prefix, dot, rest = key.partition(".")
+    values = {**values}
+    if dot and prefix in OPTION_PREFIXES:
+        field = OPTION_PREFIXES[prefix]
+        values[field] = {**values.get(field, {}), rest: value}
+    elif key in FIELDS:
+        values[key] = value
+    else:
+        raise ValueError(f"unknown setting {key!r} (a TrainConfig field, task.KEY or layer.KEY)")
+    return values
+
+
+def merge(*layers: dict) -> dict:
+    """Settings laid over each other; ``task_options``/``layer_options`` merge key by key, and the
+    string ``"none"`` (TOML has no null) stands for None."""
+    out = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in OPTION_PREFIXES.values():
+                out[key] = {**out.get(key, {}), **value}
+            else:
+                out[key] = None if isinstance(value, str) and value.lower() == "none" else value
+    return out
+
+
+def method_tables(panel: dict, budget: str) -> dict[str, dict]:
+    """The ``[methods.NAME]`` tables with the budget's ``[budgets.B.methods.NAME]`` laid over them."""
+    extra = panel["budgets"][budget].get("methods", {})
+    return {name: {**table, **extra.get(name, {})} for name, table in panel["methods"].items()}
+
+
+def method_settings(panel: dict, budget: str, overrides: dict | None = None) -> dict[str, dict]:
+    """Per method: ``[common]``, then the budget, then the method's table (less its ``select``),
+    then ``overrides``."""
+    base = {k: v for k, v in panel["budgets"][budget].items() if k not in ("grid", "methods")}
+    out = {}
+    for name, settings in method_tables(panel, budget).items():
+        values = merge(panel.get("common", {}), base, {k: v for k, v in settings.items() if k != "select"})
+        for key, value in (overrides or {}).items():
+            values = set_value(values, key, value)
+        values.setdefault("label", name)
+        out[name] = values
+    return out
+
+
+def panel_configs(panel: dict, budget: str, overrides: dict | None = None) -> dict[str, TrainConfig]:
+    """Validated configs of the panel's methods (ValueError names the method)."""
+    configs = {}
+    for name, values in method_settings(panel, budget, overrides).items():
+        try:
+            configs[name] = TrainConfig.from_dict(values)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{panel['name']}: methods.{name}: {err}") from None
+    return configs
+
+
+# ---------------------------------------------------------------------------- area under the loss
+
+
+def loss_auc(run_dir: str | Path) -> float:
+    """Area under the training-loss curve (trapezoid over iterations) of a completed run; ``inf``
+    when it diverged or failed (so it is never selected) or has fewer than two points."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if summary["status"] != "completed":
+        return math.inf
+    m = read_metrics(run_dir)
+    xs, ys = m["iteration"], m["train_loss"]
+    if len(xs) < 2 or not all(math.isfinite(y) for y in ys):
+        return math.inf
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
+
+
+def best_by_auc(aucs: dict) -> object | None:
+    """The key of the smallest finite area, or None if every run diverged."""
+    finite = {k: v for k, v in aucs.items() if math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else None
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run_config(config: TrainConfig, out: Path, quiet: bool = True) -> dict:
+    """Train ``config`` into ``out`` unless a finished run with the same settings is there (resume by
+    config, STYLE 12); return its summary."""
+    done = out / "summary.json"
+    if done.is_file() and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        if saved.get("config") == config.to_dict():
+            return json.loads(done.read_text(encoding="utf-8"))
+    summary = Trainer(config, _task(config)).run(out, overwrite=True)
+    if not quiet:
+        print(_summary_line(out, summary), flush=True)
+    return summary
+
+
+_TASKS: dict[str, object] = {}
+TASK_KEYS = ("task", "length", "batch_size", "test_size", "task_options", "seed", "dtype")
+
+
+def _task(config: TrainConfig):
+    """The config's task, shared between runs with the same task settings (a grid loads its
+    images once; tasks serve batches as pure functions of the seed and iteration)."""
+    key = json.dumps({k: getattr(config, k) for k in TASK_KEYS}, sort_keys=True, default=str)
+    if key not in _TASKS:
+        _TASKS.clear()  # hold one data set at a time
+        _TASKS[key] = build_task(config)
+    return _TASKS[key]
+
+
+def _summary_line(out: Path, s: dict) -> str:
+    acc = "n/a" if s["final_test_accuracy"] is None else f"{s['final_test_accuracy']:.1%}"
+    return (f"  {s['label']}: {s['status']} after {s['iterations']} iterations, test accuracy {acc}, "
+            f"{s['wall_time']:.1f} s -> {out}")
+
+
+def run_curves_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True) -> list[dict]:
+    """Run every method of a ``curves`` panel; return one results row per method."""
+    configs = panel_configs(panel, budget, overrides)
+    rows = []
+    for name, config in configs.items():
+        summary = run_config(config, out / name, quiet)
+        rows.append(_row(panel, budget, name, config, summary, loss_auc(out / name)))
+    return rows
+
+
+def grid_cells(grid: dict) -> list[tuple]:
+    """``(x, y)`` pairs of the grid (``y`` is None for a one-axis grid)."""
+    ys = grid.get("y_values") or [None]
+    return list(itertools.product(grid["x_values"], ys))
+
+
+def select_settings(grid: dict) -> list[dict]:
+    """The settings tried in each cell (``[grid.select]``'s product; one empty dict if none)."""
+    select = grid.get("select", {})
+    keys = list(select)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(select[k] for k in keys))]
+
+
+def _cell_name(grid: dict, x, y, extra: dict) -> str:
+    parts = [f"{grid['x']}={x}"] + ([f"{grid['y']}={y}"] if y is not None else [])
+    return ",".join(parts + [f"{k}={v}" for k, v in extra.items()])
+
+
+def run_grid(base: dict, grid: dict, out: Path, quiet: bool = True) -> dict:
+    """Run ``base`` settings over the grid; per cell the best of ``[grid.select]`` by area.
+
+    Returns ``{(x, y): {"auc", "accuracy", "run", "status"}}`` (auc ``inf`` when every run of the cell
+    diverged; ``run`` is the selected run directory or None).
+    """
+    cells = {}
+    for x, y in grid_cells(grid):
+        aucs, summaries = {}, {}
+        for extra in select_settings(grid):
+            values = set_value(base, grid["x"], x)
+            values = set_value(values, grid["y"], y) if y is not None else values
+            for key, value in extra.items():
+                values = set_value(values, key, value)
+            name = _cell_name(grid, x, y, extra)
+            values["label"] = f"{base.get('label', 'run')} {name}"
+            run_dir = out / name.replace("/", "_")
+            summaries[run_dir] = run_config(TrainConfig.from_dict(values), run_dir, quiet)
+            aucs[run_dir] = loss_auc(run_dir)
+        best = best_by_auc(aucs)
+        cells[(x, y)] = {"auc": aucs[best] if best else math.inf, "run": best,
+                         "accuracy": summaries[best]["final_test_accuracy"] if best else None,
+                         "status": summaries[best]["status"] if best else "diverged"}
+    return cells
+
+
+def grid_matrix(cells: dict, grid: dict, metric: str) -> list[list[float]]:
+    """Rows over y, columns over x, of ``metric`` (NaN where the cell diverged: blank in the plot)."""
+    ys = grid.get("y_values") or [None]
+    rows = []
+    for y in ys:
+        row = []
+        for x in grid["x_values"]:
+            c = cells[(x, y)]
+            value = c["auc"] if metric == "auc" else c["accuracy"]
+            row.append(math.nan if value is None or not math.isfinite(value) or c["run"] is None else value)
+        rows.append(row)
+    return rows
+
+
+def run_grid_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True) -> tuple[list[dict], dict]:
+    """Run every method of a ``grid`` panel over its grid; return the results rows and the cells per method."""
+    grid = panel_grid(panel, budget)
+    rows, all_cells = [], {}
+    for name, values in method_settings(panel, budget, overrides).items():
+        select = method_tables(panel, budget)[name].get("select")
+        method_grid = {**grid, "select": select} if select else grid
+        cells = all_cells[name] = run_grid(values, method_grid, out / name, quiet)
+        for (x, y), c in cells.items():
+            cell = _cell_name(grid, x, y, {})
+            rows.append({"panel": panel["name"], "budget": budget, "method": f"{name} {cell}",
+                         "settings": "", "status": c["status"], "iterations": values.get("iterations"),
+                         "accuracy": c["accuracy"], "to100": None, "auc": c["auc"], "wall": None})
+    return rows, all_cells
+
+
+def _row(panel, budget, name, config, s, auc) -> dict:
+    return {"panel": panel["name"], "budget": budget, "method": name, "settings": config.method(),
+            "status": s["status"], "iterations": s["iterations"], "accuracy": s["final_test_accuracy"],
+            "to100": s["iteration_to_100"], "auc": auc, "wall": s["wall_time"]}
+
+
+# ---------------------------------------------------------------------------- results table
+
+
+TABLE_HEADER = ("| panel | budget | method | settings | status | iterations | final test accuracy "
+                "| iterations to 100% | loss AUC | wall time |\n|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Markdown rows of the results table."""
+    def fmt(value, spec):
+        return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    return "".join(
+        f"| {r['panel']} | {r['budget']} | {r['method']} | {r['settings']} | {r['status']} | {r['iterations']} | "
+        f"{fmt(r['accuracy'], '.1%')} | {r['to100'] or 'not reached'} | {fmt(r['auc'], '.4g')} | "
+        f"{fmt(r['wall'], '.0f')}{' s' if r['wall'] is not None else ''} |\n" for r in rows)
+
+
+def append_results(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the Markdown table at ``path`` (its header written first if new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with path.open("a", encoding="utf-8") as f:
+        f.write((TABLE_HEADER if new else "") + format_rows(rows))
+
+
+# ---------------------------------------------------------------------------- reproduce
+
+
+def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrides=None,
+                    quiet=True) -> Path | None:
+    """Run one panel into ``out_root/NAME``, draw its PNG, append to ``out_root/results.md``.
+    Returns the PNG, or None when the panel was skipped because its data is missing."""
+    from . import plotting
+
+    panel = load_panel(name)
+    if data_dir and "data_dir" in task_options(panel.get("common", {}).get("task", "temporal-order")):
+        overrides = {**(overrides or {}), "task.data_dir": str(data_dir)}
+    missing = _missing_data(panel, budget, overrides)
+    if missing:
+        print(f"{panel['name']}: skipped, data not available ({missing})")
+        return None
+    out = out_root / panel["name"]
+    title = panel.get("title", panel["name"]) + (" (short budget)" if budget == "short" else "")
+    start = time.perf_counter()
+    if panel.get("kind", "curves") == "curves":
+        rows = run_curves_panel(panel, budget, out, overrides, quiet)
+        png = plotting.plot_panel([out / m for m in panel["methods"]], out / f"{panel['name']}.png", title=title)
+    else:
+        rows, cells = run_grid_panel(panel, budget, out, overrides, quiet)
+        grid = panel_grid(panel, budget)
+        metric = grid.get("metric", "auc")
+        png = plotting.plot_heatmaps({m: grid_matrix(c, grid, metric) for m, c in cells.items()},
+                                     grid["x_values"], grid.get("y_values") or [None],
+                                     out / f"{panel['name']}.png", xlabel=grid["x"], ylabel=grid.get("y", ""),
+                                     title=title, metric=metric)
+    append_results(out_root / "results.md", rows)
+    print(f"{panel['name']}: {len(rows)} rows, {time.perf_counter() - start:.0f} s, plot {png}")
+    return png
+
+
+def _missing_data(panel: dict, budget: str, overrides: dict) -> str:
+    """Why the panel's data cannot be read ('' when it can): builds the first method's task."""
+    config = next(iter(panel_configs(panel, budget, overrides).values()))
+    try:
+        _task(config)
+    except DatasetError as err:
+        return str(err)
+    return ""
+
+
+# ---------------------------------------------------------------------------- the commands
+
 
 def add_commands(sub) -> None:
-    """Add this module's sub-commands to the ``targetprop`` parser's sub-parsers ``sub``."""
+    """Add ``reproduce`` and ``tune`` to the ``targetprop`` parser's sub-parsers ``sub``."""
+    _add_reproduce(sub)
+    _add_tune(sub)
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="run a figure of the paper (its panels' methods), plot it, tabulate it",
+                       description="Run every panel of a figure (files in targetprop/configs), draw a PNG per "
+                                   "panel, append to OUT/results.md. Panels whose data is missing are skipped.")
+    p.add_argument("figure", choices=FIGURES)
+    p.add_argument("--panel", help="run only this panel (a built-in name)")
+    p.add_argument("--budget", choices=BUDGETS, default="short", help="full: the paper's; short: minutes (default)")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
+    p.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a setting of every method (e.g. iterations=100, task.k=4; repeatable)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_reproduce, subparser=p)
+
+
+def _reproduce(args, parser) -> int:
+    try:
+        overrides = dict(parse_setting(s) for s in args.set)
+        names = [args.panel] if args.panel else panels_of(args.figure)
+        for name in names:
+            if load_panel(name)["figure"] != args.figure:
+                raise ValueError(f"panel {name!r} is not part of {args.figure}")
+    except ValueError as err:
+        parser.error(str(err))
+    for name in names:
+        reproduce_panel(name, args.budget, args.out, data_dir=args.data_dir, overrides=overrides, quiet=args.quiet)
+    print(f"results: {args.out / 'results.md'}")
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="grid search over one or two settings, selected by area under the loss",
+                       description="Run a one- or two-axis grid over settings, print the table of areas under "
+                                   "the training-loss curve, write OUT/best.json (the selected settings), "
+                                   "OUT/tune.md and, for two axes, a heat map OUT/heatmap.png (Fig. 6a).")
+    p.add_argument("--panel", help="start from this panel's settings (default: the task defaults)")
+    p.add_argument("--method", help="the panel's method to start from (default: its first)")
+    p.add_argument("--budget", choices=BUDGETS, default="short")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="a base setting (repeatable)")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=LO:HI[:N]|KEY=V1,V2,…",
+                   help="an axis: a log grid from LO to HI (one point per decade, or N points) or a list")
+    p.add_argument("--out", type=Path, default=Path("runs/tune"))
+    p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_tune, subparser=p)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, VALUE read as JSON when it parses (numbers, true, null), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), _json_or_text(raw)
+
+
+def _json_or_text(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_axis(text: str) -> tuple[str, list]:
+    """``lr=1e-4:1e1`` (powers of ten), ``lr=1e-4:1e1:11`` (11 log-spaced points) or ``lr=0,0.1,1``."""
+    key, value = parse_setting(text)
+    raw = text.partition("=")[2]
+    if ":" in raw:
+        parts = [float(v) for v in raw.split(":")]
+        if len(parts) not in (2, 3) or parts[0] <= 0 or parts[1] < parts[0]:
+            raise ValueError(f"{text!r}: a log grid is LO:HI[:N] with 0 < LO <= HI")
+        lo, hi = math.log10(parts[0]), math.log10(parts[1])
+        n = int(parts[2]) if len(parts) == 3 else int(round(hi - lo)) + 1
+        values = [float(f"{10 ** (lo + (hi - lo) * i / max(n - 1, 1)):.6g}") for i in range(n)]
+    else:
+        values = [_json_or_text(v) for v in raw.split(",")]
+    return key, values
+
+
+def tune(base: dict, axes: list[tuple[str, list]], out: Path, quiet: bool = True) -> tuple[dict, dict, dict]:
+    """Run the grid; return ``(grid, cells, best)`` where ``best`` holds the selected settings
+    (``{}`` if every run diverged). Runs never stop early on accuracy, so areas compare."""
+    if not 1 <= len(axes) <= 2:
+        raise ValueError("tune takes one or two --grid axes")
+    grid = {"x": axes[0][0], "x_values": axes[0][1]}
+    if len(axes) == 2:
+        grid.update(y=axes[1][0], y_values=axes[1][1])
+    cells = run_grid({**base, "stop_at_accuracy": None}, grid, out, quiet)
+    best_cell = best_by_auc({k: c["auc"] for k, c in cells.items()})
+    best = {}
+    if best_cell is not None:
+        best = {grid["x"]: best_cell[0], **({grid["y"]: best_cell[1]} if len(axes) == 2 else {}),
+                "auc": cells[best_cell]["auc"], "run": str(cells[best_cell]["run"])}
+    return grid, cells, best
+
+
+def tune_table(grid: dict, cells: dict, best: dict) -> str:
+    """Markdown table of the grid's areas (rows over y), the selected cell starred."""
+    ys = grid.get("y_values") or [None]
+    corner = f"{grid.get('y', '')} \\ {grid['x']}" if "y" in grid else grid["x"]
+    lines = [f"| {corner} | " + " | ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in grid["x_values"]) + " |",
+             "|---" * (len(grid["x_values"]) + 1) + "|"]
+    for y in ys:
+        row = [str(y) if y is not None else "loss AUC"]
+        for x in grid["x_values"]:
+            auc = cells[(x, y)]["auc"]
+            chosen = best and best.get(grid["x"]) == x and (y is None or best.get(grid.get("y")) == y)
+            row.append("diverged" if not math.isfinite(auc) else f"{auc:.4g}{' *' if chosen else ''}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _tune(args, parser) -> int:
+    from . import plotting
+
+    try:
+        base = {}
+        if args.panel:
+            settings = method_settings(load_panel(args.panel), args.budget)
+            base = settings[args.method or next(iter(settings))]
+        for text in args.set:
+            base = set_value(base, *parse_setting(text))
+        axes = [parse_axis(text) for text in args.grid]
+        for key, _ in axes:
+            set_value({}, key, None)
+        TrainConfig.from_dict(base)
+    except (ValueError, TypeError, KeyError) as err:
+        parser.error(str(err))
+    grid, cells, best = tune(base, axes, args.out, args.quiet)
+    text = tune_table(grid, cells, best)
+    print(text)
+    print("best:", json.dumps(best) if best else "none (every run diverged)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tune.md").write_text(text + "\n", encoding="utf-8")
+    (args.out / "best.json").write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
+    if "y" in grid:
+        png = plotting.plot_heatmaps({"area under the training loss": grid_matrix(cells, grid, "auc")},
+                                     grid["x_values"], grid["y_values"], args.out / "heatmap.png",
+                                     xlabel=grid["x"], ylabel=grid["y"], metric="auc",
+                                     title=args.title or _tune_title(base))
+        print(f"heat map: {png}")
+    return 0
+
+
+def _tune_title(base: dict) -> str:
+    config = TrainConfig.from_dict(base)
+    return f"{config.task}, {config.method()}, {config.iterations} iterations (blank: diverged)"

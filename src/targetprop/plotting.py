@@ -73,3 +73,82 @@ def plot_runs(paths, output: str | Path, *, title: str | None = None) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     return output
+
+
+# ---------------------------------------------------------------------------- the paper's figures
+
+
+def _figure(size):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, output) -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    return output
+
+
+def plot_panel(paths, output: str | Path, *, title: str | None = None) -> Path:
+    """A Fig. 3/4 panel: training loss (log scale) and test accuracy against iterations, one line
+    per run (the runs under ``paths``, see :func:`find_runs`); return the PNG's path."""
+    fig = _figure((11, 4.2))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for run in find_runs(paths):
+        metrics, label = read_metrics(run), run_label(run)
+        loss_ax.plot(metrics["iteration"], metrics["train_loss"], label=label, linewidth=1.2)
+        acc_ax.plot(metrics["iteration"], metrics["test_accuracy"], label=label, linewidth=1.2)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel(AXIS_LABELS["train_loss"])
+    acc_ax.set_ylabel(AXIS_LABELS["test_accuracy"])
+    acc_ax.set_ylim(-0.02, 1.02)
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, output)
+
+
+def plot_heatmaps(matrices: dict, xs, ys, output: str | Path, *, xlabel: str, ylabel: str,
+                  title: str | None = None, metric: str = "auc") -> Path:
+    """One heat map per entry of ``matrices`` (rows over ``ys``, columns over ``xs``; NaN cells,
+    the diverged ones, are left blank), side by side; areas on a log colour scale, accuracies
+    on [0, 1]. Each cell is annotated with its value. Returns the PNG's path."""
+    import numpy as np
+    from matplotlib.colors import LogNorm, Normalize
+
+    fig = _figure((max(8.0, 4.8 * len(matrices) + 0.6), 4.4))
+    axes = np.atleast_1d(fig.subplots(1, len(matrices)))
+    for ax, (name, matrix) in zip(axes, matrices.items()):
+        data = np.ma.masked_invalid(np.asarray(matrix, dtype=float))
+        norm = _norm(data, metric, LogNorm, Normalize)
+        image = ax.imshow(data, origin="lower", cmap="viridis", norm=norm, aspect="auto")
+        for (i, j), value in np.ndenumerate(np.asarray(matrix, dtype=float)):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.0%}" if metric == "accuracy" else f"{value:.3g}",
+                        ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs], rotation=45)
+        ax.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y) for y in ys])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        fig.colorbar(image, ax=ax, label="area under the training loss" if metric == "auc" else "test accuracy")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, output)
+
+
+def _norm(data, metric: str, log_norm, linear_norm):
+    if metric == "accuracy":
+        return linear_norm(0.0, 1.0)
+    if data.count() == 0:
+        return linear_norm(0.0, 1.0)
+    lo, hi = float(data.min()), float(data.max())
+    return log_norm(lo, hi if hi > lo else lo * 10) if lo > 0 else linear_norm(lo, hi)

@@ -1,0 +1,195 @@
+"""Experiment files (``targetprop/configs/fig*.toml``), ``targetprop reproduce`` and ``targetprop tune``:
+every panel parses and names valid settings, its short budget runs end to end on tiny data (generated
+IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss."""
+import json
+import math
+
+import pytest
+
+from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
+from targetprop import experiments as ex
+from targetprop.cli import main
+
+PANELS = ex.panel_names()
+# The paper's iteration budgets (DESIGN.md §5), per panel.
+FULL_ITERATIONS = {"fig3-temporal-order-60": 40000, "fig3-temporal-order-120": 48000, "fig3-adding-30": 24000,
+                   "fig4-mnist": 40000, "fig4-permuted-mnist": 40000, "fig4-cifar10": 8000,
+                   "fig4-fashion-mnist-gru": 8000, "fig4-fashion-mnist-rnn": 8000, "fig6a": 400, "fig6b": 400,
+                   "linearized-vs-difference": 40000}
+TINY_SYNTHETIC = {"iterations": 4, "eval_every": 2, "length": 10}
+TINY_IMAGES = {"iterations": 2, "eval_every": 1, "batch_size": 2, "test_size": 2, "task.train_eval_size": 2}
+
+
+def test_every_figure_has_panels_and_every_panel_file_is_listed():
+    assert set(PANELS) == set(FULL_ITERATIONS)
+    assert {ex.load_panel(p)["figure"] for p in PANELS} == set(ex.FIGURES)
+    assert ex.panels_of("fig3") == ["fig3-adding-30", "fig3-temporal-order-120", "fig3-temporal-order-60"]
+
+
+@pytest.mark.parametrize("name", PANELS)
+def test_panel_parses_into_valid_configs_for_both_budgets(name):
+    panel = ex.load_panel(name)
+    full, short = ex.panel_configs(panel, "full"), ex.panel_configs(panel, "short")
+    assert list(full) == list(short) == list(panel["methods"])
+    assert {c.iterations for c in full.values()} == {FULL_ITERATIONS[name]}
+    assert all(s.iterations < f.iterations for s, f in zip(short.values(), full.values()))
+    assert all(c.divergence_factor is None for c in full.values())  # only NaN/inf stop a run
+
+
+@pytest.mark.parametrize("name", [p for p in PANELS if ex.load_panel(p).get("kind") == "curves"])
+def test_curves_panel_runs_bp_tuned_bp_and_the_tp_variants(name):
+    configs = ex.panel_configs(ex.load_panel(name), "full")
+    assert configs["bp"].rule == "bp" and configs["bp-tuned"].rule == "bp"
+    tp = configs.get("tp") or configs["tp-linearized"]
+    assert (tp.rule, tp.through_time, tp.optimizer) == ("linearized", False, "sgd")
+    assert configs["tp-adam"].optimizer == "adam" and configs["tp-adam"].target_step == tp.target_step
+    through = [c for c in configs.values() if c.through_time]
+    assert through or configs["tp"].cell == "gru"  # the GRU layer has no through-time variant
+
+
+def test_authors_settings_are_those_of_design_section_5():
+    t60 = ex.panel_configs(ex.load_panel("fig3-temporal-order-60"), "full")
+    assert (t60["tp"].lr, t60["tp"].target_step, t60["tp"].reg) == (0.1, 0.01, 10.0)
+    assert (t60["bp"].lr, t60["bp"].momentum, t60["bp"].nesterov) == (1e-5, 0.9, True)
+    adding = ex.panel_configs(ex.load_panel("fig3-adding-30"), "full")
+    assert (adding["tp"].lr, adding["tp"].target_step, adding["tp"].reg, adding["bp"].lr) == (0.1, 0.1, 1.0, 1e-3)
+    gru = ex.panel_configs(ex.load_panel("fig4-fashion-mnist-gru"), "full")
+    assert (gru["tp"].cell, gru["tp"].target_step, gru["bp"].lr, gru["bp"].momentum) == ("gru", 1e-2, 1e-2, 0.0)
+
+
+def test_budget_layers_merge_task_options_and_none():
+    panel = ex.load_panel("fig4-fashion-mnist-gru")
+    short = ex.panel_configs(panel, "short", {"task.k": 4})["tp"]
+    assert short.task_options == {"train_eval_size": 200, "k": 4} and short.test_size == 200
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        ex.set_value({}, "nope", 1)
+
+
+def test_bad_panel_is_refused_naming_the_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('figure = "fig9"\n[methods.a]\nrule = "bp"\n')
+    with pytest.raises(ValueError, match="figure must be one of"):
+        ex.load_panel(str(bad))
+    bad.write_text('figure = "fig3"\n[budgets.full]\n[methods.a]\nrule = "bp"\n')
+    with pytest.raises(ValueError, match=r"needs \[budgets.short\]"):
+        ex.load_panel(str(bad))
+
+
+# ---------------------------------------------------------------------------- short budgets, end to end
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Tiny MNIST-format files (used for MNIST and Fashion-MNIST) and CIFAR-10 batches."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root / "mnist", random_mnist(n_train=6, n_test=4))
+    write_mnist(root / "fashion-mnist", random_mnist(n_train=6, n_test=4, seed=1))
+    write_cifar(root, random_cifar(n_per_batch=2))
+    return root
+
+
+def tiny_overrides(name: str) -> dict:
+    panel = ex.load_panel(name)
+    if panel["common"]["task"] in ("temporal-order", "adding"):
+        return TINY_SYNTHETIC
+    return {**TINY_IMAGES, **({"task.k": 768} if "cifar" in name else {} if panel["kind"] == "grid" else {"task.k": 196})}
+
+
+@pytest.mark.parametrize("name", PANELS)
+def test_short_budget_runs_end_to_end_and_draws_its_png(name, data_dir, tmp_path):
+    png = ex.reproduce_panel(name, "short", tmp_path, data_dir=data_dir, overrides=tiny_overrides(name))
+    assert png == tmp_path / name / f"{name}.png" and png.stat().st_size > 10_000
+    table = (tmp_path / "results.md").read_text().splitlines()
+    panel = ex.load_panel(name)
+    if panel["kind"] == "curves":
+        assert len(table) == 2 + len(panel["methods"])
+        summaries = [json.loads((tmp_path / name / m / "summary.json").read_text()) for m in panel["methods"]]
+        assert [s["iterations"] for s in summaries] == [tiny_overrides(name)["iterations"]] * len(summaries)
+    else:
+        grid = ex.panel_grid(panel, "short")
+        assert len(table) == 2 + len(panel["methods"]) * len(grid["x_values"]) * len(grid["y_values"])
+    assert all(f"| {name} | short |" in row for row in table[2:])
+
+
+def test_reproduce_skips_panels_whose_data_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TARGETPROP_DATA", raising=False)
+    assert main(["reproduce", "fig4", "--panel", "fig4-mnist", "--out", str(tmp_path)]) == 0
+    assert "fig4-mnist: skipped, data not available (mnist: no data directory" in capsys.readouterr().out
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_reproduce_refuses_a_panel_of_another_figure(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["reproduce", "fig3", "--panel", "fig6a"])
+    assert err.value.code == 2 and "not part of fig3" in capsys.readouterr().err
+
+
+def test_rerun_reuses_finished_runs_with_the_same_settings(tmp_path):
+    overrides = TINY_SYNTHETIC
+    ex.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
+    stamp = (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns
+    ex.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
+    assert (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns == stamp
+
+
+# ---------------------------------------------------------------------------- tune: selection by area
+
+
+def fake_run(folder, losses, status="completed", every=10):
+    """A run directory with the given training losses at iterations 0, every, 2·every, …"""
+    folder.mkdir(parents=True)
+    rows = ["iteration,time,batch_loss,train_loss,train_accuracy,test_loss,test_accuracy,wall_time"]
+    rows += [f"{i * every},0,0,{loss},0,0,0,0" for i, loss in enumerate(losses)]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (folder / "summary.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
+def test_loss_auc_is_the_trapezoid_and_diverged_runs_have_none(tmp_path):
+    assert ex.loss_auc(fake_run(tmp_path / "a", [2.0, 1.0, 0.0])) == pytest.approx(10 * 1.5 + 10 * 0.5)
+    assert ex.loss_auc(fake_run(tmp_path / "b", [2.0, 1.0], status="diverged")) == math.inf
+    assert ex.loss_auc(fake_run(tmp_path / "c", [2.0, float("nan")])) == math.inf
+
+
+def test_selection_is_the_smallest_area_not_the_lowest_final_loss(tmp_path):
+    # "fast" drops early and stays at 0.5; "late" ends lower (0.1) but has the larger area.
+    fast = ex.loss_auc(fake_run(tmp_path / "fast", [2.0, 0.5, 0.5, 0.5, 0.5]))
+    late = ex.loss_auc(fake_run(tmp_path / "late", [2.0, 2.0, 2.0, 2.0, 0.1]))
+    gone = ex.loss_auc(fake_run(tmp_path / "gone", [2.0, 0.0], status="diverged"))
+    assert (fast, late) == (pytest.approx(27.5), pytest.approx(70.5))
+    assert ex.best_by_auc({"fast": fast, "late": late, "gone": gone}) == "fast"
+    assert ex.best_by_auc({"gone": gone}) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lr=1e-4:1e1", ("lr", [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])),
+    ("reg=1e-2:1:5", ("reg", [0.01, 0.0316228, 0.1, 0.316228, 1.0])),
+    ("reg=0,0.1,10", ("reg", [0, 0.1, 10])),
+    ("task.k=4,16", ("task.k", [4, 16])),
+])
+def test_grid_axes(text, expected):
+    key, values = ex.parse_axis(text)
+    assert key == expected[0] and values == pytest.approx(expected[1])
+
+
+def test_tune_command_runs_a_two_axis_grid_and_writes_the_smallest_area(tmp_path, capsys):
+    out = tmp_path / "tune"
+    code = main(["tune", "--set", "task=adding", "--set", "length=10", "--set", "iterations=6", "--set", "eval_every=2",
+                 "--set", "rule=linearized", "--set", "target_step=0.1", "--set", "seed=1",
+                 "--grid", "lr=1e-3:1e-1", "--grid", "reg=0.1,10", "--out", str(out), "--quiet"])
+    assert code == 0
+    best = json.loads((out / "best.json").read_text())
+    aucs = {(x, y): ex.loss_auc(out / f"lr={x},reg={y}") for x in (1e-3, 1e-2, 1e-1) for y in (0.1, 10)}
+    assert (best["lr"], best["reg"]) == min(aucs, key=aucs.get)
+    assert best["auc"] == pytest.approx(min(aucs.values()))
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "| reg \\ lr | 0.001 | 0.01 | 0.1 |" in printed and " *" in printed
+
+
+def test_tune_refuses_three_axes_and_unknown_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--grid", "lr=1,2", "--grid", "nope=1,2"])
+    assert "unknown setting 'nope'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="one or two"):
+        ex.tune({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
