@@ -193,3 +193,11 @@ def test_tune_refuses_three_axes_and_unknown_settings(capsys):
     assert "unknown setting 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="one or two"):
         ex.tune({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
+
+
+def test_panel_files_are_not_offered_as_comparisons():
+    from targetprop.cli import builtin_configs
+
+    names = builtin_configs()
+    assert "demo" in names and "temporal-order-60" in names
+    assert not any(n.startswith("fig") or n == "linearized-vs-difference" for n in names)

@@ -194,9 +194,11 @@ def _add_compare(sub) -> None:
 
 
 def builtin_configs() -> list[str]:
-    """Names of the comparison files shipped in ``targetprop/configs``."""
+    """Names of the comparison files shipped in ``targetprop/configs`` (figure panels, which
+    ``targetprop reproduce`` runs, have a ``figure`` key and are not comparisons)."""
     folder = resources.files("targetprop") / "configs"
-    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".toml"))
+    return sorted(f.name[:-5] for f in folder.iterdir()
+                  if f.name.endswith(".toml") and "figure" not in tomllib.loads(f.read_text(encoding="utf-8")))
 
 
 def load_comparison(spec: str) -> tuple[str, dict]:
