@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from targetprop.cli import builtin_configs, load_comparison, main, method_configs
 from targetprop.trainer import read_metrics
@@ -37,14 +36,6 @@ lr = 1e-2
 momentum = 0.9
 nesterov = true
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fails(argv, capsys, *needles):

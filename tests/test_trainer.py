@@ -26,14 +26,6 @@ def config(*methods, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("method,budget", [(TP, 1500), ({**TP, "through_time": True}, 1000), (BP, 500)],
                          ids=["tp", "tp-through-time", "bp-adam"])
 def test_reaches_100_percent_on_temporal_order_T10(method, budget, tmp_path):
