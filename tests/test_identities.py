@@ -142,7 +142,7 @@ def test_lemma_3_1_bound_on_random_instances(seed):
     lhs = (grads["bp"] - grads["linearized"]).norm().item()
     assert lhs <= c * eps * K * cost.norm().item() * (1 + 1e-12)
     # the paper's bound on ε for regularized inverses
-    r, Winv = layer.reg, torch.linalg.inv(W.T @ W + layer.reg * torch.eye(p, dtype=D64))
+    Winv = torch.linalg.inv(W.T @ W + layer.reg * torch.eye(p, dtype=D64))
     for j, jh, d in zip(J, Jhat, dA):
         bound = norm(W.T) * (norm(torch.diag(d) - torch.diag(1 / d))
                              + norm(torch.eye(p, dtype=D64) - Winv) * norm(torch.diag(1 / d)))
