@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from targetprop import checkpoint
 from targetprop.cli import builtin_configs, load_comparison, main, method_configs
 from targetprop.trainer import read_metrics
 
@@ -84,7 +85,8 @@ def test_python_dash_m_and_help():
     done = subprocess.run([sys.executable, "-m", "targetprop", "train", "--help"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 0
-    for option in ("--task", "--rule", "--target-step", "--reg", "--stop-at-accuracy", "--overwrite", "--quiet"):
+    for option in ("--task", "--rule", "--target-step", "--reg", "--stop-at-accuracy", "--overwrite", "--quiet",
+                   "--resume", "--checkpoint-every"):
         assert option in done.stdout
 
 
@@ -103,6 +105,7 @@ def test_python_dash_m_and_help():
     (["train", "--task-option", "nokey"], ["KEY=VALUE"]),
     (["train", "--device", "cuda:99"], ["device 'cuda:99' is not usable here"]),
     (["train", "--device", "gpu"], ["device must be a torch device"]),
+    (["train", "--checkpoint-every", "-1"], ["--checkpoint-every", "non-negative integer"]),
     (["train", "--task-option", "k=3"], ["does not take option", "k"]),
     (["plot"], ["required"]),
     (["frobnicate"], ["invalid choice"]),
@@ -143,6 +146,9 @@ def test_ctrl_c_exits_130_with_valid_files(tmp_path):
     assert summary["status"] == "interrupted" and "interrupted" in stdout
     rows = read_metrics(out)["iteration"]
     assert len(rows) >= 3 and rows == [10.0 * i for i in range(len(rows))]
+    assert f"continue with: targetprop train --resume {out}" in stdout
+    saved = [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))]
+    assert saved[-1] == summary["iterations"]  # a checkpoint where Ctrl-C stopped it
 
 
 # ---------------------------------------------------------------------------- compare

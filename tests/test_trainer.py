@@ -26,6 +26,11 @@ def config(*methods, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
+def files(folder) -> dict:
+    """Every file under ``folder`` (relative path → bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("method,budget", [(TP, 1500), ({**TP, "through_time": True}, 1000), (BP, 500)],
                          ids=["tp", "tp-through-time", "bp-adam"])
 def test_reaches_100_percent_on_temporal_order_T10(method, budget, tmp_path):
@@ -222,11 +227,11 @@ def test_run_directory_rules(tmp_path):
     cfg = config(BP, iterations=5, eval_every=5)
     out = tmp_path / "run"
     Trainer(cfg).run(out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = files(out)
     other = config(BP, iterations=6, eval_every=5)
     with pytest.raises(ValueError, match="different settings.*iterations: 5 → 6.*--overwrite"):
         Trainer(other).run(out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert files(out) == before  # nothing touched
     assert Trainer(other).run(out, overwrite=True)["iterations"] == 6
     assert Trainer(other).run(out)["iterations"] == 6  # same settings: starts over
     (tmp_path / "busy").mkdir()

@@ -5,7 +5,11 @@ This module owns the command line: parsing, turning bad input into one-line erro
 :mod:`targetprop.trainer`'s; curves are :mod:`targetprop.plotting`'s.
 
 Exit codes: 0 when every run ended by itself (``completed``, or ``diverged``/``failed``, which
-are results recorded in ``summary.json``), 2 for bad input, 130 when interrupted by Ctrl-C.
+are results recorded in ``summary.json``), 2 for bad input, 130 when interrupted by Ctrl-C
+(SIGINT), 143 by SIGTERM (``train`` saves a checkpoint first; ``train --resume RUN`` continues).
+
+``train`` under ``torchrun --nproc-per-node N -m targetprop train …`` trains data-parallel
+(:mod:`targetprop.distributed`): process 0 prints and writes the run's files.
 
 A comparison file (``targetprop compare FILE.toml``, or the name of a built-in one in
 ``targetprop/configs``)::
@@ -39,9 +43,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__, experiments
+from . import __version__, distributed, experiments
 from .tasks.registry import TASKS
-from .trainer import Trainer, TrainConfig, check_run_dir
+from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
+                      read_run_config)
 
 DEFAULTS = TrainConfig()
 COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
@@ -85,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model on one task",
                        description="Train one model on one task; write OUT/config.json, OUT/metrics.csv "
-                                   "(as it goes) and OUT/summary.json.")
+                                   "(as it goes), OUT/checkpoints/ and OUT/summary.json. SIGINT or SIGTERM "
+                                   "saves a checkpoint and stops; --resume OUT continues. Under torchrun "
+                                   "(torchrun --nproc-per-node N -m targetprop train ...) the processes train "
+                                   "data-parallel, each on its shard of every batch.")
     _default = lambda name: f"(default: {getattr(DEFAULTS, name)})"  # noqa: E731
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=sorted(TASKS), help=f"the task {_default('task')}")
@@ -127,39 +135,91 @@ def _add_train(sub) -> None:
                    help="stop as diverged when the training loss exceeds FACTOR times its initial value; "
                         f"none: only on NaN/inf {_default('divergence_factor')}")
     g.add_argument("--seed", type=int, help=f"seeds batches and init {_default('seed')}")
-    g.add_argument("--device", help=f"torch device {_default('device')}")
+    g.add_argument("--device", help=f"cpu, cuda, cuda:1, … or auto (cuda if available) {_default('device')}")
     g.add_argument("--dtype", help=f"float32 or float64 {_default('dtype')}")
     g.add_argument("--label", help="name of the run in tables and legends (default: from the settings)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="run directory (default: runs/TASK-RULE-sSEED)")
     g.add_argument("--overwrite", action="store_true", help="replace a run with different settings in --out")
+    g.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in RUN from its newest valid checkpoint, with its settings; of the "
+                        "options, only --iterations may change them")
+    g.add_argument("--checkpoint-every", type=_non_negative_int, default=CHECKPOINT_EVERY, metavar="N",
+                   help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
+                        f"(default: {CHECKPOINT_EVERY})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
     p.set_defaults(handler=_train, subparser=p)
 
 
 def _train(args, parser) -> int:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if not f.name.endswith("_options") and getattr(args, f.name, None) is not None}
-    values["task_options"] = dict(args.task_option or [])
-    values["layer_options"] = dict(args.layer_option or [])
-    if args.data_dir is not None:
-        values["task_options"]["data_dir"] = args.data_dir
-    for name in ("inverse_lr", "inverse_noise"):
-        if getattr(args, name) is not None:
-            values["layer_options"][name] = getattr(args, name)
-    if values.get("divergence_factor") == "none":
-        values["divergence_factor"] = None
-    trainer = _build(parser, values)
-    cfg = trainer.config
-    out = args.out or Path("runs") / f"{cfg.task}-{cfg.rule}{'-tt' if cfg.through_time else ''}-s{cfg.seed}"
+    values = _given_settings(args)
+    if args.resume is not None:
+        values = {**_saved_settings(args, parser), **values}
+    config = _config(parser, values)
+    name = f"{config.task}-{config.rule}{'-tt' * config.through_time}-s{config.seed}"
+    out = args.resume or args.out or Path("runs") / name
+    try:  # everything every process can check alone, before they wait for one another
+        task = build_task(config)
+        distributed.check_environment(config.device, getattr(task, "batch_size", None))
+    except (ValueError, TypeError, OSError) as err:
+        parser.error(str(err))
+    with distributed.launch(config.device) as world:
+        return _train_in(args, parser, config, task, out, world)
+
+
+def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distributed.World) -> int:
+    """Check the run directory, train (on every process of ``world``), print the summary (process 0)."""
     try:
-        check_run_dir(out, cfg, overwrite=args.overwrite)
+        trainer = Trainer(config, task, world=world)
+    except (ValueError, TypeError, OSError) as err:
+        parser.error(str(err))
+    try:
+        if args.resume is not None:
+            check_resume(out, config)
+        else:
+            check_run_dir(out, config, overwrite=args.overwrite)
     except ValueError as err:
         parser.error(str(err))
-    summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args))
-    print(_summary_line(out, summary))
-    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+    try:
+        summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args) and world.main,
+                              resume=args.resume is not None, checkpoint_every=args.checkpoint_every)
+    except ValueError as err:  # e.g. every checkpoint of the run is corrupt
+        parser.error(str(err))
+    if world.main:
+        print(_summary_line(out, summary))
+    if summary["status"] != "interrupted":
+        return 0
+    return 128 + trainer.stop_signal if trainer.stop_signal else EXIT_INTERRUPTED
+
+
+def _saved_settings(args, parser) -> dict:
+    """The settings of the run that ``--resume`` continues (a one-line error if there is none)."""
+    if args.out is not None or args.overwrite:
+        parser.error("--resume continues the run in its directory: give neither --out nor --overwrite")
+    try:
+        return read_run_config(args.resume)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _given_settings(args) -> dict:
+    """The settings the command line gives (options left out are absent, not defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if not f.name.endswith("_options") and getattr(args, f.name, None) is not None}
+    task_options, layer_options = dict(args.task_option or []), dict(args.layer_option or [])
+    if args.data_dir is not None:
+        task_options["data_dir"] = args.data_dir
+    for name in ("inverse_lr", "inverse_noise"):
+        if getattr(args, name) is not None:
+            layer_options[name] = getattr(args, name)
+    if task_options:
+        values["task_options"] = task_options
+    if layer_options:
+        values["layer_options"] = layer_options
+    if values.get("divergence_factor") == "none":
+        values["divergence_factor"] = None
+    return values
 
 
 # ---------------------------------------------------------------------------- bench
@@ -241,6 +301,8 @@ def method_configs(spec: str, table: dict, iterations: int | None = None) -> dic
 
 
 def _compare(args, parser) -> int:
+    if distributed.environment() is not None:
+        parser.error("compare runs in one process; under torchrun, train one run at a time with train")
     try:
         name, table = load_comparison(args.config)
         configs = method_configs(args.config, table, args.iterations)
@@ -325,6 +387,14 @@ def _build(parser, values: dict, where: str = "") -> Trainer:
         parser.error(f"{where}{err}")
 
 
+def _config(parser, values: dict) -> TrainConfig:
+    """Validated settings, or a one-line error (exit code 2)."""
+    try:
+        return TrainConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+
+
 def _progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
@@ -351,6 +421,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
 
 

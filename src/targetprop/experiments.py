@@ -208,11 +208,14 @@ def run_config(config: TrainConfig, out: Path, quiet: bool = True) -> dict:
     done = out / "summary.json"
     if done.is_file() and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        if saved.get("config") == config.to_dict():
-            return json.loads(done.read_text(encoding="utf-8"))
+        summary = json.loads(done.read_text(encoding="utf-8"))
+        if saved.get("config") == config.to_dict() and summary.get("status") != "interrupted":
+            return summary
     summary = Trainer(config, _task(config)).run(out, overwrite=True)
     if not quiet:
         print(_summary_line(out, summary), flush=True)
+    if summary["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop the whole experiment, not one run
+        raise KeyboardInterrupt(f"interrupted during {out}")
     return summary
 
 

@@ -1,21 +1,49 @@
-"""Training one model on one task: the configuration, the loop, and the run directory.
+"""Training one model on one task: the configuration, the loop, the run directory, resuming.
 
 This module owns :class:`TrainConfig` (every setting of a run, validated), :class:`Trainer`
 (model, optimizer and the iteration counter; :meth:`Trainer.step` trains on one mini-batch,
-:meth:`Trainer.evaluate` measures the fixed evaluation sets, :meth:`Trainer.run` loops) and the
-files of a run directory:
+:meth:`Trainer.evaluate` measures the fixed evaluation sets, :meth:`Trainer.run` loops, saves
+checkpoints and resumes; :meth:`Trainer.state_dict` is what a checkpoint holds) and the files
+of a run directory:
 
 * ``config.json``: ``{"version": targetprop.__version__, "config": {...every setting...}}``;
 * ``metrics.csv``: one row per evaluation point (iteration 0, then every ``eval_every``
   iterations and the last one), flushed after every row, so an interrupted run leaves a valid
   file with everything logged so far;
+* ``checkpoints/iteration-NNNNNNNN.pt``: every ``checkpoint_every`` iterations (1000 by
+  default), at the end, and when SIGINT or SIGTERM stops the run; the last two are kept
+  (format, atomic writing and checksums: :mod:`targetprop.checkpoint`);
 * ``summary.json``: written when the run ends, however it ends (see :data:`STATUSES`).
 
-Iterations, not epochs: iteration ``i`` trains on ``task.train_batch(i)``. A run is stopped and
-marked ``diverged`` when a mini-batch loss is NaN or inf, or when the loss on the fixed training
-sample exceeds ``divergence_factor`` (2 by default) times its value at iteration 0; ``failed``
-when the backward raises :class:`~targetprop.RegularizedInverseError` (e.g. diverged weights) or
-``FloatingPointError``.
+Iterations, not epochs: iteration ``i`` trains on ``task.train_batch(i)``, a pure function of
+the task's seed and ``i``, so the data order needs no saved state. A run is stopped and marked
+``diverged`` when a mini-batch loss is NaN or inf, or when the loss on the fixed training sample
+exceeds ``divergence_factor`` (2 by default) times its value at iteration 0; ``failed`` when a
+mini-batch or the training direction (``.grad`` after backward) holds NaN or inf
+(:mod:`targetprop.guard`), or when the backward raises
+:class:`~targetprop.RegularizedInverseError` (e.g. diverged weights) or ``FloatingPointError``.
+A diverged or failed run writes no checkpoint after the last good one.
+
+Resuming (``run(out, resume=True)``, ``targetprop train --resume OUT``) loads the newest valid
+checkpoint: model, optimizer, the global torch generators (the ``learned`` rule draws its noise
+there; a run seeds them from ``(seed, "global")`` and restores the caller's state when it
+returns), the iteration, the running statistics and the number of metrics rows, cutting
+``metrics.csv`` back to that many. On the CPU a resumed run ends bit-identical to an
+uninterrupted one. Only the iteration budget may differ from the saved settings.
+
+SIGINT and SIGTERM (while :meth:`Trainer.run` runs in the main thread) stop the loop at the next
+iteration boundary, save a checkpoint there and end the run as ``interrupted``; a second signal
+interrupts at once (``KeyboardInterrupt``), without a checkpoint.
+
+Host syncs in :meth:`Trainer.step`: on the CPU the loss and the direction's norm are read at
+every step (free there). On CUDA the trainer adds none: the checks wait on the device until the
+next evaluation point or checkpoint (:mod:`targetprop.guard`), the mini-batch is checked on the
+CPU where the task makes it, and mini-batch losses are summed on the device. The TP layer's own
+checks remain (its ``check_finite`` input check and the inverse's factorization status, one
+each per step; see :mod:`targetprop.inverse`).
+
+Data-parallel runs (``torchrun``): pass a :class:`~targetprop.distributed.World`; see
+:mod:`targetprop.distributed`.
 """
 from __future__ import annotations
 
@@ -23,15 +51,22 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import __version__
 from . import _validation as check
+from . import checkpoint
+from .distributed import World, resolve_device
+from .guard import FiniteGuard, NonFinite, direction_norm
 from .inverse import RegularizedInverseError
 from .models import MODELS, SequenceModel
 from .tasks.base import Task
@@ -44,6 +79,9 @@ STATUSES = ("completed", "diverged", "failed", "interrupted")
 METRICS = ("iteration", "time", "wall_time", "batch_loss", "train_loss", "train_accuracy",
            "test_loss", "test_accuracy")
 RUN_FILES = ("config.json", "metrics.csv", "summary.json")
+CHECKPOINT_EVERY = 1000
+RESUMABLE = ("iterations",)  # the settings a resumed run may change
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -83,7 +121,8 @@ class TrainConfig:
         divergence_factor: stop as ``diverged`` once the loss on the fixed training sample exceeds
             this many times its value at iteration 0 (``None``: only on NaN/inf).
         seed: seeds the training batches and the initialization.
-        device: a torch device string (``cpu``, ``cuda``, ``cuda:1``).
+        device: a torch device string (``cpu``, ``cuda``, ``cuda:1``) or ``auto`` (``cuda`` if
+            available, else ``cpu``); under ``torchrun``, ``cuda`` is each process's ``cuda:LOCAL_RANK``.
         dtype: ``float32`` or ``float64``.
         label: a name for the run in tables and plot legends (``""``: made from the settings).
     """
@@ -159,9 +198,11 @@ class TrainConfig:
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
         try:
-            torch.device(self.device)
+            if self.device != "auto":
+                torch.device(self.device)
         except RuntimeError:
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from None
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', or 'auto', got "
+                             f"{self.device!r}") from None
         check.choice("dtype", self.dtype, sorted(DTYPES))
         if not isinstance(self.label, str):
             raise ValueError(f"label must be a string, got {self.label!r}")
@@ -199,21 +240,48 @@ class Diverged(Exception):
     """The loss became NaN/inf or grew beyond ``divergence_factor`` times its initial value."""
 
 
-class MetricsLog:
-    """``metrics.csv``: a header, then one row per evaluation point, flushed row by row."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run at an iteration boundary (after saving a checkpoint)."""
 
-    def __init__(self, path: Path):
+
+class MetricsLog:
+    """``metrics.csv``: a header, then one row per evaluation point, flushed row by row.
+
+    A new log writes the header (replacing any file); with ``keep``, the existing file is cut
+    back to its header and first ``keep`` rows (a resumed run), and rows are appended after them.
+    """
+
+    def __init__(self, path: Path, keep: int | None = None):
         self.path = Path(path)
-        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        if keep is None:
+            with open(self.path, "w", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=METRICS).writeheader()
+        else:
+            self._cut(keep)
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
-        self._writer.writeheader()
-        self._file.flush()
-        self.rows = 0
+        self.rows = keep or 0
+
+    def _cut(self, keep: int) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
+        if not lines or lines[0].rstrip("\r\n") != ",".join(METRICS):
+            raise ValueError(f"{self.path} is missing or is not a metrics file (its header is not "
+                             f"{','.join(METRICS)})")
+        if len(lines) - 1 < keep:
+            raise ValueError(f"{self.path} holds {len(lines) - 1} rows, fewer than the {keep} of the checkpoint")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(lines[:keep + 1]), encoding="utf-8", newline="")
+        tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
         self._writer.writerow({k: _csv_value(row[k]) for k in METRICS})
         self._file.flush()
         self.rows += 1
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before a checkpoint counts them)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -232,27 +300,37 @@ class Trainer:
     State: ``model``, ``optimizer``, ``iteration`` (iterations done), ``initial_loss`` (loss on
     the fixed training sample at iteration 0), ``reached_at`` (first logged iteration with 100%
     test accuracy), ``best`` (best logged test accuracy and its iteration), ``train_time``
-    (seconds in :meth:`step`) and ``log`` (the metrics file and its row count). Building one
-    validates every setting and touches no file; :meth:`run` with an output directory writes
-    the run's files.
+    (seconds in :meth:`step`), ``wall_time`` (seconds of the run's earlier sessions, when
+    resumed), ``rows`` (metrics rows logged), ``finished`` / ``stopped_early`` (the loop ended,
+    by its budget or by ``stop_at_accuracy``), ``stop_signal`` (the signal that interrupted it,
+    else 0) and ``log`` (the metrics file). Building one validates every setting and touches no
+    file; :meth:`run` with an output directory writes the run's files.
 
     Args:
         config: the settings.
         task: the task to use instead of building it from the config (for tests and callers
             with their own data).
+        world: this process's place in a data-parallel run (default: a single process); the
+            model is then wrapped in ``DistributedDataParallel`` (``net``) and each process
+            trains on its shard of every batch.
     """
 
-    def __init__(self, config: TrainConfig, task: Task | None = None):
+    def __init__(self, config: TrainConfig, task: Task | None = None, *, world: World | None = None):
         self.config = config
-        self.device = torch.device(config.device)
+        self.world = world if world is not None else World()
         self.dtype = DTYPES[config.dtype]
+        self.device = resolve_device(config.device, self.world)
         self.task = task if task is not None else build_task(config)
+        self.world.check_batch_size(getattr(self.task, "batch_size", None))
         try:
             self.model = build_model(config, self.task).to(self.device)
         except (RuntimeError, AssertionError) as err:  # e.g. "Torch not compiled with CUDA enabled"
             raise ValueError(f"device {config.device!r} is not usable here: {err}") from None
+        self.net = self.world.wrap(self.model, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.loss_fn = _LOSSES[self.task.loss]
+        self.guard = FiniteGuard(self.device, deferred=self.device.type != "cpu",
+                                 check_loss=not self.world.distributed)
         self.iteration = 0
         self.initial_loss: float | None = None
         self.reached_at: int | None = None
@@ -260,100 +338,202 @@ class Trainer:
         self.log: MetricsLog | None = None
         self.last: dict | None = None
         self.train_time = 0.0
-        self._batch_losses: list[float] = []
+        self.wall_time = 0.0
+        self.rows = 0
+        self.finished = self.stopped_early = False
+        self.stop_signal = 0
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._loss_count = 0
+        self._out: Path | None = None
+        self._checkpoints: Path | None = None
+        self._checkpoint_every = 0
+        self._clock: float | None = None
 
     # ------------------------------------------------------------------ one iteration
 
-    def step(self, iteration: int) -> float:
-        """Train on the mini-batch of ``iteration``: forward, backward, clip, optimizer step.
+    def step(self, iteration: int) -> Tensor:
+        """Train on the mini-batch of ``iteration``: forward, backward, checks, clip, optimizer step.
 
-        Returns the mini-batch loss (before the step).
+        Returns this process's mini-batch loss (before the step) as a 0-d float64 tensor on the
+        device, without waiting for it. Raises :class:`~targetprop.guard.NonFinite` for a
+        NaN/inf batch, loss or direction (before the parameters move, on the CPU).
         """
         self.model.train()
-        x, y = self._to_device(self.task.train_batch(iteration))
-        loss = self.loss_fn(self.model(x), y)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise Diverged(f"the mini-batch loss of iteration {iteration} is {value}")
+        batch = self.task.train_batch(iteration)
+        self.guard.check_batch(iteration, *batch)
+        x, y = self._to_device(self.world.shard(batch))
+        loss = self.loss_fn(self.net(x), y)
+        self.guard.check_loss(iteration, loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
         if self.config.clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            norm = nn.utils.clip_grad_norm_(params, self.config.clip)
+        else:
+            norm = direction_norm(params)
+        self.guard.check_direction(iteration, norm)
         self.optimizer.step()
-        return value
+        return loss.detach().double()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss and accuracy on the fixed training sample and on the test set."""
+        """Mean loss and accuracy on the fixed training sample and on the test set (summed over
+        processes under DDP, each evaluating its shard; one host sync)."""
         self.model.eval()
-        result = {}
+        sums = []
         for split in ("train", "test"):
-            total, correct, n = 0.0, 0, 0
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.float64, device=self.device)
+            n = 0
             for batch in self.task.eval_batches(split):
-                x, y = self._to_device(batch)
+                x, y = self._to_device(self.world.eval_shard(batch))
+                if x.shape[0] == 0:
+                    continue
                 out = self.model(x)
-                total += self.loss_fn(out, y).item() * x.shape[0]
-                correct += int(self.task.correct(out, y))
+                total += self.loss_fn(out, y).double() * x.shape[0]
+                correct += self.task.correct(out, y)
                 n += x.shape[0]
-            result[f"{split}_loss"], result[f"{split}_accuracy"] = total / n, correct / n
-        return result
+            sums += [total, correct, torch.tensor(float(n), dtype=torch.float64, device=self.device)]
+        total, correct, n, test_total, test_correct, test_n = self.world.sum_(torch.stack(sums)).tolist()
+        return {"train_loss": total / n, "train_accuracy": correct / n,
+                "test_loss": test_total / test_n, "test_accuracy": test_correct / test_n}
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = False) -> dict:
+    def run(self, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = False,
+            resume: bool = False, checkpoint_every: int = CHECKPOINT_EVERY) -> dict:
         """Train for ``config.iterations`` (or until stopped); return the summary.
 
         With ``out``, the run's files are written there (see the module docstring); a directory
         holding a run with different settings, or other files, is refused unless ``overwrite``.
-        Ctrl-C ends the run with status ``interrupted`` (the summary says so; nothing is lost).
+        With ``resume``, the run in ``out`` continues from its newest valid checkpoint (a corrupt
+        one is reported as a :class:`~targetprop.checkpoint.CheckpointWarning` and the one before
+        it used); a ValueError lists the settings that differ from the run's, other than the
+        iteration budget. ``checkpoint_every``: iterations between checkpoints (0: only at the
+        end and on SIGINT/SIGTERM). Ctrl-C ends the run with status ``interrupted``.
         """
         out = Path(out) if out is not None else None
-        if out is not None:
-            prepare_run_dir(out, self.config, overwrite=overwrite)
-            self.log = MetricsLog(out / "metrics.csv")
-        start = time.perf_counter()
-        status, message = "completed", ""
-        bar = _progress_bar(self, progress)
-        try:
-            self._run_loop(start, bar)
-        except Diverged as err:
-            status, message = "diverged", str(err)
-        except (RegularizedInverseError, FloatingPointError) as err:
-            status, message = "failed", f"{type(err).__name__}: {err}"
-        except KeyboardInterrupt:
-            status, message = "interrupted", f"interrupted by the user at iteration {self.iteration}"
-        finally:
-            bar.close()
-            if self.log is not None:
-                self.log.close()
-        summary = self.summary(status, message, time.perf_counter() - start)
-        if out is not None:
+        if resume and out is None:
+            raise ValueError("resume needs the run directory (out)")
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), _SignalStop() as stop:
+            if resume:
+                self._resume(out)
+            else:
+                self._start(out, overwrite)
+            self._out, self._checkpoint_every = out, checkpoint_every
+            self._checkpoints = checkpoint.checkpoint_dir(out) if out is not None and self.world.main else None
+            self._clock = time.perf_counter() - self.wall_time
+            status, message = "completed", ""
+            bar = _progress_bar(self, progress and self.world.main)
+            try:
+                self._run_loop(bar, stop)
+            except (Diverged, RegularizedInverseError, FloatingPointError) as err:
+                status, message = self._failure(err)
+            except Interrupted as err:
+                status, message = "interrupted", str(err)
+            except KeyboardInterrupt:
+                status, message = "interrupted", f"interrupted by the user at iteration {self.iteration}{self._kept()}"
+            finally:
+                bar.close()
+                if self.log is not None:
+                    self.log.close()
+            summary = self.summary(status, message, time.perf_counter() - self._clock)
+        if out is not None and self.world.main:
             _write_json(out / "summary.json", summary)
         return summary
 
-    def _run_loop(self, start: float, bar) -> None:
+    def _start(self, out: Path | None, overwrite: bool) -> None:
+        """A fresh run: seed the global generators, check and prepare ``out`` (process 0 writes)."""
+        torch.manual_seed(derived_generator(self.config.seed, "global").initial_seed())
+        if out is None:
+            return
+        check_run_dir(out, self.config, overwrite=overwrite)  # every process, before anything is written
+        self.world.barrier()
+        if self.world.main:
+            prepare_run_dir(out, self.config, overwrite=overwrite)
+            self.log = MetricsLog(out / "metrics.csv")
+
+    def _resume(self, out: Path) -> None:
+        """Continue the run in ``out`` from its newest valid checkpoint (or from iteration 0 if
+        it has none yet)."""
+        check_resume(out, self.config)
+        folder = checkpoint.checkpoint_dir(out)
+        found = checkpoint.latest(folder, "cpu")
+        self.world.barrier()  # every process has read its checkpoint before process 0 tidies up
+        if self.world.main:
+            checkpoint.set_aside(folder, found)
+            for problem in found.problems:
+                warnings.warn(f"{problem}; set aside as *.corrupt", checkpoint.CheckpointWarning, stacklevel=3)
+        if found.payload is None:
+            if found.problems:
+                raise ValueError(f"no usable checkpoint in {folder} (see above); start the run over "
+                                 f"with --overwrite")
+            if self.world.main:
+                warnings.warn(f"{out} has no checkpoint yet: starting from iteration 0",
+                              checkpoint.CheckpointWarning, stacklevel=3)
+            self._start(out, overwrite=True)
+            return
+        self.load_state_dict(found.payload, source=str(found.path))
+        if self.world.main:
+            _write_json(out / "config.json", {"version": __version__, "config": self.config.to_dict()})
+            (out / "summary.json").unlink(missing_ok=True)
+            self.log = MetricsLog(out / "metrics.csv", keep=self.rows)
+
+    def _run_loop(self, bar, stop: _SignalStop) -> None:
         cfg = self.config
+        if self.finished:
+            if self.stopped_early or self.iteration >= cfg.iterations:
+                return  # a finished run resumed with no more to do
+            self.finished = False
         if self.iteration == 0:
-            self._log_point(start, bar)
+            self._log_point(bar)
         while self.iteration < cfg.iterations:
+            self._stop_if_asked(stop)
             t0 = time.perf_counter()
-            loss = self.step(self.iteration)
+            self._loss_sum += self.step(self.iteration)
             self.train_time += time.perf_counter() - t0
-            self._batch_losses.append(loss)
+            self._loss_count += 1
             self.iteration += 1
             bar.update(1)
-            if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
-                point = self._log_point(start, bar)
+            at_eval = self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations
+            at_checkpoint = self._checkpoint_every and self.iteration % self._checkpoint_every == 0
+            if at_eval or at_checkpoint:
+                self.guard.flush()
+            if at_eval:
+                point = self._log_point(bar)
                 if cfg.stop_at_accuracy is not None and point["test_accuracy"] >= cfg.stop_at_accuracy:
-                    return
+                    self.stopped_early = True
+                    break
+            if at_checkpoint:
+                self.save_checkpoint()
+        self.guard.flush()
+        self.finished = True
+        self.save_checkpoint()
 
-    def _log_point(self, start: float, bar) -> dict:
+    def _stop_if_asked(self, stop: _SignalStop) -> None:
+        """At an iteration boundary: if a signal asked (any process), save a checkpoint and stop."""
+        signum = self.world.max(stop.signum)
+        if not signum:
+            return
+        self.stop_signal = signum
+        self.guard.flush()
+        saved = self.save_checkpoint()
+        where = f"; checkpoint saved, continue with: targetprop train --resume {self._out}" if saved else ""
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at iteration {self.iteration}{where}")
+
+    def _log_point(self, bar) -> dict:
         """Evaluate, append a metrics row, check for divergence; return the row."""
-        point = {"iteration": self.iteration, "time": self.train_time,
-                 "batch_loss": _mean(self._batch_losses), **self.evaluate(),
-                 "wall_time": time.perf_counter() - start}
-        self._batch_losses = []
+        batches = self._loss_count
+        point = {"iteration": self.iteration, "time": self.train_time, "batch_loss": self._mean_batch_loss(),
+                 **self.evaluate(), "wall_time": time.perf_counter() - self._clock}
+        self._loss_sum.zero_()
+        self._loss_count = 0
         self.last = point
+        self.rows += 1
         if self.log is not None:
             self.log.append(point)
         if self.best is None or point["test_accuracy"] > self.best[0]:
@@ -361,8 +541,16 @@ class Trainer:
         if self.reached_at is None and point["test_accuracy"] >= 1.0:
             self.reached_at = self.iteration
         bar.set_postfix(loss=f"{point['train_loss']:.4g}", test_acc=f"{point['test_accuracy']:.1%}", refresh=False)
+        if batches and not math.isfinite(point["batch_loss"]):  # under DDP the steps do not check it
+            raise Diverged(f"the mean mini-batch loss up to iteration {self.iteration} is {point['batch_loss']}")
         self._check_divergence(point["train_loss"])
         return point
+
+    def _mean_batch_loss(self) -> float:
+        """Mean mini-batch loss since the last evaluation point, over all processes (NaN if none)."""
+        if not self._loss_count:
+            return math.nan
+        return self.world.sum_(self._loss_sum.clone()).item() / (self._loss_count * self.world.size)
 
     def _check_divergence(self, loss: float) -> None:
         if self.initial_loss is None:
@@ -394,11 +582,128 @@ class Trainer:
             "version": __version__,
         })
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs (the payload of a checkpoint): settings, model,
+        optimizer, global generators, the iteration and the loop's running statistics."""
+        wall = time.perf_counter() - self._clock if self._clock is not None else self.wall_time
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None,  # no setting makes one yet
+            "rng": _rng_state(self.device),
+            "trainer": {
+                "iteration": self.iteration,
+                "initial_loss": self.initial_loss,
+                "reached_at": self.reached_at,
+                "best": list(self.best) if self.best else None,
+                "train_time": self.train_time,
+                "wall_time": wall,
+                "rows": self.rows,
+                "last": self.last,
+                "loss_sum": self._loss_sum.detach().cpu(),
+                "loss_count": self._loss_count,
+                "finished": self.finished,
+                "stopped_early": self.stopped_early,
+            },
+        }
+
+    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Restore :meth:`state_dict`'s output; a ValueError if it is from a run with other settings."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{source}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        differs = _changed(state.get("config"), self.config.to_dict(), ignore=RESUMABLE)
+        if differs:
+            raise ValueError(f"{source} is from a run with different settings ({differs})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], self.device)
+        t = state["trainer"]
+        self.iteration, self.initial_loss, self.reached_at = t["iteration"], t["initial_loss"], t["reached_at"]
+        self.best = tuple(t["best"]) if t["best"] is not None else None
+        self.train_time, self.wall_time, self.rows, self.last = t["train_time"], t["wall_time"], t["rows"], t["last"]
+        self._loss_sum = t["loss_sum"].to(self.device, torch.float64)
+        self._loss_count = t["loss_count"]
+        self.finished, self.stopped_early = t["finished"], t["stopped_early"]
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current iteration into the run directory (process 0, when
+        the run has one); return its path."""
+        if self._checkpoints is None:
+            return None
+        if self.log is not None:
+            self.log.sync()
+        return checkpoint.save_in(self._checkpoints, self.iteration, self.state_dict())
+
+    def _failure(self, err: Exception) -> tuple[str, str]:
+        """Status and message of a run stopped by ``err``; with deferred checks, a NaN/inf
+        recorded before ``err`` is reported instead, as its cause."""
+        try:
+            self.guard.flush()
+        except NonFinite as earlier:
+            err = earlier
+        if isinstance(err, NonFinite):
+            status = "diverged" if err.what == "loss" else "failed"
+            return status, str(err) + self._bad_parameters(err) + self._kept()
+        if isinstance(err, Diverged):
+            return "diverged", str(err) + self._kept()
+        return "failed", f"{type(err).__name__}: {err}{self._kept()}"
+
+    def _kept(self) -> str:
+        """How a stopped run's message names its last good checkpoint (none written after it)."""
+        if self._checkpoints is None:
+            return ""
+        saved = checkpoint.listed(self._checkpoints)
+        return f"; the last good checkpoint, iteration {saved[-1][0]}, is kept" if saved else ""
+
+    def _bad_parameters(self, err: NonFinite) -> str:
+        """For a bad direction caught before the step: which parameters' ``.grad`` hold NaN/inf."""
+        if err.what != "direction" or self.guard.deferred:
+            return ""
+        bad = [name for name, p in self.model.named_parameters()
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        return f" in {', '.join(bad)}" if bad else ""
+
     def _to_device(self, batch):
+        """``(x, y)`` on the device in the run's dtype; from the CPU to CUDA through pinned
+        memory, so that the copy does not wait for the device."""
         x, y = batch
-        x = x.to(self.device, self.dtype)
-        y = y.to(self.device, self.dtype if y.is_floating_point() else None)
-        return x, y
+        x = x.to(dtype=self.dtype)
+        y = y.to(dtype=self.dtype) if y.is_floating_point() else y
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+class _SignalStop:
+    """While a run runs (in the main thread): the first SIGINT or SIGTERM is recorded in
+    ``signum`` for the loop to stop at the next iteration boundary; a second raises
+    ``KeyboardInterrupt`` at once. The previous handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> _SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -411,13 +716,17 @@ def build_task(config: TrainConfig) -> Task:
 
 
 def build_model(config: TrainConfig, task: Task) -> SequenceModel:
-    """The config's model for ``task``, initialized from ``(seed, "init")``."""
+    """The config's model for ``task``, initialized from ``(seed, "init")``; what a layer draws
+    from the global generator (the ``learned`` rule's reverse layer) comes from ``(seed,
+    "init-global")``, and the caller's global generator is left as it was."""
     options = dict(rule=config.rule, reg=config.reg, target_step=config.target_step, tol=config.tol,
                    through_time=config.through_time, dtype=DTYPES[config.dtype], **config.layer_options)
     if config.nonlinearity is not None:
         options["nonlinearity"] = config.nonlinearity
-    return SequenceModel(config.cell, task.input_size, config.hidden_size, task.output_size,
-                         init=config.init, generator=derived_generator(config.seed, "init"), **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_generator(config.seed, "init-global").initial_seed())
+        return SequenceModel(config.cell, task.input_size, config.hidden_size, task.output_size,
+                             init=config.init, generator=derived_generator(config.seed, "init"), **options)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -455,17 +764,43 @@ def check_run_dir(out: Path, config: TrainConfig, *, overwrite: bool) -> None:
 
 
 def prepare_run_dir(out: Path, config: TrainConfig, *, overwrite: bool) -> None:
-    """Check ``out`` (:func:`check_run_dir`), create it, and write the run's ``config.json``."""
+    """Check ``out`` (:func:`check_run_dir`), create it, remove an earlier run's summary and
+    checkpoints, and write the run's ``config.json``."""
     check_run_dir(out, config, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)
+    checkpoint.clear(checkpoint.checkpoint_dir(out))
     _write_json(out / "config.json", {"version": __version__, "config": config.to_dict()})
 
 
+def read_run_config(out: str | Path) -> dict:
+    """The settings saved in ``out/config.json``; a ValueError if ``out`` holds no readable run."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds no run (no config.json)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (json.JSONDecodeError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is unreadable")
+    return saved
+
+
+def check_resume(out: str | Path, config: TrainConfig) -> None:
+    """Raise ValueError unless ``config`` may continue the run in ``out``: the same settings,
+    except those in :data:`RESUMABLE` (the iteration budget); the message lists the others."""
+    differs = _differences(read_run_config(out), config.to_dict(), ignore=RESUMABLE)
+    if differs:
+        raise ValueError(f"cannot resume {out} with different settings ({', '.join(differs)}); "
+                         f"only {', '.join(RESUMABLE)} may change")
+
+
 def train(config: TrainConfig, out: str | Path | None = None, *, overwrite: bool = False,
-          progress: bool = False) -> dict:
-    """Build a :class:`Trainer` for ``config`` and run it; return the summary."""
-    return Trainer(config).run(out, overwrite=overwrite, progress=progress)
+          progress: bool = False, **options) -> dict:
+    """Build a :class:`Trainer` for ``config`` and run it (``options``: :meth:`Trainer.run`'s
+    ``resume`` and ``checkpoint_every``); return the summary."""
+    return Trainer(config).run(out, overwrite=overwrite, progress=progress, **options)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -479,10 +814,6 @@ def _boolean(name: str, value) -> None:
         raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
 def _csv_value(value):
     if isinstance(value, float):
         return "" if math.isnan(value) else repr(value)
@@ -493,11 +824,32 @@ def _finite_or_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def _changed(previous, current: dict) -> str:
+def _changed(previous, current: dict, ignore=()) -> str:
+    """``differs in KEY: OLD → NEW, …`` ("" when nothing but ``ignore`` differs)."""
     if not isinstance(previous, dict):
         return "its config.json is unreadable"
-    keys = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-    return "differs in " + ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in keys)
+    differs = _differences(previous, current, ignore)
+    return "differs in " + ", ".join(differs) if differs else ""
+
+
+def _differences(previous: dict, current: dict, ignore=()) -> list[str]:
+    """``KEY: OLD → NEW`` for every setting that differs, but those in ``ignore``."""
+    keys = sorted(k for k in set(previous) | set(current) if k not in ignore and previous.get(k) != current.get(k))
+    return [f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in keys]
+
+
+def _rng_state(device: torch.device) -> dict:
+    """The global generators a run draws from: the CPU's, and the device's on CUDA."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _write_json(path: Path, data: dict) -> None:

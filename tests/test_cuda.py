@@ -1,0 +1,80 @@
+"""The trainer on a CUDA device (skipped, with the reason, where there is none): ``auto`` picks
+it, everything lives there, the checks are deferred, the trainer's own step never waits for the
+device, a NaN is still caught and named, and an interrupted run resumes to the same parameters."""
+import math
+
+import pytest
+import torch
+
+from targetprop import checkpoint
+from targetprop.trainer import Trainer, TrainConfig
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+
+SMALL = dict(task="temporal-order", length=10, hidden_size=16, test_size=50, eval_every=7, iterations=40,
+             device="cuda", task_options={"train_eval_size": 100})
+TP = dict(rule="linearized", lr=0.1, reg=10.0, momentum=0.9)
+BP = dict(rule="bp", optimizer="adam", lr=1e-2)
+
+
+def test_auto_puts_everything_on_the_device(tmp_path):
+    trainer = Trainer(TrainConfig(**{**SMALL, "device": "auto"}, **TP))
+    assert trainer.device.type == "cuda" and trainer.guard.deferred
+    summary = trainer.run(tmp_path / "r", checkpoint_every=10)
+    assert summary["status"] == "completed" and summary["iterations"] == 40
+    assert all(p.is_cuda for p in trainer.model.parameters())
+    assert all(v.is_cuda for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    saved = checkpoint.latest(checkpoint.checkpoint_dir(tmp_path / "r")).payload
+    assert "cuda" in saved["rng"] and saved["trainer"]["iteration"] == 40
+
+
+def test_the_trainers_step_does_not_wait_for_the_device():
+    """With BP and the layer's own input check off, nothing in a step synchronizes with the host
+    (TP rules add the layer's documented syncs: its input check and the inverse's status)."""
+    trainer = Trainer(TrainConfig(**SMALL, **BP, layer_options={"check_finite": False}))
+    trainer.step(0)  # warm-up: handles, pinned-memory pool
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            trainer._loss_sum += trainer.step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(trainer._loss_sum.item())
+
+
+def test_a_nan_direction_is_named_at_the_next_check(tmp_path):
+    trainer = Trainer(TrainConfig(**SMALL, **TP))
+    calls = [0]
+
+    def hook(grad):
+        calls[0] += 1
+        return grad * math.nan if calls[0] == 13 else grad  # iteration 12
+
+    trainer.model.head.bias.register_hook(hook)
+    summary = trainer.run(tmp_path / "r", checkpoint_every=5)
+    assert summary["status"] == "failed" and "of iteration 12 holds NaN or inf" in summary["message"]
+    saved = checkpoint.latest(checkpoint.checkpoint_dir(tmp_path / "r")).payload
+    assert saved["trainer"]["iteration"] == 10 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_resume_on_the_device(tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    Trainer(TrainConfig(**SMALL, **TP)).run(whole, checkpoint_every=10)
+    config = TrainConfig(**SMALL, **TP)
+    trainer = Trainer(config)
+    original = trainer.step
+
+    def step(iteration):
+        if iteration == 25:
+            raise KeyboardInterrupt
+        return original(iteration)
+
+    trainer.step = step
+    assert trainer.run(part, checkpoint_every=10)["status"] == "interrupted"
+    Trainer(config).run(part, resume=True, checkpoint_every=10)
+    a, b = (checkpoint.latest(checkpoint.checkpoint_dir(r)).payload["model"] for r in (whole, part))
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"CUDA resume: max parameter difference to the uninterrupted run {worst:.2e}")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
