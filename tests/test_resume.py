@@ -234,15 +234,22 @@ def cli_reference(tmp_path_factory):
     return out
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, cli_reference, capsys):
-    out = tmp_path / "run"
+def signal_after_checkpoint(out, iteration: int, sig) -> tuple:
+    """Start a CLI run in ``out``, send ``sig`` once its checkpoint of ``iteration`` exists;
+    return (process, its stdout)."""
     proc = start(out)
     try:
-        wait_for_checkpoint(proc, out, 100)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        wait_for_checkpoint(proc, out, iteration)
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
+    return proc, stdout
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, cli_reference, capsys):
+    out = tmp_path / "run"
+    proc, _ = signal_after_checkpoint(out, 100, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()  # it really died mid-run
     killed_at = final_state(out)["trainer"]["iteration"]
@@ -255,13 +262,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cli_reference, capsys):
 
 def test_sigterm_exits_143_after_a_checkpoint(tmp_path, cli_reference, capsys):
     out = tmp_path / "run"
-    proc = start(out)
-    try:
-        wait_for_checkpoint(proc, out, 50)
-        proc.send_signal(signal.SIGTERM)
-        stdout, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    proc, stdout = signal_after_checkpoint(out, 50, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "stopped by SIGTERM" in stdout and f"--resume {out}" in stdout
