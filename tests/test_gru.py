@@ -86,7 +86,7 @@ def reference_gru_tp(layer, x, h0, C, Cn):
         h_t = torch.gru_cell(xg[:, t - 1], hs[t - 1], Pg["weight_ih_l0"], Pg["weight_hh_l0"], Pg["bias_ih_l0"], Pg["bias_hh_l0"])
         loss = loss + 0.5 * ((h_t - (hs[t] + lam[t])) ** 2).sum()
     loss.backward()
-    return {k: w.grad for k, w in Pg.items()}, xg.grad, -lam[0]
+    return {k: w.grad for k, w in Pg.items()}, xg.grad, -lam[0], [hs[t] + lam[t] for t in range(1, T + 1)]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -94,11 +94,31 @@ def test_linearized_rule_matches_reference_loop(seed):
     layer, x, h0, C, Cn = make_gru(T=7, seed=10 + seed, scale=1.5)
     layer.reg, layer.target_step = 0.5 + seed, 0.05
     g, gx, gh, _ = run(layer, x, h0, C, Cn)
-    rg, rgx, rgh = reference_gru_tp(layer, x, h0, C, Cn)
+    rg, rgx, rgh, _ = reference_gru_tp(layer, x, h0, C, Cn)
     for k in g:
         assert_rel(g[k], rg[k], where=f"gru linearized {k}")
     assert_rel(gx, rgx, where="gru linearized input grad")
     assert_rel(gh[0], rgh, where="gru linearized h0 grad")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_through_time_is_bp_of_the_target_losses(seed):
+    """through_time=True: the reference loop's targets v_t, then ∇ Σ_t ½‖h_t(θ) − v_t‖² by autograd
+    of nn.GRU through the whole recurrence (parameters, input and h0)."""
+    layer, x, h0, C, Cn = make_gru(T=7, seed=20 + seed, scale=1.5)
+    layer.reg, layer.target_step = 0.7, 0.05
+    layer.through_time = True
+    g, gx, gh, _ = run(layer, x, h0, C, Cn)
+    *_, targets = reference_gru_tp(layer, x, h0, C, Cn)
+    ref = torch.nn.GRU(2, 4, batch_first=True, dtype=D64)
+    ref.load_state_dict(layer.state_dict())
+    xg, hg = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+    out, _ = ref(xg, hg)
+    (0.5 * ((out - torch.stack(targets, 1)) ** 2).sum()).backward()
+    for (k, a), b in zip(g.items(), ref.parameters()):
+        assert_rel(a, b.grad, where=f"gru through_time {k}")
+    assert_rel(gx, xg.grad, where="gru through_time input grad")
+    assert_rel(gh, hg.grad, where="gru through_time h0 grad")
 
 
 def test_pinned_gates_reduce_to_the_algebra():

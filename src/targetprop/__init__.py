@@ -21,5 +21,6 @@ __all__ = [
     "RegularizedInverseError",
     "ACTIVATIONS",
     "get_activation",
+    "kernels",
     "__version__",
 ]

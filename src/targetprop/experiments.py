@@ -239,11 +239,25 @@ def _summary_line(out: Path, s: dict) -> str:
             f"{s['wall_time']:.1f} s -> {out}")
 
 
-def run_curves_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True) -> list[dict]:
-    """Run every method of a ``curves`` panel; return one results row per method."""
+def check_methods(panel: dict, methods) -> list[str]:
+    """The panel's methods to run: ``methods`` in the order given (all of them when empty); a
+    ValueError names an unknown one and lists the panel's."""
+    if not methods:
+        return list(panel["methods"])
+    unknown = [m for m in methods if m not in panel["methods"]]
+    if unknown:
+        raise ValueError(f"panel {panel['name']!r} has no method {unknown[0]!r} "
+                         f"(its methods: {', '.join(panel['methods'])})")
+    return list(dict.fromkeys(methods))
+
+
+def run_curves_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True, methods=None) -> list[dict]:
+    """Run the methods of a ``curves`` panel (all, or ``methods`` in that order); return one
+    results row per method run."""
     configs = panel_configs(panel, budget, overrides)
     rows = []
-    for name, config in configs.items():
+    for name in check_methods(panel, methods):
+        config = configs[name]
         summary = run_config(config, out / name, quiet)
         rows.append(_row(panel, budget, name, config, summary, loss_auc(out / name)))
     return rows
@@ -358,9 +372,11 @@ def append_results(path: Path, rows: list[dict]) -> None:
 
 
 def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrides=None,
-                    quiet=True) -> Path | None:
+                    quiet=True, methods=None) -> Path | None:
     """Run one panel into ``out_root/NAME``, draw its PNG, append to ``out_root/results.md``.
-    Returns the PNG, or None when the panel was skipped because its data is missing."""
+    ``methods``: run only these of a curves panel (e.g. one per machine or core); the PNG shows
+    every method whose run is already in the folder. Returns the PNG, or None when the panel was
+    skipped because its data is missing."""
     from . import plotting
 
     panel = load_panel(name)
@@ -374,8 +390,9 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
     title = panel.get("title", panel["name"]) + (" (short budget)" if budget == "short" else "")
     start = time.perf_counter()
     if panel.get("kind", "curves") == "curves":
-        rows = run_curves_panel(panel, budget, out, overrides, quiet)
-        png = plotting.plot_panel([out / m for m in panel["methods"]], out / f"{panel['name']}.png", title=title)
+        rows = run_curves_panel(panel, budget, out, overrides, quiet, methods)
+        runs = [out / m for m in panel["methods"] if (out / m / "metrics.csv").is_file()]
+        png = plotting.plot_panel(runs, out / f"{panel['name']}.png", title=title)
     else:
         rows, cells = run_grid_panel(panel, budget, out, overrides, quiet)
         grid = panel_grid(panel, budget)
@@ -414,6 +431,9 @@ def _add_reproduce(sub) -> None:
                                    "panel, append to OUT/results.md. Panels whose data is missing are skipped.")
     p.add_argument("figure", choices=FIGURES)
     p.add_argument("--panel", help="run only this panel (a built-in name)")
+    p.add_argument("--method", action="append", default=[], metavar="NAME",
+                   help="with --panel: run only this method of it (repeatable; runs in the order given; "
+                        "the plot shows every method already run in OUT)")
     p.add_argument("--budget", choices=BUDGETS, default="short", help="full: the paper's; short: minutes (default)")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
     p.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA)")
@@ -431,10 +451,17 @@ def _reproduce(args, parser) -> int:
         for name in names:
             if load_panel(name)["figure"] != args.figure:
                 raise ValueError(f"panel {name!r} is not part of {args.figure}")
+        if args.method:
+            if not args.panel:
+                raise ValueError("--method needs --panel")
+            if load_panel(args.panel).get("kind", "curves") != "curves":
+                raise ValueError(f"--method applies to curves panels; {args.panel!r} is a grid")
+            check_methods(load_panel(args.panel), args.method)
     except ValueError as err:
         parser.error(str(err))
     for name in names:
-        reproduce_panel(name, args.budget, args.out, data_dir=args.data_dir, overrides=overrides, quiet=args.quiet)
+        reproduce_panel(name, args.budget, args.out, data_dir=args.data_dir, overrides=overrides, quiet=args.quiet,
+                        methods=args.method)
     print(f"results: {args.out / 'results.md'}")
     return 0
 
