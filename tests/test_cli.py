@@ -207,6 +207,7 @@ def test_builtin_comparisons_are_valid():
     assert tt.through_time and (tt.lr, tt.target_step, tt.reg) == (0.1, 0.01, 10.0)
     assert (bp.rule, bp.lr, bp.momentum, bp.nesterov) == ("bp", 1e-5, 0.9, True)
     assert all((c.task, c.length, c.hidden_size, c.seed) == ("temporal-order", 60, 100, 1) for c in configs.values())
+    assert all(c.divergence_factor is None for c in configs.values())  # "none" in the file
     full = method_configs("temporal-order-60", load_comparison("temporal-order-60")[1])
     assert all(c.iterations == 40000 and c.stop_at_accuracy == 1.0 for c in full.values())
 

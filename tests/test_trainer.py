@@ -166,6 +166,17 @@ def test_ctrl_c_leaves_valid_files(tmp_path):
 # ---------------------------------------------------------------------------- optimizers
 
 
+@pytest.mark.parametrize("values, text", [
+    ({"rule": "bp", "lr": 0.01}, "bp, sgd lr=0.01"),
+    ({"cell": "gru", "rule": "bp", "lr": 0.01, "momentum": 0.9, "nesterov": True, "clip": 1.0},
+     "gru bp, sgd lr=0.01 nesterov=0.9 clip=1"),
+    ({"cell": "gru", "rule": "linearized", "through_time": True, "target_step": 0.01, "reg": 1.0, "lr": 0.1},
+     "gru linearized through time γh=0.01 r=1, sgd lr=0.1"),
+])
+def test_method_description_names_the_cell_rule_and_optimizer(values, text):
+    assert TrainConfig(**values).method() == text
+
+
 def test_optimizers_are_torch_optim():
     opt = Trainer(TrainConfig(**SMALL, rule="bp", lr=1e-5, momentum=0.9, nesterov=True)).optimizer
     assert type(opt) is torch.optim.SGD

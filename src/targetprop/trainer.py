@@ -119,7 +119,7 @@ class TrainConfig:
         eval_every: evaluate (and log a metrics row) every this many iterations.
         stop_at_accuracy: stop early once the test accuracy reaches this fraction (e.g. 1.0).
         divergence_factor: stop as ``diverged`` once the loss on the fixed training sample exceeds
-            this many times its value at iteration 0 (``None``: only on NaN/inf).
+            this many times its value at iteration 0 (``None`` or ``"none"``: only on NaN/inf).
         seed: seeds the training batches and the initialization.
         device: a torch device string (``cpu``, ``cuda``, ``cuda:1``) or ``auto`` (``cuda`` if
             available, else ``cpu``); under ``torchrun``, ``cuda`` is each process's ``cuda:LOCAL_RANK``.
@@ -190,6 +190,8 @@ class TrainConfig:
         if self.stop_at_accuracy is not None:
             self.stop_at_accuracy = check.real("stop_at_accuracy", self.stop_at_accuracy, low=0.0, high=1.0,
                                                low_open=True, high_open=False)
+        if isinstance(self.divergence_factor, str) and self.divergence_factor.lower() == "none":
+            self.divergence_factor = None  # as written in TOML files, which have no null
         if self.divergence_factor is not None:
             self.divergence_factor = check.real("divergence_factor", self.divergence_factor, low=1.0,
                                                 low_open=False)
@@ -224,16 +226,18 @@ class TrainConfig:
         return self.label or self.method()
 
     def method(self) -> str:
-        """A short description of the method: rule, its hyper-parameters and the optimizer."""
+        """A short description of the method: the cell (when not the simple RNN), the rule, its
+        hyper-parameters and the optimizer."""
+        cell = "" if self.cell == "rnn" else f"{self.cell} "
         opt = f"{self.optimizer} lr={self.lr:g}"
         if self.momentum:
             opt += f" {'nesterov' if self.nesterov else 'momentum'}={self.momentum:g}"
         if self.clip is not None:
             opt += f" clip={self.clip:g}"
         if self.rule == "bp":
-            return f"bp, {opt}"
+            return f"{cell}bp, {opt}"
         tt = " through time" if self.through_time else ""
-        return f"{self.rule}{tt} γh={self.target_step:g} r={self.reg:g}, {opt}"
+        return f"{cell}{self.rule}{tt} γh={self.target_step:g} r={self.reg:g}, {opt}"
 
 
 class Diverged(Exception):
