@@ -18,6 +18,16 @@ def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_gru_methods_are_compared_with_the_native_gru(tmp_path):
+    out = tmp_path / "table.md"
+    assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1", "--methods",
+                       "gru-native-bptt", "gru-tp-linearized", "gru-engine-bp", "native-bptt", "--output", str(out)]) == 0
+    rows = {r[6].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
+    assert rows["gru-native-bptt"][10].strip() == "1.00" and rows["gru-engine-bp"][11].strip() == "1.00"
+    assert rows["native-bptt"][10].strip() == "1.00" and rows["native-bptt"][11].strip() == "–"
+    assert "gru-tp-linearized" not in bench.DEFAULT_METHODS
+
+
 def test_naive_yardstick_equals_the_library_rule():
     torch.manual_seed(0)
     layer = TPRNN(2, 5, reg=1.0, target_step=1e-2, dtype=torch.float64)

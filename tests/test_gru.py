@@ -1,5 +1,6 @@
 """TPGRU: bp against torch.nn.GRU autograd, the authors' GRU rule against a straightforward loop,
-the pinned-gate reduction, and training."""
+the through-time variant, the pinned-gate reduction, the forward that keeps the gates, and
+training; each exact check on both backends (the compiled loop and the pure-PyTorch path)."""
 import pytest
 import torch
 
@@ -7,11 +8,12 @@ from helpers import assert_rel, train_to_full_accuracy
 from targetprop import TPGRU, orthogonal_, orthogonal_init_
 
 D64 = torch.float64
+BACKENDS = ["torch", "cpp"]
 
 
-def make_gru(B=3, T=6, d=2, p=4, seed=0, scale=0.6, bias=True):
+def make_gru(B=3, T=6, d=2, p=4, seed=0, scale=0.6, bias=True, backend="auto"):
     g = torch.Generator().manual_seed(seed)
-    layer = TPGRU(d, p, dtype=D64, bias=bias)
+    layer = TPGRU(d, p, dtype=D64, bias=bias, backend=backend)
     with torch.no_grad():
         for w in layer.parameters():
             w.copy_(torch.randn(w.shape, generator=g, dtype=D64) * scale / w.shape[-1] ** 0.5)
@@ -30,11 +32,12 @@ def run(layer, x, h0, C, Cn):
     return {k: w.grad for k, w in layer.named_parameters()}, xg.grad, hg.grad, out
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_bp_equals_torch_gru_autograd(bias):
-    layer, x, h0, C, Cn = make_gru(T=8, seed=1, bias=bias)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias, p", [(True, 4), (False, 4), (True, 37)])
+def test_bp_equals_torch_gru_autograd(bias, p, backend):
+    layer, x, h0, C, Cn = make_gru(T=8, p=p, seed=1, bias=bias, backend=backend)
     layer.rule = "bp"
-    ref = torch.nn.GRU(2, 4, batch_first=True, dtype=D64, bias=bias)
+    ref = torch.nn.GRU(2, p, batch_first=True, dtype=D64, bias=bias)
     ref.load_state_dict(layer.state_dict())
     g, gx, gh, out = run(layer, x, h0, C, Cn)
     xg, hg = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
@@ -89,9 +92,10 @@ def reference_gru_tp(layer, x, h0, C, Cn):
     return {k: w.grad for k, w in Pg.items()}, xg.grad, -lam[0], [hs[t] + lam[t] for t in range(1, T + 1)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_linearized_rule_matches_reference_loop(seed):
-    layer, x, h0, C, Cn = make_gru(T=7, seed=10 + seed, scale=1.5)
+def test_linearized_rule_matches_reference_loop(seed, backend):
+    layer, x, h0, C, Cn = make_gru(T=7, seed=10 + seed, scale=1.5, backend=backend)
     layer.reg, layer.target_step = 0.5 + seed, 0.05
     g, gx, gh, _ = run(layer, x, h0, C, Cn)
     rg, rgx, rgh, _ = reference_gru_tp(layer, x, h0, C, Cn)
@@ -101,11 +105,12 @@ def test_linearized_rule_matches_reference_loop(seed):
     assert_rel(gh[0], rgh, where="gru linearized h0 grad")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_through_time_is_bp_of_the_target_losses(seed):
+def test_through_time_is_bp_of_the_target_losses(seed, backend):
     """through_time=True: the reference loop's targets v_t, then ∇ Σ_t ½‖h_t(θ) − v_t‖² by autograd
     of nn.GRU through the whole recurrence (parameters, input and h0)."""
-    layer, x, h0, C, Cn = make_gru(T=7, seed=20 + seed, scale=1.5)
+    layer, x, h0, C, Cn = make_gru(T=7, seed=20 + seed, scale=1.5, backend=backend)
     layer.reg, layer.target_step = 0.7, 0.05
     layer.through_time = True
     g, gx, gh, _ = run(layer, x, h0, C, Cn)
@@ -121,7 +126,8 @@ def test_through_time_is_bp_of_the_target_losses(seed):
     assert_rel(gh, hg.grad, where="gru through_time h0 grad")
 
 
-def test_pinned_gates_reduce_to_the_algebra():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pinned_gates_reduce_to_the_algebra(backend):
     """r = 0, orthogonal W_hr, W_hz, W_hn, gates pinned by biases: b_z = −40 (z ≈ 4e−18, update
     gate shut: h' = n), b_r = +40 (r = 1 in float64: reset gate open).
 
@@ -133,7 +139,7 @@ def test_pinned_gates_reduce_to_the_algebra():
     σ' ≈ 4e−18). So TP = BP's n-path plus the gate paths amplified by 1/c: a saturated gate's
     inverse is as ill-conditioned as τ allows. Checked on one step (T = 1, loss on h_1).
     """
-    layer, x, h0, C, Cn = make_gru(T=1, seed=3)
+    layer, x, h0, C, Cn = make_gru(T=1, seed=3, backend=backend)
     p = 4
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
@@ -160,6 +166,49 @@ def test_pinned_gates_reduce_to_the_algebra():
     assert_rel(bp_h0, ((1 - n**2) * g) @ Wn, tol=1e-12, where="pinned-gate GRU adjoint")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [4, 37])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_for_backward_keeps_the_gates_of_the_native_forward(bias, p, backend):
+    """The forward used when a backward follows: hidden states equal torch.gru's, and the kept
+    gates equal the cell's r, z, q, n written out per step (p = 37: every register block)."""
+    from targetprop import gru, kernels
+
+    layer, x, h0, *_ = make_gru(T=9, B=5, p=p, seed=4, scale=1.5, bias=bias)
+    xs, h = x.transpose(0, 1), h0[0]
+    w = [layer.weight_ih_l0, layer.weight_hh_l0] + ([layer.bias_ih_l0, layer.bias_hh_l0] if bias else [None, None])
+    w = [t.detach() if t is not None else None for t in w]
+    out, gates = gru.forward_for_backward(xs, h, *w, None, kernels.select(backend, xs))
+    assert_rel(out, gru.forward(xs, h, *w), where="gru forward keeping gates vs native")
+    for t in range(xs.shape[0]):
+        gi = xs[t] @ w[0].T + (w[2] if bias else 0)
+        gh = h @ w[1].T + (w[3] if bias else 0)
+        r = torch.sigmoid(gi[:, :p] + gh[:, :p])
+        z = torch.sigmoid(gi[:, p:2 * p] + gh[:, p:2 * p])
+        n = torch.tanh(gi[:, 2 * p:] + r * gh[:, 2 * p:])
+        assert_rel(gates[t], torch.stack([r, z, gh[:, 2 * p:], n], 1), where="gru kept gates")
+        h = out[t]
+
+
+def test_no_gates_are_kept_without_a_backward(monkeypatch):
+    """Evaluation (no_grad, or nothing requiring grad) runs the native forward and keeps no gates."""
+    from targetprop import gru
+
+    calls = []
+    keep = gru.forward_for_backward
+    monkeypatch.setattr(gru, "forward_for_backward", lambda *a: calls.append(1) or keep(*a))
+    layer, x, *_ = make_gru(T=5)
+    with torch.no_grad():
+        quiet, _ = layer(x)
+    layer.requires_grad_(False)
+    frozen, _ = layer(x)
+    assert calls == [] and quiet.grad_fn is None
+    layer.requires_grad_(True)
+    out, _ = layer(x)
+    assert calls == [1]
+    assert_rel(out, quiet, where="gru forward with and without gates")
+
+
 def test_gru_state_dict_and_bad_input():
     layer = TPGRU(3, 5)
     ref = torch.nn.GRU(3, 5, batch_first=True)
@@ -173,10 +222,8 @@ def test_gru_state_dict_and_bad_input():
         TPGRU(3, 5, reg=-1)
     with pytest.raises(ValueError, match="input_size=3"):
         layer(torch.randn(2, 4, 2))
-    from targetprop.kernels import KernelUnavailableError
-
-    with pytest.raises(KernelUnavailableError, match="GRU"):
-        TPGRU(3, 5, backend="cpp")(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="backend"):
+        TPGRU(3, 5, backend="fast")
 
 
 @pytest.mark.parametrize("rule,lr", [("linearized", 3e-3), ("bp", 1e-2)])

@@ -1,6 +1,7 @@
 """Cost benchmark: one training iteration (forward + backward + optimizer step) of every rule
 against native BPTT (``torch.nn.RNN`` autograd), at the paper's shapes (Section 3's claim that
-TP costs about what BP costs when T ≥ p).
+TP costs about what BP costs when T ≥ p); the ``gru-*`` methods do the same for the GRU cell
+against ``torch.nn.GRU``.
 
 Methods are timed *interleaved* in one process (one iteration of each in turn, repeated), and
 the median is reported, so that machine noise hits every method alike. Memory is reported as
@@ -22,18 +23,38 @@ from typing import Callable
 import torch
 
 from .init import orthogonal_init_
-from .rnn import TPRNN
+from .rnn import TPGRU, TPRNN
 
-#: name -> TPRNN keyword arguments, None for native torch.nn.RNN, "naive" for the per-step baseline
-METHODS: dict[str, dict | str | None] = {
-    "native-bptt": None,
+#: name -> TP layer keyword arguments (``cell="gru"``: a TPGRU), ``"native"`` / ``"native-gru"``
+#: for torch.nn.RNN / torch.nn.GRU autograd, ``"naive"`` for the per-step baseline
+METHODS: dict[str, dict | str] = {
+    "native-bptt": "native",
     "naive-tp": "naive",
     "engine-bp": {"rule": "bp"},
     "tp-linearized": {"rule": "linearized"},
     "tp-difference": {"rule": "difference"},
     "tp-direct": {"rule": "direct"},
     "tp-through-time": {"rule": "linearized", "through_time": True},
+    "gru-native-bptt": "native-gru",
+    "gru-engine-bp": {"cell": "gru", "rule": "bp"},
+    "gru-tp-linearized": {"cell": "gru", "rule": "linearized"},
+    "gru-tp-through-time": {"cell": "gru", "rule": "linearized", "through_time": True},
 }
+#: the methods run when none are named (the GRU ones are asked for by name)
+DEFAULT_METHODS = [m for m in METHODS if m != "naive-tp" and not m.startswith("gru-")]
+
+
+def _layer(method: str, d: int, p: int) -> torch.nn.Module:
+    spec = METHODS[method]
+    if spec == "naive":
+        return _NaiveModule(d, p, batch_first=True)
+    if spec == "native":
+        return torch.nn.RNN(d, p, batch_first=True)
+    if spec == "native-gru":
+        return torch.nn.GRU(d, p, batch_first=True)
+    kwargs = dict(spec)
+    cls = TPGRU if kwargs.pop("cell", "rnn") == "gru" else TPRNN
+    return cls(d, p, reg=1.0, **kwargs)
 
 GRIDS = {
     # (T, B, p, d)
@@ -99,11 +120,7 @@ class _NaiveModule(torch.nn.RNN):
 def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 0) -> Callable[[], tuple]:
     """A closure running one training iteration; returns (forward s, backward s, total s)."""
     gen = torch.Generator().manual_seed(seed)
-    kwargs = METHODS[method]
-    if kwargs == "naive":
-        rnn = _NaiveModule(d, p, batch_first=True)
-    else:
-        rnn = torch.nn.RNN(d, p, batch_first=True) if kwargs is None else TPRNN(d, p, reg=1.0, **kwargs)
+    rnn = _layer(method, d, p)
     orthogonal_init_(rnn, gen)
     head = torch.nn.Linear(p, 10)
     rnn.to(device)
@@ -173,13 +190,18 @@ def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmu
 
 
 def table(results: list[Result]) -> str:
-    """Markdown table; ``ratio`` is the method's median over native BPTT's at the same shape."""
-    native = {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == "native-bptt"}
-    bp = {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == "engine-bp"}
+    """Markdown table; the ratios are the method's median over native BPTT's and over the
+    engine's BP at the same shape, for the same cell (``gru-*`` against ``gru-native-bptt``)."""
+    def medians(name):
+        return {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == name}
+
+    cells = {"": (medians("native-bptt"), medians("engine-bp")),
+             "gru-": (medians("gru-native-bptt"), medians("gru-engine-bp"))}
     lines = ["| T | B | p | d | threads | method | iteration ms | fwd ms | bwd ms | ÷ native | ÷ engine-bp | saved/peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         key = (r.T, r.B, r.p, r.d, r.threads, r.device)
+        native, bp = cells["gru-" if r.method.startswith("gru-") else ""]
         rn = f"{r.median_ms / native[key]:.2f}" if key in native else "–"
         rb = f"{r.median_ms / bp[key]:.2f}" if key in bp else "–"
         lines.append(f"| {r.T} | {r.B} | {r.p} | {r.d} | {r.threads} | {r.method} | {r.median_ms:.2f} | "
@@ -232,8 +254,9 @@ def plot(results: list[Result], path: str) -> None:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="targetprop bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", nargs="+", default=["targets"], choices=sorted(GRIDS), help="shape grids to run")
-    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "naive-tp"], choices=list(METHODS),
-                   help="methods to time (naive-tp: a straightforward per-step TP, as a yardstick)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                   help="methods to time (naive-tp: a straightforward per-step TP, as a yardstick; "
+                        "gru-*: the GRU cell against torch.nn.GRU, not in the default)")
     p.add_argument("--threads", dest="thread_counts", nargs="+", type=int, default=[1, torch.get_num_threads()],
                    help="intra-op thread counts to time (default: 1 and all)")
     p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")

@@ -7,7 +7,9 @@ gradients, so autograd accumulates them into ``.grad`` like any gradient (optimi
 all-reduce and gradient accumulation see nothing special).
 
 A *cell* is a module (``targetprop.elman``, ``targetprop.gru``) with ``forward(...)``,
-``Tape`` and ``select_kernels(backend, *tensors)``.
+``Tape`` and ``select_kernels(backend, *tensors)``; a cell that keeps more than the hidden
+states for its backward (the GRU: its gates) also has ``forward_for_backward(...) -> (out, *extra)``,
+used when a backward can follow, and its ``Tape`` takes the extras last.
 """
 from __future__ import annotations
 
@@ -18,19 +20,27 @@ from . import engine
 
 
 class TPFunction(torch.autograd.Function):
-    """``(cell, config, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``."""
+    """``(cell, config, grad_enabled, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``.
+
+    ``grad_enabled``: the caller's ``torch.is_grad_enabled()`` (autograd turns grad mode off
+    inside ``forward``), so that evaluation keeps nothing for a backward that cannot come."""
 
     @staticmethod
-    def forward(ctx, cell, config, x, h0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
         ctx.cell, ctx.config = cell, config
         ctx.kernels = cell.select_kernels(config.backend, x, w_hh)
-        out = cell.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
-        ctx.save_for_backward(x, h0, out, w_ih, w_hh, b_ih, b_hh)
+        keep = getattr(cell, "forward_for_backward", None)
+        if keep is not None and grad_enabled and any(ctx.needs_input_grad):
+            out, *extra = keep(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
+        else:
+            out, extra = cell.forward(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels), []
+        ctx.save_for_backward(x, h0, out, w_ih, w_hh, b_ih, b_hh, *extra)
         return out, out[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_hn):
-        tape = ctx.cell.Tape(*ctx.saved_tensors, ctx.config.activation, ctx.kernels)
+        saved = ctx.saved_tensors
+        tape = ctx.cell.Tape(*saved[:7], ctx.config.activation, ctx.kernels, *saved[7:])
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
-        return (None, None, *tape.directions(lam, ctx.needs_input_grad[2:]))
+        return (None, None, None, *tape.directions(lam, ctx.needs_input_grad[3:]))

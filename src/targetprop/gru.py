@@ -16,9 +16,12 @@ multiplying; the direct path ``z⊙λ'`` and the tanh derivative ``1−n²`` are
 the cell computed here (the authors' code writes it for the other convention,
 ``h' = (1−z)⊙h + z⊙n``).
 
-Both are "per-gate scale, then one (B×3p)·(3p×p) product, plus z⊙λ" per step, with every
-per-step factor computed for all steps at once before the loop. Parameter directions (eq. 3):
-one batched vector-Jacobian product of the cell over all (x_t, h_{t-1}) pairs, cotangent −λ_t.
+Both are "per-gate scale, then one (B×3p)·(3p×p) product, plus z⊙λ" per step. When a backward
+will follow, the forward pass keeps every step's gates ``[r, z, q, n]`` (T, B, 4, p); the
+compiled loop (``csrc/kernels.cpp``) then computes the scales on the fly and, as each ``λ_t``
+becomes final, writes the cell's pre-activation adjoints ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``,
+from which the parameter directions (eq. 3, cotangent −λ_t on h_t) are a few matrix products.
+The pure-PyTorch path computes the same from the kept gates with batched tensor operations.
 """
 from __future__ import annotations
 
@@ -28,49 +31,69 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from . import kernels as _kernels
 from .activations import Activation
 from .inverse import inverse_operator
-from .kernels import KernelUnavailableError
 from .rules import Recursion, propagate, register
 
 CELL = "gru"
+#: widest hidden size for which backend="auto" picks the compiled loop (one row's output is
+#: held in registers while the 3p×p matrix streams from cache)
+MAX_COMPILED_WIDTH = 256
 
 
-def select_kernels(backend: str, *tensors):
-    """No compiled loops for the GRU cell: its recursion runs on PyTorch ops."""
-    if backend == "cpp":
-        raise KernelUnavailableError("backend='cpp' is not available for the GRU cell; use 'auto' or 'torch'")
-    return None
+def select_kernels(backend: str, x: Tensor, w_hh: Tensor):
+    """The compiled module where it applies (CPU float32/float64, p ≤ :data:`MAX_COMPILED_WIDTH`
+    for ``auto``), else None."""
+    if backend == "auto" and w_hh.shape[-1] > MAX_COMPILED_WIDTH:
+        return None
+    return _kernels.select(backend, x, w_hh)
 
 
 def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
             b_hh: Tensor | None, activation: Activation = None, kernels=None) -> Tensor:
-    """All hidden states (T, B, p) by PyTorch's native GRU kernel."""
+    """All hidden states (T, B, p) by PyTorch's native GRU kernel (when no backward follows)."""
     has_bias = b_ih is not None
     params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else [])
     out, _ = torch.gru(x, h0.unsqueeze(0), params, has_bias, 1, 0.0, False, False, False)
     return out
 
 
-def cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None):
-    """One GRU step on rows, written out: returns ``(h', r, z, n, q)``."""
-    gi = x @ w_ih.T
-    gh = h @ w_hh.T
-    if b_ih is not None:
-        gi = gi + b_ih
-        gh = gh + b_hh
-    i_r, i_z, i_n = gi.chunk(3, -1)
-    h_r, h_z, q = gh.chunk(3, -1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * q)
-    return (1 - z) * n + z * h, r, z, n, q
+def forward_for_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                         b_hh: Tensor | None, activation: Activation = None, kernels=None):
+    """``(out, gates)``: the hidden states (T, B, p) and every step's ``[r, z, q, n]`` (T, B, 4, p),
+    ``q = h_{t-1} W_hnᵀ + b_hn``; one input projection for all steps, then per step
+    ``h W_hhᵀ + b_hh`` written straight into the gate buffer and in-place gate arithmetic (in
+    the compiled loop when ``kernels`` is given)."""
+    T, B, _ = x.shape
+    p = h0.shape[-1]
+    flat = x.reshape(T * B, -1)
+    gi = (torch.addmm(b_ih, flat, w_ih.T) if b_ih is not None else flat @ w_ih.T).view(T, B, 3 * p)
+    gates = x.new_empty(T, B, 4, p)
+    out = x.new_empty(T, B, p)
+    if kernels is not None:
+        bias = b_hh.contiguous() if b_hh is not None else x.new_empty(0)
+        kernels.gru_forward_(gi, h0.contiguous(), w_hh.T.contiguous(), bias, out, gates)
+        return out, gates
+    wt = w_hh.T
+    h = h0
+    for t in range(T):
+        g = gates[t]
+        gh = g[:, :3].view(B, 3 * p)  # r, z, q slots: h W_hhᵀ + b_hh
+        if b_hh is not None:
+            torch.addmm(b_hh, h, wt, out=gh)
+        else:
+            torch.mm(h, wt, out=gh)
+        g[:, :2].view(B, 2 * p).add_(gi[t, :, :2 * p]).sigmoid_()
+        n = torch.addcmul(gi[t, :, 2 * p:], g[:, 0], g[:, 2], out=g[:, 3]).tanh_()
+        h = torch.sub(h, n, out=out[t]).mul_(g[:, 1]).add_(n)
+    return out, gates
 
 
 @dataclass
 class GRUTape:
-    """What the forward pass keeps: inputs, weights and hidden states; gates are recomputed
-    for all steps in one batched evaluation of :func:`cell`, which the VJP then reuses."""
+    """What the forward pass keeps: inputs, weights, hidden states and the gates of every step
+    (from :func:`forward_for_backward`)."""
 
     x: Tensor  # (T, B, d)
     h0: Tensor  # (B, p)
@@ -81,22 +104,46 @@ class GRUTape:
     bias_hh: Tensor | None
     activation: Activation = None
     kernels: object = None
+    gates: Tensor = None  # (T, B, 4, p): r, z, q, n
+
+    def __post_init__(self):
+        if self.gates is None:
+            raise ValueError("GRUTape needs the gates kept by gru.forward_for_backward")
+        self._adjoints = None  # (λ, its pre-activation adjoints) written by the compiled loop
 
     @cached_property
-    def _graph(self):
-        """The cell over all (x_t, h_{t-1}) rows at once, with a graph to the weights and x."""
-        T, B, p = self.out.shape
-        h_prev = torch.cat([self.h0.unsqueeze(0), self.out[:-1]]).reshape(T * B, p)
-        leaves = [t.detach().requires_grad_(True) if t is not None else None
-                  for t in (self.x.reshape(T * B, -1), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
-        with torch.enable_grad():
-            h_next, r, z, n, q = cell(leaves[0], h_prev, *leaves[1:])
-        view = lambda t: t.detach().view(T, B, p)
-        return h_next, leaves, h_prev.view(T, B, p), view(r), view(z), view(n), view(q)
+    def _h_prev(self) -> Tensor:
+        return torch.cat([self.h0.unsqueeze(0), self.out[:-1]])
 
-    def _gated_recursion(self, scales: Tensor, mat: Tensor) -> Recursion:
-        """``λ_{t-1} += z_t⊙λ_t + [s_r⊙λ_t, s_z⊙λ_t, s_n⊙λ_t] mat``; ``scales`` (T, B, 3, p), ``mat`` (3p, p)."""
-        z = self._graph[4].unbind(0)
+    @cached_property
+    def _bp_factors(self) -> Tensor:
+        """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]`` (module docstring), for the torch path."""
+        r, z, q, n = self.gates.unbind(2)
+        dn = (1 - n * n) * (1 - z)
+        return torch.stack([r * (1 - r) * q * dn, z * (1 - z) * (self._h_prev - n), r * dn, dn], dim=2)
+
+    def _recursion(self, linearized: bool, mat: Tensor, tol: float) -> Recursion:
+        """``λ_{t-1} += z_t⊙λ_t + [s_r, s_z, s_n](λ_t) mat`` for t = T..1; ``mat`` (3p, p)."""
+        floor = tol * (1 - tol)
+        if self.kernels is not None:
+            mat = mat.contiguous()
+
+            def run(lam):
+                adjoints = torch.empty_like(self.gates)
+                self.kernels.gru_recursion_(lam, self.gates, self.h0.contiguous(), self.out, mat, linearized,
+                                            floor, adjoints)
+                self._adjoints = (lam, adjoints)
+
+            return run
+        f = self._bp_factors
+        if linearized:
+            r, z, q, n = self.gates.unbind(2)
+            dn = f[:, :, 3]
+            scales = torch.stack([q * dn / torch.clamp_min(r * (1 - r), floor),
+                                  (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor), r * dn], dim=2)
+        else:
+            scales = f[:, :, :3]
+        z = self.gates[:, :, 1].unbind(0)
         scales = scales.unbind(0)
         B, p = self.out.shape[1:]
         buf = self.out.new_empty(B, 3, p)
@@ -108,35 +155,45 @@ class GRUTape:
 
         return lambda lam: propagate(step, lam)
 
-    def _common(self):
-        _, _, h_prev, r, z, n, q = self._graph
-        dn = (1 - n * n) * (1 - z)  # (1−n²)(1−z)
-        return h_prev, r, z, n, q, dn
-
     def adjoint_recursion(self) -> Recursion:
-        h_prev, r, z, n, q, dn = self._common()
-        scales = torch.stack([r * (1 - r) * q * dn, z * (1 - z) * (h_prev - n), r * dn], dim=2)
-        return self._gated_recursion(scales, self.weight_hh)
+        return self._recursion(False, self.weight_hh, 0.0)
 
     def linearized_recursion(self, reg: float, tol: float) -> Recursion:
-        h_prev, r, z, n, q, dn = self._common()
-        floor = tol * (1 - tol)
-        scales = torch.stack([q * dn / torch.clamp_min(r * (1 - r), floor),
-                              (h_prev - n) / torch.clamp_min(z * (1 - z), floor), r * dn], dim=2)
         p = self.out.shape[-1]
         m = inverse_operator(self.weight_hh.view(3, p, p), reg)  # (3, p, p): M_r, M_z, M_n
-        return self._gated_recursion(scales, m.mT.reshape(3 * p, p))
+        return self._recursion(True, m.mT.reshape(3 * p, p), tol)
+
+    def _preactivation_adjoints(self, lam: Tensor) -> Tensor:
+        """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``, from the compiled loop if it ran on ``lam``."""
+        if self._adjoints is not None and self._adjoints[0] is lam:
+            return self._adjoints[1]
+        return self._bp_factors * lam[1:].unsqueeze(2)
 
     def directions(self, lam: Tensor, needs: tuple[bool, ...]):
-        """Eq. (3): one VJP of the batched cell with cotangent −λ_t; ``h0`` receives −λ_0."""
-        need_x, need_h0 = needs[:2]
-        h_next, leaves, *_ = self._graph
+        """Eq. (3): the cell's vector-Jacobian product over all rows with cotangent −λ_t on h_t
+        (hence the negations); ``h0`` receives −λ_0. With ``G`` the pre-activation adjoints, the
+        hidden side ``h W_hhᵀ + b_hh`` receives ``[G_r, G_z, G_n]`` (n's through r⊙q), the input
+        side ``x W_ihᵀ + b_ih`` receives ``[G_r, G_z, (1−n²)(1−z)⊙λ]``."""
+        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
         T, B, p = self.out.shape
-        wanted = [leaf for leaf, need in zip(leaves, (need_x, *needs[2:])) if leaf is not None and need]
-        grads = iter(torch.autograd.grad(h_next, wanted, grad_outputs=lam[1:].reshape(T * B, p).neg()))
-        out = [next(grads) if (leaf is not None and need) else None for leaf, need in zip(leaves, (need_x, *needs[2:]))]
-        grad_x = out[0].view(self.x.shape) if out[0] is not None else None
-        return (grad_x, lam[0].neg() if need_h0 else None, *out[1:])
+        g = self._preactivation_adjoints(lam)
+        hidden = g[:, :, :3].reshape(T * B, 3 * p)
+        gates_rz, gate_n = g[:, :, :2].reshape(T * B, 2 * p), g[:, :, 3].reshape(T * B, p)
+        x = self.x.reshape(T * B, -1)
+        grad_x = grad_wih = grad_whh = grad_bih = grad_bhh = None
+        if need_x:
+            w_rz, w_n = self.weight_ih[:2 * p], self.weight_ih[2 * p:]
+            grad_x = torch.addmm(gate_n @ w_n, gates_rz, w_rz).neg_().view(self.x.shape)
+        if need_wih:
+            grad_wih = torch.cat([gates_rz.T @ x, gate_n.T @ x]).neg_()
+        if need_bih and self.bias_ih is not None:
+            grad_bih = torch.cat([gates_rz.sum(0), gate_n.sum(0)]).neg_()
+        if need_whh:
+            prev = self.out[:-1].reshape((T - 1) * B, p)
+            grad_whh = torch.addmm(hidden[:B].T @ self.h0, hidden[B:].T, prev).neg_()
+        if need_bhh and self.bias_hh is not None:
+            grad_bhh = hidden.sum(0).neg_()
+        return grad_x, lam[0].neg() if need_h0 else None, grad_wih, grad_whh, grad_bih, grad_bhh
 
 
 Tape = GRUTape

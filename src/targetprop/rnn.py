@@ -149,8 +149,8 @@ class _TPRecurrent(nn.Module):
         x, h0, batched = self._check_input(x, h0)
         if h0 is None:
             h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        out, h_n = TPFunction.apply(self.cell_module, self._config(), x, h0, self.weight_ih_l0,
-                                    self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        out, h_n = TPFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
+                                    self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
         if not batched:
             return out.squeeze(1), h_n
         return (out.transpose(0, 1) if self.batch_first else out), h_n.unsqueeze(0)
