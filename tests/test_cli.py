@@ -225,6 +225,21 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "-o", str(png2)]) == 0 and png2.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_table_lists_finished_and_unfinished_runs(tmp_path, capsys):
+    assert main(["train", *TINY, "--rule", "bp", "--lr", "0.01", "--out", str(tmp_path / "bp")]) == 0
+    assert main(["train", *TINY, "--rule", "linearized", "--out", str(tmp_path / "tp")]) == 0
+    summary = json.loads((tmp_path / "bp" / "summary.json").read_text())
+    (tmp_path / "tp" / "summary.json").unlink()  # as while a run is still going
+    last = (tmp_path / "tp" / "metrics.csv").read_text().splitlines()[-1].split(",")
+    capsys.readouterr()
+    assert main(["table", str(tmp_path)]) == 0
+    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == [f"| {tmp_path / 'bp'}", f"| {tmp_path / 'tp'}"]
+    assert rows[0][1:5] == ["bp, sgd lr=0.01", "completed", "20", f"{summary['final_test_accuracy']:.1%}"]
+    assert rows[1][2:5] == ["no summary (running?)", "20", f"{float(last[-1]):.1%}"]
+    fails(["table", str(tmp_path / "nothing")], capsys, "not a run directory")
+
+
 def test_plot_bad_input(tmp_path, capsys):
     fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")], capsys, "not a run directory")
     fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.pdf")], capsys, ".png")

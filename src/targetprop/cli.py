@@ -46,7 +46,7 @@ import torch
 from . import __version__, distributed, experiments
 from .tasks.registry import TASKS
 from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
-                      read_run_config)
+                      read_metrics, read_run_config)
 
 DEFAULTS = TrainConfig()
 COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_compare(sub)
     _add_plot(sub)
+    _add_table(sub)
     _add_bench(sub)
     experiments.add_commands(sub)  # reproduce, tune
     return parser
@@ -340,11 +341,46 @@ def comparison_table(summaries: dict[str, dict], trainers: dict[str, Trainer]) -
              "| iterations to 100% | wall time |",
              "|---|---|---|---|---|---|---|---|"]
     for method, s in summaries.items():
-        best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
-        reached = "not reached" if s["iteration_to_100"] is None else str(s["iteration_to_100"])
-        lines.append(f"| {method} | {trainers[method].config.method()} | {s['status']} | {s['iterations']} | "
-                     f"{_percent(s['final_test_accuracy'])} | {best} | {reached} | {s['wall_time']:.1f} s |")
+        lines.append(f"| {method} | {trainers[method].config.method()} | {_outcome(s)} | {s['wall_time']:.1f} s |")
     return "\n".join(lines)
+
+
+def _outcome(s: dict) -> str:
+    """The summary's status, iterations, final and best test accuracy and iterations to 100%, as table cells."""
+    best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
+    reached = "not reached" if s["iteration_to_100"] is None else str(s["iteration_to_100"])
+    return f"{s['status']} | {s['iterations']} | {_percent(s['final_test_accuracy'])} | {best} | {reached}"
+
+
+def runs_table(paths) -> str:
+    """A Markdown table of finished (or stopped) runs: one row per run directory under ``paths``."""
+    from .plotting import find_runs
+
+    lines = ["| run | settings | status | iterations | final test accuracy | best (at iteration) "
+             "| iterations to 100% | train time | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in find_runs(paths):
+        try:
+            settings = TrainConfig.from_dict(read_run_config(run)).method()
+            summary = run / "summary.json"
+            s = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else _partial_summary(run)
+            lines.append(f"| {run} | {settings} | {_outcome(s)} | {s['train_time']:.0f} s | {s['wall_time']:.0f} s |")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{run}: unreadable run files ({err})") from None
+    return "\n".join(lines)
+
+
+def _partial_summary(run: Path) -> dict:
+    """A summary-like dict from the metrics of a run that has no summary yet (running or killed)."""
+    m = read_metrics(run)
+    acc = m["test_accuracy"]
+    best = max(range(len(acc)), key=lambda i: acc[i]) if acc else None
+    reached = next((int(m["iteration"][i]) for i, a in enumerate(acc) if a >= 1.0), None)
+    return {"status": "no summary (running?)", "iterations": int(m["iteration"][-1]) if acc else 0,
+            "final_test_accuracy": acc[-1] if acc else None,
+            "best_test_accuracy": acc[best] if acc else None, "best_at": int(m["iteration"][best]) if acc else None,
+            "iteration_to_100": reached, "train_time": m["time"][-1] if acc else 0.0,
+            "wall_time": m["wall_time"][-1] if acc else 0.0}
 
 
 def _percent(value: float | None) -> str:
@@ -362,6 +398,22 @@ def _add_plot(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="PNG", help="the image to write")
     p.add_argument("--title", help="the figure's title")
     p.set_defaults(handler=_plot, subparser=p)
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="print a Markdown table of runs (settings, status, accuracy, times)",
+                       description="One row per run: its settings, status, iterations, final and best test "
+                                   "accuracy, iterations to 100%%, training and wall time.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or directories of runs)")
+    p.set_defaults(handler=_table, subparser=p)
+
+
+def _table(args, parser) -> int:
+    try:
+        print(runs_table(args.runs))
+    except ValueError as err:
+        parser.error(str(err))
+    return 0
 
 
 def _plot(args, parser) -> int:
