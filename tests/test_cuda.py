@@ -78,3 +78,21 @@ def test_resume_on_the_device(tmp_path):
     print(f"CUDA resume: max parameter difference to the uninterrupted run {worst:.2e}")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell, rule", [("rnn", "linearized"), ("rnn", "difference"), ("gru", "bp"),
+                                        ("gru", "linearized")])
+def test_layer_directions_on_the_device_equal_the_cpu_ones(cell, rule):
+    """float64: the PyTorch path on the device against the CPU (compiled) path, every rule's kind."""
+    from targetprop import TPGRU, TPRNN
+
+    torch.manual_seed(0)
+    layer = (TPGRU if cell == "gru" else TPRNN)(3, 24, rule=rule, reg=1.0, target_step=0.05, dtype=torch.float64)
+    x, c = torch.randn(4, 30, 3, dtype=torch.float64), torch.randn(4, 30, 24, dtype=torch.float64)
+    grads = []
+    for device in ("cpu", "cuda"):
+        layer.to(device).zero_grad()
+        (layer(x.to(device))[0] * c.to(device)).sum().backward()
+        grads.append([p.grad.cpu() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
