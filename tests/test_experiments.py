@@ -140,12 +140,18 @@ def test_method_option_runs_only_the_named_methods_and_plots_what_is_there(tmp_p
 
 @pytest.mark.parametrize("extra, message", [
     (["--panel", "fig3-adding-30", "--method", "nope"], "has no method 'nope' (its methods: bp, bp-tuned"),
-    (["--method", "tp"], "--method needs --panel"),
+    (["--method", "tp"], "--method needs --panel (fig3 has 3 panels)"),
 ])
 def test_method_option_refuses_unknown_methods_and_a_missing_panel(extra, message, capsys):
     with pytest.raises(SystemExit) as err:
         main(["reproduce", "fig3", *extra])
     assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_method_option_needs_no_panel_for_a_one_panel_figure(tmp_path):
+    args = ["reproduce", "linearized-vs-difference", "--out", str(tmp_path), "--quiet", "--method", "tp-difference"]
+    assert main(args + [x for k, v in TINY_SYNTHETIC.items() for x in ("--set", f"{k}={v}")]) == 0
+    assert [p.name for p in (tmp_path / "linearized-vs-difference").iterdir() if p.is_dir()] == ["tp-difference"]
 
 
 def test_rerun_reuses_finished_runs_with_the_same_settings(tmp_path):

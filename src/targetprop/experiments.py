@@ -432,7 +432,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("figure", choices=FIGURES)
     p.add_argument("--panel", help="run only this panel (a built-in name)")
     p.add_argument("--method", action="append", default=[], metavar="NAME",
-                   help="with --panel: run only this method of it (repeatable; runs in the order given; "
+                   help="run only this method of the panel (needs --panel where the figure has several; "
+                        "repeatable; runs in the order given; "
                         "the plot shows every method already run in OUT)")
     p.add_argument("--budget", choices=BUDGETS, default="short", help="full: the paper's; short: minutes (default)")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
@@ -452,11 +453,11 @@ def _reproduce(args, parser) -> int:
             if load_panel(name)["figure"] != args.figure:
                 raise ValueError(f"panel {name!r} is not part of {args.figure}")
         if args.method:
-            if not args.panel:
-                raise ValueError("--method needs --panel")
-            if load_panel(args.panel).get("kind", "curves") != "curves":
-                raise ValueError(f"--method applies to curves panels; {args.panel!r} is a grid")
-            check_methods(load_panel(args.panel), args.method)
+            if len(names) != 1:
+                raise ValueError(f"--method needs --panel ({args.figure} has {len(names)} panels)")
+            if load_panel(names[0]).get("kind", "curves") != "curves":
+                raise ValueError(f"--method applies to curves panels; {names[0]!r} is a grid")
+            check_methods(load_panel(names[0]), args.method)
     except ValueError as err:
         parser.error(str(err))
     for name in names:
