@@ -347,7 +347,10 @@ def comparison_table(summaries: dict[str, dict], trainers: dict[str, Trainer]) -
 
 def _outcome(s: dict) -> str:
     """The summary's status, iterations, final and best test accuracy and iterations to 100%, as table cells."""
-    best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
+    if "best_test_accuracy" not in s:  # written by targetprop 0.1.0 before the best was recorded
+        best = "—"
+    else:
+        best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
     reached = "not reached" if s["iteration_to_100"] is None else str(s["iteration_to_100"])
     return f"{s['status']} | {s['iterations']} | {_percent(s['final_test_accuracy'])} | {best} | {reached}"
 
