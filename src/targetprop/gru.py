@@ -122,17 +122,20 @@ class GRUTape:
         dn = (1 - n * n) * (1 - z)
         return torch.stack([r * (1 - r) * q * dn, z * (1 - z) * (self._h_prev - n), r * dn, dn], dim=2)
 
-    def _recursion(self, linearized: bool, mat: Tensor, tol: float) -> Recursion:
-        """``λ_{t-1} += z_t⊙λ_t + [s_r, s_z, s_n](λ_t) mat`` for t = T..1; ``mat`` (3p, p)."""
+    def _recursion(self, linearized: bool, mat: Tensor, tol: float, keep_adjoints: bool = True) -> Recursion:
+        """``λ_{t-1} += z_t⊙λ_t + [s_r, s_z, s_n](λ_t) mat`` for t = T..1; ``mat`` (3p, p). The
+        compiled loop also writes the pre-activation adjoints of ``λ`` unless ``keep_adjoints``
+        is False (through time, the directions come from the second recursion's)."""
         floor = tol * (1 - tol)
         if self.kernels is not None:
             mat = mat.contiguous()
 
             def run(lam):
-                adjoints = torch.empty_like(self.gates)
+                adjoints = torch.empty_like(self.gates) if keep_adjoints else self.gates.new_empty(0)
                 self.kernels.gru_recursion_(lam, self.gates, self.h0.contiguous(), self.out, mat, linearized,
                                             floor, adjoints)
-                self._adjoints = (lam, adjoints)
+                if keep_adjoints:
+                    self._adjoints = (lam, adjoints)
 
             return run
         f = self._bp_factors
@@ -158,10 +161,10 @@ class GRUTape:
     def adjoint_recursion(self) -> Recursion:
         return self._recursion(False, self.weight_hh, 0.0)
 
-    def linearized_recursion(self, reg: float, tol: float) -> Recursion:
+    def linearized_recursion(self, reg: float, tol: float, keep_adjoints: bool = True) -> Recursion:
         p = self.out.shape[-1]
         m = inverse_operator(self.weight_hh.view(3, p, p), reg)  # (3, p, p): M_r, M_z, M_n
-        return self._recursion(True, m.mT.reshape(3 * p, p), tol)
+        return self._recursion(True, m.mT.reshape(3 * p, p), tol, keep_adjoints)
 
     def _preactivation_adjoints(self, lam: Tensor) -> Tensor:
         """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``, from the compiled loop if it ran on ``lam``."""
@@ -212,4 +215,4 @@ class Linearized:
     uses_target_step = True
 
     def prepare(self, tape: GRUTape, config):
-        return tape.linearized_recursion(config.reg, config.tol)
+        return tape.linearized_recursion(config.reg, config.tol, keep_adjoints=not config.through_time)
