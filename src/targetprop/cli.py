@@ -376,14 +376,15 @@ def runs_table(paths) -> str:
 def _partial_summary(run: Path) -> dict:
     """A summary-like dict from the metrics of a run that has no summary yet (running or killed)."""
     m = read_metrics(run)
-    acc = m["test_accuracy"]
-    best = max(range(len(acc)), key=lambda i: acc[i]) if acc else None
-    reached = next((int(m["iteration"][i]) for i, a in enumerate(acc) if a >= 1.0), None)
-    return {"status": "no summary (running?)", "iterations": int(m["iteration"][-1]) if acc else 0,
-            "final_test_accuracy": acc[-1] if acc else None,
-            "best_test_accuracy": acc[best] if acc else None, "best_at": int(m["iteration"][best]) if acc else None,
-            "iteration_to_100": reached, "train_time": m["time"][-1] if acc else 0.0,
-            "wall_time": m["wall_time"][-1] if acc else 0.0}
+    its, acc = [int(i) for i in m["iteration"]], m["test_accuracy"]
+    s = {"status": "no summary (running?)", "iterations": 0, "final_test_accuracy": None, "best_test_accuracy": None,
+         "best_at": None, "iteration_to_100": None, "train_time": 0.0, "wall_time": 0.0}
+    if its:
+        best = max(range(len(acc)), key=acc.__getitem__)
+        s.update(iterations=its[-1], final_test_accuracy=acc[-1], best_test_accuracy=acc[best], best_at=its[best],
+                 iteration_to_100=next((i for i, a in zip(its, acc) if a >= 1.0), None),
+                 train_time=m["time"][-1], wall_time=m["wall_time"][-1])
+    return s
 
 
 def _percent(value: float | None) -> str:

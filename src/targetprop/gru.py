@@ -143,7 +143,7 @@ class GRUTape:
             r, z, q, n = self.gates.unbind(2)
             dn = f[:, :, 3]
             scales = torch.stack([q * dn / torch.clamp_min(r * (1 - r), floor),
-                                  (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor), r * dn], dim=2)
+                                  (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor), f[:, :, 2]], dim=2)
         else:
             scales = f[:, :, :3]
         z = self.gates[:, :, 1].unbind(0)
