@@ -4,20 +4,22 @@ This module owns finding, reading and checking the files; turning images into se
 :mod:`targetprop.tasks.images`' job. Everything is read and validated at load time, so bad
 data fails before any training with a :class:`DatasetError` naming the file and what was expected.
 
-Where the files are looked for (first match wins):
+Where the files are looked for (:func:`search_dirs`; the first folder holding the first file wins):
 
 * MNIST: ``<data_dir>/mnist/`` or ``<data_dir>/`` holding the four IDX files
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each raw or gzipped (``.gz``).
 * Fashion-MNIST: the same four files in ``<data_dir>/fashion-mnist/`` or ``<data_dir>/`` when a
-  directory is passed, else in :data:`FASHION_MNIST_DIR`, the folder of the Debian package
-  ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+  directory is passed; without one, in ``fashion-mnist/`` of the default folder, else in
+  :data:`FASHION_MNIST_DIR`, the folder of the Debian package ``dataset-fashion-mnist``.
 * CIFAR-10: the python pickle batches ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` in
   ``<data_dir>/cifar-10-batches-py/`` or ``<data_dir>/``.
 
-``data_dir`` defaults to the environment variable :data:`DATA_ENV` (``TARGETPROP_DATA``) for
-MNIST and CIFAR-10. Images come back as ``uint8`` tensors, ``(N, 28, 28)`` for the MNISTs and
-``(N, 3, 32, 32)`` (channels first) for CIFAR-10; labels as ``int64`` in ``[0, 10)``.
+``data_dir`` defaults to :func:`default_data_dir`: ``$TARGETPROP_DATA`` (:data:`DATA_ENV`) when
+set, else ``targetprop/data`` in the user's cache folder (``$XDG_CACHE_HOME``, else
+``~/.cache``), where ``targetprop data fetch`` (:mod:`targetprop.fetch`) puts the files. Images
+come back as ``uint8`` tensors, ``(N, 28, 28)`` for the MNISTs and ``(N, 3, 32, 32)`` (channels
+first) for CIFAR-10; labels as ``int64`` in ``[0, 10)``.
 
 CIFAR-10 pickles are read by a restricted unpickler that accepts only the objects such a batch
 holds (dicts, lists, numbers, strings and numpy's uint8 arrays, rebuilt without importing numpy):
@@ -39,6 +41,8 @@ from torch import Tensor
 
 DATA_ENV = "TARGETPROP_DATA"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Each data set's sub-folder of a data directory (where ``targetprop data fetch`` writes it).
+FOLDERS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py"}
 NUM_CLASSES = 10
 
 _IDX_UBYTE = 0x08
@@ -71,23 +75,43 @@ class ImageData:
 # ----------------------------------------------------------------------------- locating files
 
 
-def data_dir_or_env(data_dir: str | os.PathLike | None, dataset: str) -> Path:
-    """``data_dir``, else ``$TARGETPROP_DATA``, else a DatasetError saying how to name one."""
-    if data_dir is None:
-        data_dir = os.environ.get(DATA_ENV) or None
-    if data_dir is None:
-        raise DatasetError(
-            f"{dataset}: no data directory given; pass data_dir (--data-dir) or set {DATA_ENV}")
-    return Path(data_dir)
+def default_data_dir() -> Path:
+    """``$TARGETPROP_DATA`` when set, else ``targetprop/data`` in the user's cache folder:
+    ``$XDG_CACHE_HOME`` when it is an absolute path, else ``~/.cache``."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(cache) if os.path.isabs(cache) else Path.home() / ".cache") / "targetprop" / "data"
 
 
-def _first_dir_with(candidates: list[Path], variants: tuple[str, ...], dataset: str) -> Path:
-    """The first of ``candidates`` holding one of ``variants`` (a file's accepted names)."""
+def search_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders where ``dataset``'s files are looked for, in order (``data_dir`` as given to
+    its loader; ``None``: the default folder, and for Fashion-MNIST the Debian package's)."""
+    if data_dir is not None:
+        return [Path(data_dir) / FOLDERS[dataset], Path(data_dir)]
+    root = default_data_dir()
+    if dataset == "fashion-mnist":
+        return [root / FOLDERS[dataset], FASHION_MNIST_DIR]
+    return [root / FOLDERS[dataset], root]
+
+
+def _first_dir_with(dataset: str, data_dir: str | os.PathLike | None, variants: tuple[str, ...]) -> Path:
+    """The first of :func:`search_dirs` holding one of ``variants`` (a file's accepted names);
+    else a DatasetError saying where it looked and how to get the files."""
+    candidates = search_dirs(dataset, data_dir)
     for folder in candidates:
         if any((folder / name).is_file() for name in variants):
             return folder
     looked = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"{dataset}: file {' or '.join(variants)} not found (looked in {looked})")
+    names = " or ".join(variants)
+    fetch = f"targetprop data fetch {dataset}" + (f" --dir {data_dir}" if data_dir is not None else "")
+    how = f"run `{fetch}` or place the files there by hand"
+    if data_dir is not None:
+        raise DatasetError(f"{dataset}: file {names} not found (looked in {looked}); {how}")
+    if os.environ.get(DATA_ENV):
+        raise DatasetError(f"{dataset}: file {names} not found (looked in {looked}, from ${DATA_ENV}); {how}")
+    raise DatasetError(f"{dataset}: no data directory given (--data-dir or ${DATA_ENV}) and file {names} "
+                       f"not found in the default folders ({looked}); {how}")
 
 
 def _idx_names(stem: str) -> tuple[str, ...]:
@@ -181,30 +205,22 @@ def _load_idx_split(folder: Path, prefix: str) -> tuple[Tensor, Tensor]:
     return images, _check_labels(labels_path, labels, images.shape[0], images_path)
 
 
-def _load_idx_dataset(name: str, candidates: list[Path]) -> ImageData:
-    folder = _first_dir_with(candidates, _idx_names("train-images-idx3-ubyte"), name)
+def _load_idx_dataset(name: str, data_dir: str | os.PathLike | None) -> ImageData:
+    folder = _first_dir_with(name, data_dir, _idx_names("train-images-idx3-ubyte"))
     train = _load_idx_split(folder, "train")
     test = _load_idx_split(folder, "t10k")
     return ImageData(name, *train, *test)
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None) -> ImageData:
-    """MNIST from ``<data_dir>/mnist/`` or ``<data_dir>/`` (default ``$TARGETPROP_DATA``)."""
-    root = data_dir_or_env(data_dir, "mnist")
-    return _load_idx_dataset("mnist", [root / "mnist", root])
+    """MNIST from ``<data_dir>/mnist/`` or ``<data_dir>/`` (default: :func:`default_data_dir`)."""
+    return _load_idx_dataset("mnist", data_dir)
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageData:
-    """Fashion-MNIST from ``data_dir`` (or its ``fashion-mnist/``), else the Debian package's folder."""
-    if data_dir is None:
-        if not FASHION_MNIST_DIR.is_dir():
-            raise DatasetError(
-                f"fashion-mnist: {FASHION_MNIST_DIR} not found; install the Debian package "
-                "(apt-get install dataset-fashion-mnist) or pass data_dir (--data-dir)")
-        candidates = [FASHION_MNIST_DIR]
-    else:
-        candidates = [Path(data_dir) / "fashion-mnist", Path(data_dir)]
-    return _load_idx_dataset("fashion-mnist", candidates)
+    """Fashion-MNIST from ``<data_dir>/fashion-mnist/`` or ``<data_dir>/``; without ``data_dir``,
+    from the default folder's ``fashion-mnist/``, else the Debian package's folder."""
+    return _load_idx_dataset("fashion-mnist", data_dir)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 pickles
@@ -330,9 +346,8 @@ def _cifar_labels(path: Path, batch: dict, n: int, expected: str) -> Tensor:
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None) -> ImageData:
-    """CIFAR-10 from ``<data_dir>/cifar-10-batches-py/`` or ``<data_dir>/`` (default ``$TARGETPROP_DATA``)."""
-    root = data_dir_or_env(data_dir, "cifar10")
-    folder = _first_dir_with([root / "cifar-10-batches-py", root], (_CIFAR_TRAIN[0],), "cifar10")
+    """CIFAR-10 from ``<data_dir>/cifar-10-batches-py/`` or ``<data_dir>/`` (default: :func:`default_data_dir`)."""
+    folder = _first_dir_with("cifar10", data_dir, (_CIFAR_TRAIN[0],))
     train = [read_cifar_batch(_existing(folder, (name,))) for name in _CIFAR_TRAIN]
     test_images, test_labels = read_cifar_batch(_existing(folder, (_CIFAR_TEST,)))
     return ImageData(
