@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__, distributed, experiments
+from . import __version__, distributed, experiments, fetch
 from .tasks.registry import TASKS
 from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
                       read_metrics, read_run_config)
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(sub)
     _add_bench(sub)
     experiments.add_commands(sub)  # reproduce, tune
+    fetch.add_commands(sub)  # data fetch, data list
     return parser
 
 
