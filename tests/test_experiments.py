@@ -112,7 +112,7 @@ def test_short_budget_runs_end_to_end_and_draws_its_png(name, data_dir, tmp_path
 
 def test_reproduce_skips_panels_whose_data_is_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("TARGETPROP_DATA", raising=False)
-    assert main(["reproduce", "fig4", "--panel", "fig4-mnist", "--out", str(tmp_path)]) == 0
+    assert main(["reproduce", "fig4", "--panel", "fig4-mnist", "--out", str(tmp_path)]) == 1  # nothing it could do
     assert "fig4-mnist: skipped, data not available (mnist: no data directory" in capsys.readouterr().out
     assert not (tmp_path / "results.md").exists()
 

@@ -126,13 +126,62 @@ def test_sigterm_saves_a_checkpoint_where_it_stops(tmp_path, reference):
     assert_same_run(out, reference("tp-momentum"))
 
 
-def test_starting_over_drops_the_old_checkpoints(tmp_path, reference):
+def test_the_same_run_again_continues_it_then_reuses_it(tmp_path, reference):
+    out = tmp_path / "run"
+    Trainer(config(), task=StopAt(config(), 36, ctrl_c)).run(out, checkpoint_every=10)
+    trainer = Trainer(config())  # no resume, no cadence given: continues, with the run's cadence
+    summary = trainer.run(out)
+    assert summary["status"] == "completed" and summary["iterations"] == 60 and not trainer.reused
+    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [50, 60]
+    assert_same_run(out, reference("tp-momentum"))
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = Trainer(config())
+    assert again.run(out) == summary and again.reused  # finished: returned as it is, nothing touched
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_overwrite_starts_over_dropping_the_old_checkpoints(tmp_path, reference):
     out = tmp_path / "run"
     Trainer(config()).run(out, checkpoint_every=10)  # a finished run …
-    Trainer(config(), task=StopAt(config(), 25, ctrl_c)).run(out, checkpoint_every=10)  # … run again, stopped
+    Trainer(config(), task=StopAt(config(), 25, ctrl_c)).run(out, overwrite=True, checkpoint_every=10)  # … again
     assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [10, 20]  # not 50, 60
-    Trainer(config()).run(out, resume=True, checkpoint_every=10)
+    Trainer(config()).run(out, resume=True)
     assert_same_run(out, reference("tp-momentum"))
+
+
+def test_resume_keeps_the_checkpoint_cadence(tmp_path):
+    out = tmp_path / "run"
+    Trainer(config(), task=StopAt(config(), 23, ctrl_c)).run(out, checkpoint_every=7)
+    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [14, 21]
+    assert json.loads((out / "config.json").read_text())["run"] == {"checkpoint_every": 7}
+    seen = []
+    real = checkpoint.save_in
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "save_in", lambda folder, it, payload: seen.append(it) or real(folder, it, payload))
+        Trainer(config()).run(out, resume=True)
+    assert seen == [28, 35, 42, 49, 56, 60]  # every 7, then the end: not the default 1000
+    assert json.loads((out / "config.json").read_text())["run"] == {"checkpoint_every": 7}
+    Trainer(config(), task=StopAt(config(), 5, sigterm)).run(tmp_path / "b", checkpoint_every=0)  # saved at 6
+    Trainer(config()).run(tmp_path / "b", resume=True, checkpoint_every=25)  # given: the new cadence
+    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(tmp_path / "b"))] == [50, 60]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["run"] == {"checkpoint_every": 25}
+
+
+def test_a_budget_below_the_iterations_done_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(config()).run(out, checkpoint_every=10)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(ValueError, match="has done 60 iterations, more than a budget of 20: give --iterations 60"):
+        Trainer(config(iterations=20)).run(out, resume=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(out), "--iterations", "20", "--quiet"])
+    assert exc.value.code == 2 and "give --iterations 60 or more" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # config and summary agree
+    with pytest.raises(ValueError, match=r"iterations: 60 → 20\); --resume OUT --iterations N changes"):
+        Trainer(config(iterations=20)).run(out)  # the same command with another budget: refused, not restarted
+    assert main(["train", "--resume", str(out), "--iterations", "60", "--quiet"]) == 0  # nothing to do
+    saved = json.loads((out / "config.json").read_text())["config"]["iterations"]
+    assert saved == json.loads((out / "summary.json").read_text())["iterations"] == 60
 
 
 def test_a_larger_budget_continues_a_finished_run(tmp_path, reference):
@@ -196,6 +245,16 @@ def test_no_usable_checkpoint(tmp_path, reference):
         path.write_bytes(path.read_bytes()[:100])
     with pytest.warns(checkpoint.CheckpointWarning), pytest.raises(ValueError, match="no usable checkpoint"):
         Trainer(config()).run(out, resume=True)
+    corrupt = sorted(p.name for p in checkpoint.checkpoint_dir(out).iterdir())
+    assert corrupt == ["iteration-00000010.pt.corrupt", "iteration-00000020.pt.corrupt"]
+    for again in ({"resume": True}, {}):  # a second resume, and the same run again: refused, files kept
+        with pytest.raises(ValueError, match="2 set aside as \\*.corrupt \\(kept for inspection\\); start the run "
+                                             "over with --overwrite"):
+            Trainer(config()).run(out, **again)
+        assert sorted(p.name for p in checkpoint.checkpoint_dir(out).iterdir()) == corrupt
+    Trainer(config()).run(out, overwrite=True, checkpoint_every=10)  # only --overwrite removes them
+    assert [p.name for p in checkpoint.checkpoint_dir(out).iterdir() if p.suffix == ".corrupt"] == []
+    assert_same_run(out, reference("tp-momentum"))
     fresh = tmp_path / "fresh"  # killed before its first checkpoint: starts from iteration 0
     Trainer(config(), task=StopAt(config(), 5, ctrl_c)).run(fresh, checkpoint_every=10)
     with pytest.warns(checkpoint.CheckpointWarning, match="no checkpoint yet"):
@@ -260,7 +319,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cli_reference, capsys):
     print(f"killed with SIGKILL after the checkpoint of iteration {killed_at}; resumed run bit-identical")
 
 
-def test_sigterm_exits_143_after_a_checkpoint(tmp_path, cli_reference, capsys):
+def test_sigterm_exits_143_then_the_same_command_continues(tmp_path, cli_reference, capsys):
     out = tmp_path / "run"
     proc, stdout = signal_after_checkpoint(out, 50, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -268,5 +327,14 @@ def test_sigterm_exits_143_after_a_checkpoint(tmp_path, cli_reference, capsys):
     assert summary["status"] == "interrupted" and "stopped by SIGTERM" in stdout and f"--resume {out}" in stdout
     assert final_state(out)["trainer"]["iteration"] == summary["iterations"]  # saved where it stopped
     assert read_metrics(out)["iteration"][-1] <= summary["iterations"]
-    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", *CLI, "--out", str(out)]) == 0  # a re-queued job: the same command
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (f"continuing the unfinished run in {out} from its checkpoint of iteration "
+                          f"{summary['iterations']} (--overwrite starts it over)")
+    assert "completed after 400 iterations" in printed[1]
+    assert_same_run(out, cli_reference)
+    assert main(["train", *CLI, "--out", str(out)]) == 0  # once more: finished, nothing to do
+    assert capsys.readouterr().out.startswith(f"{out} already holds this run, completed after 400 iterations: "
+                                              f"nothing to do (--overwrite runs it again)\n")
     assert_same_run(out, cli_reference)

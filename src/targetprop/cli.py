@@ -4,9 +4,11 @@ This module owns the command line: parsing, turning bad input into one-line erro
 2, through ``argparse``'s ``parser.error``), progress and printed summaries. Training itself is
 :mod:`targetprop.trainer`'s; curves are :mod:`targetprop.plotting`'s.
 
-Exit codes: 0 when every run ended by itself (``completed``, or ``diverged``/``failed``, which
-are results recorded in ``summary.json``), 2 for bad input, 130 when interrupted by Ctrl-C
-(SIGINT), 143 by SIGTERM (``train`` saves a checkpoint first; ``train --resume RUN`` continues).
+Exit codes (:data:`EXIT_HELP`): ``train`` 0 completed, 3 diverged, 4 failed (a lost process
+under torchrun included); ``compare``, ``reproduce`` and ``tune`` 0 when they did their job (the
+runs that diverged or failed are listed), 1 when they could not; every command 2 for bad input,
+130 when interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (``train`` saves a checkpoint first; the
+same command, or ``train --resume RUN``, continues).
 
 ``train`` under ``torchrun --nproc-per-node N -m targetprop train …`` trains data-parallel
 (:mod:`targetprop.distributed`): process 0 prints and writes the run's files.
@@ -44,6 +46,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 import torch
 
 from . import __version__, distributed, experiments, fetch
+from .rundir import EXIT_CODES, read_run_options
 from .tasks.registry import TASKS
 from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
                       read_metrics, read_run_config)
@@ -51,6 +54,10 @@ from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_
 DEFAULTS = TrainConfig()
 COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
 EXIT_INTERRUPTED = 130
+EXIT_HELP = ("exit codes: 0 completed (or already finished), 3 diverged, 4 failed (a NaN/inf direction, a "
+             "failed inverse, a lost process under torchrun), 2 bad input, 130 interrupted by Ctrl-C, 143 by "
+             "SIGTERM (a checkpoint is saved first). Re-running the same command continues an unfinished run "
+             "in --out and reuses a finished one; --overwrite starts it over.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,15 +149,18 @@ def _add_train(sub) -> None:
     g.add_argument("--label", help="name of the run in tables and legends (default: from the settings)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="run directory (default: runs/TASK-RULE-sSEED)")
-    g.add_argument("--overwrite", action="store_true", help="replace a run with different settings in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over: replace the run in --out (its checkpoints included), whatever it holds")
     g.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in RUN from its newest valid checkpoint, with its settings; of the "
-                        "options, only --iterations may change them")
-    g.add_argument("--checkpoint-every", type=_non_negative_int, default=CHECKPOINT_EVERY, metavar="N",
+                        "options, only --iterations may change them (not below the iterations done)")
+    g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="N",
                    help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
-                        f"(default: {CHECKPOINT_EVERY})")
+                        f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+    g.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: the run's own when it continues, else torch's)")
+    p.epilog = EXIT_HELP
     p.set_defaults(handler=_train, subparser=p)
 
 
@@ -177,21 +187,28 @@ def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distrib
     except (ValueError, TypeError, OSError) as err:
         parser.error(str(err))
     try:
+        existing = None
         if args.resume is not None:
             check_resume(out, config)
         else:
-            check_run_dir(out, config, overwrite=args.overwrite)
+            existing = check_run_dir(out, config, overwrite=args.overwrite)
     except ValueError as err:
         parser.error(str(err))
+    if existing is not None and existing.state != "empty" and world.main:
+        print(existing.describe(out), flush=True)
+    if args.threads is None and (args.resume is not None or getattr(existing, "state", "") == "unfinished"):
+        torch.set_num_threads(read_run_options(out).get("threads", torch.get_num_threads()))
     try:
         summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args) and world.main,
                               resume=args.resume is not None, checkpoint_every=args.checkpoint_every)
     except ValueError as err:  # e.g. every checkpoint of the run is corrupt
         parser.error(str(err))
-    if world.main:
+    if trainer.lost_ranks is not None:  # every surviving process says so, in one line
+        print(f"{parser.prog}: error: {summary['message']}", file=sys.stderr, flush=True)
+    elif world.main:
         print(_summary_line(out, summary))
     if summary["status"] != "interrupted":
-        return 0
+        return EXIT_CODES[summary["status"]]
     return 128 + trainer.stop_signal if trainer.stop_signal else EXIT_INTERRUPTED
 
 
@@ -312,28 +329,35 @@ def _compare(args, parser) -> int:
         parser.error(str(err))
     out = args.out or Path(table.get("out", Path("runs") / name))
     trainers = {m: _build(parser, dataclasses.asdict(c), where=f"methods.{m}: ") for m, c in configs.items()}
+    existing = {}
     for method, trainer in trainers.items():
         try:
-            check_run_dir(out / method, trainer.config, overwrite=args.overwrite)
+            existing[method] = check_run_dir(out / method, trainer.config, overwrite=args.overwrite)
         except ValueError as err:
             parser.error(str(err))
     if table.get("description"):
         print(table["description"])
     summaries = {}
     for method, trainer in trainers.items():
+        if existing[method] is not None and existing[method].state != "empty":
+            print(existing[method].describe(out / method), flush=True)
         summaries[method] = summary = trainer.run(out / method, overwrite=args.overwrite, progress=_progress(args))
         print(_summary_line(out / method, summary))
         if summary["status"] == "interrupted":
             break
     text = comparison_table(summaries, trainers)
     print(text)
+    bad = [f"{m} ({s['status']})" for m, s in summaries.items() if s["status"] in ("diverged", "failed")]
+    if bad:
+        print(f"not completed: {', '.join(bad)}")
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     plot = args.plot or (out / table["plot"] if table.get("plot") else None)
     if plot:
         from .plotting import plot_runs
 
         print(f"curves: {plot_runs([out / m for m in summaries], plot, title=_title(trainers))}")
-    return EXIT_INTERRUPTED if any(s["status"] == "interrupted" for s in summaries.values()) else 0
+    stopped = [t.stop_signal for m, t in trainers.items() if summaries.get(m, {}).get("status") == "interrupted"]
+    return (128 + stopped[0] if stopped[0] else EXIT_INTERRUPTED) if stopped else 0
 
 
 def comparison_table(summaries: dict[str, dict], trainers: dict[str, Trainer]) -> str:
@@ -361,14 +385,16 @@ def runs_table(paths) -> str:
     from .plotting import find_runs
 
     lines = ["| run | settings | status | iterations | final test accuracy | best (at iteration) "
-             "| iterations to 100% | train time | wall time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| iterations to 100% | train time | wall time | threads |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in find_runs(paths):
         try:
             settings = TrainConfig.from_dict(read_run_config(run)).method()
             summary = run / "summary.json"
             s = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else _partial_summary(run)
-            lines.append(f"| {run} | {settings} | {_outcome(s)} | {s['train_time']:.0f} s | {s['wall_time']:.0f} s |")
+            threads = (s.get("environment") or {}).get("threads") or read_run_options(run).get("threads", "?")
+            lines.append(f"| {run} | {settings} | {_outcome(s)} | {s['train_time']:.0f} s | {s['wall_time']:.0f} s "
+                         f"| {threads} |")
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{run}: unreadable run files ({err})") from None
     return "\n".join(lines)

@@ -17,6 +17,10 @@ all-reduced, so all processes take the same decisions (stop at accuracy, diverge
 0 alone writes files and prints. A stop request (SIGINT/SIGTERM) is agreed on at every
 iteration by an all-reduce of one integer over a gloo group, on the CPU (no device sync).
 
+A lost process (killed, crashed, its machine gone) makes its peers' next collective fail:
+:func:`lost_peer` tells such a failure from other errors and finds which ranks are gone, and the
+trainer ends the run on every survivor as ``failed`` with those ranks named.
+
 Backends: ``gloo`` on the CPU, ``nccl`` on CUDA (each process on ``cuda:LOCAL_RANK``). The
 ``learned`` rule keeps its reverse layer in buffers, which DDP broadcasts from process 0 at
 every forward: under DDP the reverse layer is trained on process 0's shard only.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,4 +173,38 @@ def launch(device: str) -> Iterator[World]:
         control = dist.new_group(backend="gloo", timeout=TIMEOUT) if cuda else None
         yield World(rank, size, local, control)
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:  # a peer was lost: its connections are already broken
+            pass
+
+
+# ---------------------------------------------------------------------------- a lost process
+
+LOST_WAIT_S = 3.0
+_COMMUNICATION = ("gloo", "nccl", "NCCL", "Connection", "connection", "peer", "timed out", "Timeout")
+
+
+def lost_peer(err: BaseException, world: World, wait_s: float = LOST_WAIT_S) -> list[int] | None:
+    """When ``err`` is a failed collective of a data-parallel run (a peer died, or stopped
+    answering): the ranks that are gone, found by every surviving process checking in through the
+    process group's store for ``wait_s`` seconds (a rank that has not checked in by then counts as
+    lost; where the store is gone with the process that held it, that is rank 0). None when
+    ``err`` is something else (or the run has one process)."""
+    if not world.distributed or not isinstance(err, RuntimeError):
+        return None
+    if not isinstance(err, dist.DistError) and not any(s in str(err) for s in _COMMUNICATION):
+        return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        keys = [f"targetprop/alive/{rank}" for rank in range(world.size)]
+        store.set(keys[world.rank], "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            here = {rank for rank, key in enumerate(keys) if store.check([key])}
+            if len(here) == world.size or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - no store to ask: it lived in process 0
+        return [0] if world.rank else []
+    return sorted(set(range(world.size)) - here)

@@ -1,4 +1,4 @@
-"""The paper's experiments as data: ``targetprop reproduce`` and ``targetprop tune`` (issue 5).
+"""The paper's experiments as data: ``targetprop reproduce`` and ``targetprop tune``.
 
 This module owns the experiment files (``targetprop/configs/fig*.toml`` and
 ``linearized-vs-difference.toml``, one per figure panel), running them, and the grid search.
@@ -27,6 +27,8 @@ A panel file is a comparison file (see :mod:`targetprop.cli`) with a few more ke
 The string ``"none"`` stands for None (TOML has no null), e.g. ``divergence_factor = "none"``.
 A budget may hold a ``grid`` table that replaces keys of ``[grid]`` (a smaller grid for ``short``)
 and ``[budgets.B.methods.NAME]`` tables laid over the methods' (e.g. a shorter ``select``).
+Runs already in the output folder are reused when finished and continued when not (the same
+settings), and refused when their settings differ, unless ``--overwrite``.
 ``targetprop tune`` searches one- or two-axis grids over settings and selects by the area under
 the training-loss curve (the loss on the fixed training sample against iterations), as the paper
 does for Fig. 6a; a run that diverged or failed has no area and is never selected.
@@ -37,6 +39,8 @@ import dataclasses
 import itertools
 import json
 import math
+import signal
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -46,6 +50,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from . import rundir
 from .datasets import DatasetError
 from .tasks.registry import task_options
 from .trainer import Trainer, TrainConfig, build_task, read_metrics
@@ -57,6 +62,11 @@ KINDS = ("curves", "grid")
 METRICS = ("auc", "accuracy")
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 OPTION_PREFIXES = {"task": "task_options", "layer": "layer_options"}
+EXIT_INCOMPLETE = 1  # reproduce: every panel skipped (no data); tune: every run diverged or failed
+EXIT_HELP = ("exit codes: 0 done (runs that diverged or failed are listed), 1 nothing could be done (reproduce: "
+             "no panel's data; tune: every run diverged or failed), 2 bad input, 130/143 interrupted by "
+             "SIGINT/SIGTERM (the same command continues). The same command reuses finished runs in OUT and "
+             "continues unfinished ones.")
 
 
 # ---------------------------------------------------------------------------- panels as data
@@ -202,20 +212,28 @@ def best_by_auc(aucs: dict) -> object | None:
 # ---------------------------------------------------------------------------- running
 
 
-def run_config(config: TrainConfig, out: Path, quiet: bool = True) -> dict:
-    """Train ``config`` into ``out`` unless a finished run with the same settings is there (resume by
-    config, STYLE 12); return its summary."""
-    done = out / "summary.json"
-    if done.is_file() and (out / "config.json").is_file():
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        summary = json.loads(done.read_text(encoding="utf-8"))
-        if saved.get("config") == config.to_dict() and summary.get("status") != "interrupted":
-            return summary
-    summary = Trainer(config, _task(config)).run(out, overwrite=True)
-    if not quiet:
+class Stopped(Exception):
+    """A run of the experiment was interrupted (SIGINT/SIGTERM): the whole experiment stops;
+    ``code`` is the exit code (128 + the signal)."""
+
+    def __init__(self, out: Path, code: int):
+        super().__init__(f"interrupted during {out}; the same command continues")
+        self.code = code
+
+
+def run_config(config: TrainConfig, out: Path, quiet: bool = True, overwrite: bool = False) -> dict:
+    """Train ``config`` into ``out``; the same run there is reused when finished and continued when
+    not (one line says so), a run with other settings refused (ValueError) unless ``overwrite``.
+    Returns the summary; raises :class:`Stopped` when the run was interrupted."""
+    existing = None if overwrite else rundir.inspect(out, config.to_dict())
+    if existing is not None and existing.state == "unfinished":
+        print(existing.describe(out), flush=True)
+    trainer = Trainer(config, _task(config))
+    summary = trainer.run(out, overwrite=overwrite)
+    if not quiet and not trainer.reused:
         print(_summary_line(out, summary), flush=True)
     if summary["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop the whole experiment, not one run
-        raise KeyboardInterrupt(f"interrupted during {out}")
+        raise Stopped(out, 128 + (trainer.stop_signal or signal.SIGINT))
     return summary
 
 
@@ -251,14 +269,15 @@ def check_methods(panel: dict, methods) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def run_curves_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True, methods=None) -> list[dict]:
+def run_curves_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True, methods=None,
+                     overwrite=False) -> list[dict]:
     """Run the methods of a ``curves`` panel (all, or ``methods`` in that order); return one
     results row per method run."""
     configs = panel_configs(panel, budget, overrides)
     rows = []
     for name in check_methods(panel, methods):
         config = configs[name]
-        summary = run_config(config, out / name, quiet)
+        summary = run_config(config, out / name, quiet, overwrite)
         rows.append(_row(panel, budget, name, config, summary, loss_auc(out / name)))
     return rows
 
@@ -281,7 +300,7 @@ def _cell_name(grid: dict, x, y, extra: dict) -> str:
     return ",".join(parts + [f"{k}={v}" for k, v in extra.items()])
 
 
-def run_grid(base: dict, grid: dict, out: Path, quiet: bool = True) -> dict:
+def run_grid(base: dict, grid: dict, out: Path, quiet: bool = True, overwrite: bool = False) -> dict:
     """Run ``base`` settings over the grid; per cell the best of ``[grid.select]`` by area.
 
     Returns ``{(x, y): {"auc", "accuracy", "run", "status"}}`` (auc ``inf`` when every run of the cell
@@ -298,7 +317,7 @@ def run_grid(base: dict, grid: dict, out: Path, quiet: bool = True) -> dict:
             name = _cell_name(grid, x, y, extra)
             values["label"] = f"{base.get('label', 'run')} {name}"
             run_dir = out / name.replace("/", "_")
-            summaries[run_dir] = run_config(TrainConfig.from_dict(values), run_dir, quiet)
+            summaries[run_dir] = run_config(TrainConfig.from_dict(values), run_dir, quiet, overwrite)
             aucs[run_dir] = loss_auc(run_dir)
         best = best_by_auc(aucs)
         cells[(x, y)] = {"auc": aucs[best] if best else math.inf, "run": best,
@@ -321,14 +340,15 @@ def grid_matrix(cells: dict, grid: dict, metric: str) -> list[list[float]]:
     return rows
 
 
-def run_grid_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True) -> tuple[list[dict], dict]:
+def run_grid_panel(panel: dict, budget: str, out: Path, overrides=None, quiet=True,
+                   overwrite=False) -> tuple[list[dict], dict]:
     """Run every method of a ``grid`` panel over its grid; return the results rows and the cells per method."""
     grid = panel_grid(panel, budget)
     rows, all_cells = [], {}
     for name, values in method_settings(panel, budget, overrides).items():
         select = method_tables(panel, budget)[name].get("select")
         method_grid = {**grid, "select": select} if select else grid
-        cells = all_cells[name] = run_grid(values, method_grid, out / name, quiet)
+        cells = all_cells[name] = run_grid(values, method_grid, out / name, quiet, overwrite)
         for (x, y), c in cells.items():
             cell = _cell_name(grid, x, y, {})
             rows.append({"panel": panel["name"], "budget": budget, "method": f"{name} {cell}",
@@ -372,7 +392,7 @@ def append_results(path: Path, rows: list[dict]) -> None:
 
 
 def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrides=None,
-                    quiet=True, methods=None) -> Path | None:
+                    quiet=True, methods=None, overwrite=False) -> Path | None:
     """Run one panel into ``out_root/NAME``, draw its PNG, append to ``out_root/results.md``.
     ``methods``: run only these of a curves panel (e.g. one per machine or core); the PNG shows
     every method whose run is already in the folder. Returns the PNG, or None when the panel was
@@ -390,11 +410,11 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
     title = panel.get("title", panel["name"]) + (" (short budget)" if budget == "short" else "")
     start = time.perf_counter()
     if panel.get("kind", "curves") == "curves":
-        rows = run_curves_panel(panel, budget, out, overrides, quiet, methods)
+        rows = run_curves_panel(panel, budget, out, overrides, quiet, methods, overwrite)
         runs = [out / m for m in panel["methods"] if (out / m / "metrics.csv").is_file()]
         png = plotting.plot_panel(runs, out / f"{panel['name']}.png", title=title)
     else:
-        rows, cells = run_grid_panel(panel, budget, out, overrides, quiet)
+        rows, cells = run_grid_panel(panel, budget, out, overrides, quiet, overwrite)
         grid = panel_grid(panel, budget)
         metric = grid.get("metric", "auc")
         png = plotting.plot_heatmaps({m: grid_matrix(c, grid, metric) for m, c in cells.items()},
@@ -403,6 +423,9 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
                                      title=title, metric=metric)
     append_results(out_root / "results.md", rows)
     print(f"{panel['name']}: {len(rows)} rows, {time.perf_counter() - start:.0f} s, plot {png}")
+    bad = [f"{r['method']} ({r['status']})" for r in rows if r["status"] in ("diverged", "failed")]
+    if bad:
+        print(f"{panel['name']}: not completed: {', '.join(bad)}")
     return png
 
 
@@ -442,6 +465,9 @@ def _add_reproduce(sub) -> None:
                    help="override a setting of every method (e.g. iterations=100, task.k=4; repeatable)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace runs in OUT that have other settings, and "
+                                                            "run finished ones again")
+    p.epilog = EXIT_HELP
     p.set_defaults(handler=_reproduce, subparser=p)
 
 
@@ -460,11 +486,18 @@ def _reproduce(args, parser) -> int:
             check_methods(load_panel(names[0]), args.method)
     except ValueError as err:
         parser.error(str(err))
-    for name in names:
-        reproduce_panel(name, args.budget, args.out, data_dir=args.data_dir, overrides=overrides, quiet=args.quiet,
-                        methods=args.method)
+    pngs = []
+    try:
+        for name in names:
+            pngs.append(reproduce_panel(name, args.budget, args.out, data_dir=args.data_dir, overrides=overrides,
+                                        quiet=args.quiet, methods=args.method, overwrite=args.overwrite))
+    except Stopped as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return err.code
+    except ValueError as err:  # e.g. a run with other settings in OUT
+        parser.error(str(err))
     print(f"results: {args.out / 'results.md'}")
-    return 0
+    return 0 if any(png is not None for png in pngs) else EXIT_INCOMPLETE
 
 
 def _add_tune(sub) -> None:
@@ -482,6 +515,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace runs in OUT that have other settings")
+    p.epilog = EXIT_HELP
     p.set_defaults(handler=_tune, subparser=p)
 
 
@@ -516,7 +551,8 @@ def parse_axis(text: str) -> tuple[str, list]:
     return key, values
 
 
-def tune(base: dict, axes: list[tuple[str, list]], out: Path, quiet: bool = True) -> tuple[dict, dict, dict]:
+def tune(base: dict, axes: list[tuple[str, list]], out: Path, quiet: bool = True,
+         overwrite: bool = False) -> tuple[dict, dict, dict]:
     """Run the grid; return ``(grid, cells, best)`` where ``best`` holds the selected settings
     (``{}`` if every run diverged). Runs never stop early on accuracy, so areas compare."""
     if not 1 <= len(axes) <= 2:
@@ -524,7 +560,7 @@ def tune(base: dict, axes: list[tuple[str, list]], out: Path, quiet: bool = True
     grid = {"x": axes[0][0], "x_values": axes[0][1]}
     if len(axes) == 2:
         grid.update(y=axes[1][0], y_values=axes[1][1])
-    cells = run_grid({**base, "stop_at_accuracy": None}, grid, out, quiet)
+    cells = run_grid({**base, "stop_at_accuracy": None}, grid, out, quiet, overwrite)
     best_cell = best_by_auc({k: c["auc"] for k, c in cells.items()})
     best = {}
     if best_cell is not None:
@@ -565,7 +601,13 @@ def _tune(args, parser) -> int:
         TrainConfig.from_dict(base)
     except (ValueError, TypeError, KeyError) as err:
         parser.error(str(err))
-    grid, cells, best = tune(base, axes, args.out, args.quiet)
+    try:
+        grid, cells, best = tune(base, axes, args.out, args.quiet, args.overwrite)
+    except Stopped as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return err.code
+    except ValueError as err:  # e.g. a run with other settings in OUT
+        parser.error(str(err))
     text = tune_table(grid, cells, best)
     print(text)
     print("best:", json.dumps(best) if best else "none (every run diverged)")
@@ -578,7 +620,7 @@ def _tune(args, parser) -> int:
                                      xlabel=grid["x"], ylabel=grid["y"], metric="auc",
                                      title=args.title or _tune_title(base))
         print(f"heat map: {png}")
-    return 0
+    return 0 if best else EXIT_INCOMPLETE
 
 
 def _tune_title(base: dict) -> str:

@@ -1,19 +1,13 @@
 """Training one model on one task: the configuration, the loop, the run directory, resuming.
 
-This module owns :class:`TrainConfig` (every setting of a run, validated), :class:`Trainer`
+This module owns :class:`TrainConfig` (every setting of a run, validated) and :class:`Trainer`
 (model, optimizer and the iteration counter; :meth:`Trainer.step` trains on one mini-batch,
 :meth:`Trainer.evaluate` measures the fixed evaluation sets, :meth:`Trainer.run` loops, saves
-checkpoints and resumes; :meth:`Trainer.state_dict` is what a checkpoint holds) and the files
-of a run directory:
-
-* ``config.json``: ``{"version": targetprop.__version__, "config": {...every setting...}}``;
-* ``metrics.csv``: one row per evaluation point (iteration 0, then every ``eval_every``
-  iterations and the last one), flushed after every row, so an interrupted run leaves a valid
-  file with everything logged so far;
-* ``checkpoints/iteration-NNNNNNNN.pt``: every ``checkpoint_every`` iterations (1000 by
-  default), at the end, and when SIGINT or SIGTERM stops the run; the last two are kept
-  (format, atomic writing and checksums: :mod:`targetprop.checkpoint`);
-* ``summary.json``: written when the run ends, however it ends (see :data:`STATUSES`).
+checkpoints and resumes; :meth:`Trainer.state_dict` is what a checkpoint holds). The run
+directory's files are :mod:`targetprop.rundir`'s (``config.json``, ``metrics.csv``,
+``summary.json``) and :mod:`targetprop.checkpoint`'s (``checkpoints/iteration-NNNNNNNN.pt``:
+every ``checkpoint_every`` iterations, 1000 by default, at the end, and when SIGINT or SIGTERM
+stops the run; the last two are kept).
 
 Iterations, not epochs: iteration ``i`` trains on ``task.train_batch(i)``, a pure function of
 the task's seed and ``i``, so the data order needs no saved state. A run is stopped and marked
@@ -24,12 +18,15 @@ mini-batch or the training direction (``.grad`` after backward) holds NaN or inf
 :class:`~targetprop.RegularizedInverseError` (e.g. diverged weights) or ``FloatingPointError``.
 A diverged or failed run writes no checkpoint after the last good one.
 
-Resuming (``run(out, resume=True)``, ``targetprop train --resume OUT``) loads the newest valid
-checkpoint: model, optimizer, the global torch generators (the ``learned`` rule draws its noise
-there; a run seeds them from ``(seed, "global")`` and restores the caller's state when it
-returns), the iteration, the running statistics and the number of metrics rows, cutting
+Progress is never discarded unless asked (``overwrite``): :meth:`Trainer.run` into a directory
+holding the same run continues it if it is unfinished and returns its summary if it is finished
+(:func:`targetprop.rundir.inspect`). Resuming (continuing, ``run(out, resume=True)``,
+``targetprop train --resume OUT``) loads the newest valid checkpoint: model, optimizer, the global
+torch generators (the ``learned`` rule draws its noise there; a run seeds them from ``(seed,
+"global")`` and restores the caller's state when it returns), the iteration, the running statistics and the number of metrics rows, cutting
 ``metrics.csv`` back to that many. On the CPU a resumed run ends bit-identical to an
-uninterrupted one. Only the iteration budget may differ from the saved settings.
+uninterrupted one. Only the iteration budget may differ from the saved settings, and not fall
+below the iterations done; the checkpoint cadence is the run's own unless given.
 
 SIGINT and SIGTERM (while :meth:`Trainer.run` runs in the main thread) stop the loop at the next
 iteration boundary, save a checkpoint there and end the run as ``interrupted``; a second signal
@@ -43,15 +40,16 @@ checks remain (its ``check_finite`` input check and the inverse's factorization 
 each per step; see :mod:`targetprop.inverse`).
 
 Data-parallel runs (``torchrun``): pass a :class:`~targetprop.distributed.World`; see
-:mod:`targetprop.distributed`.
+:mod:`targetprop.distributed`. A lost process (its peers' collectives fail) ends the run on every
+surviving process as ``failed``, the summary naming the lost ranks (``lost_ranks``); such a run
+counts as unfinished and is continued by the same command.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
+import inspect
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -64,23 +62,19 @@ from torch import Tensor, nn
 
 from . import __version__
 from . import _validation as check
-from . import checkpoint
-from .distributed import World, resolve_device
+from . import checkpoint, environment, rundir
+from .distributed import World, lost_peer, resolve_device
 from .guard import FiniteGuard, NonFinite, direction_norm
 from .inverse import RegularizedInverseError
 from .models import MODELS, SequenceModel
+from .rundir import METRICS, RESUMABLE, RUN_FILES, STATUSES, read_metrics, read_run_config  # noqa: F401
 from .tasks.base import Task
-from .tasks.registry import TASKS, make_task
+from .tasks.registry import TASKS, _factory, make_task
 from .tasks.synthetic import derived_generator
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-STATUSES = ("completed", "diverged", "failed", "interrupted")
-METRICS = ("iteration", "time", "wall_time", "batch_loss", "train_loss", "train_accuracy",
-           "test_loss", "test_accuracy")
-RUN_FILES = ("config.json", "metrics.csv", "summary.json")
 CHECKPOINT_EVERY = 1000
-RESUMABLE = ("iterations",)  # the settings a resumed run may change
 CHECKPOINT_FORMAT = 1
 
 
@@ -169,6 +163,8 @@ class TrainConfig:
         if clash:
             raise ValueError(f"layer_options may not set {', '.join(clash)}: use the setting(s) of that name")
         check.choice("cell", self.cell, sorted(MODELS))
+        _strict_booleans("layer_options", self.layer_options, MODELS[self.cell])
+        _strict_booleans("task_options", self.task_options, _factory(self.task))
         check.positive_int("hidden_size", self.hidden_size)
         self.reg = check.real("reg", self.reg, low=0.0, low_open=False)
         self.target_step = check.real("target_step", self.target_step, low=0.0, low_open=True)
@@ -248,56 +244,6 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM stopped the run at an iteration boundary (after saving a checkpoint)."""
 
 
-class MetricsLog:
-    """``metrics.csv``: a header, then one row per evaluation point, flushed row by row.
-
-    A new log writes the header (replacing any file); with ``keep``, the existing file is cut
-    back to its header and first ``keep`` rows (a resumed run), and rows are appended after them.
-    """
-
-    def __init__(self, path: Path, keep: int | None = None):
-        self.path = Path(path)
-        if keep is None:
-            with open(self.path, "w", newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=METRICS).writeheader()
-        else:
-            self._cut(keep)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
-        self.rows = keep or 0
-
-    def _cut(self, keep: int) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
-        if not lines or lines[0].rstrip("\r\n") != ",".join(METRICS):
-            raise ValueError(f"{self.path} is missing or is not a metrics file (its header is not "
-                             f"{','.join(METRICS)})")
-        if len(lines) - 1 < keep:
-            raise ValueError(f"{self.path} holds {len(lines) - 1} rows, fewer than the {keep} of the checkpoint")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(lines[:keep + 1]), encoding="utf-8", newline="")
-        tmp.replace(self.path)
-
-    def append(self, row: dict) -> None:
-        self._writer.writerow({k: _csv_value(row[k]) for k in METRICS})
-        self._file.flush()
-        self.rows += 1
-
-    def sync(self) -> None:
-        """Make the rows written so far durable (before a checkpoint counts them)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """The columns of a run's ``metrics.csv`` as lists of floats (empty cells become NaN)."""
-    with open(Path(run_dir) / "metrics.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in METRICS}
-
-
 class Trainer:
     """Trains a :class:`~targetprop.models.SequenceModel` on a task, as set by a :class:`TrainConfig`.
 
@@ -339,13 +285,16 @@ class Trainer:
         self.initial_loss: float | None = None
         self.reached_at: int | None = None
         self.best: tuple[float, int] | None = None  # best test accuracy and its iteration
-        self.log: MetricsLog | None = None
+        self.log: rundir.MetricsLog | None = None
         self.last: dict | None = None
         self.train_time = 0.0
         self.wall_time = 0.0
         self.rows = 0
         self.finished = self.stopped_early = False
         self.stop_signal = 0
+        self.reused = False  # run() found the same run finished and returned its summary
+        self.lost_ranks: list[int] | None = None  # set when a data-parallel peer was lost
+        self.environment: dict = {}
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._loss_count = 0
         self._out: Path | None = None
@@ -405,33 +354,46 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = False,
-            resume: bool = False, checkpoint_every: int = CHECKPOINT_EVERY) -> dict:
+            resume: bool = False, checkpoint_every: int | None = None) -> dict:
         """Train for ``config.iterations`` (or until stopped); return the summary.
 
         With ``out``, the run's files are written there (see the module docstring); a directory
-        holding a run with different settings, or other files, is refused unless ``overwrite``.
-        With ``resume``, the run in ``out`` continues from its newest valid checkpoint (a corrupt
-        one is reported as a :class:`~targetprop.checkpoint.CheckpointWarning` and the one before
-        it used); a ValueError lists the settings that differ from the run's, other than the
-        iteration budget. ``checkpoint_every``: iterations between checkpoints (0: only at the
-        end and on SIGINT/SIGTERM). Ctrl-C ends the run with status ``interrupted``.
+        holding a run with different settings, or other files, is refused (ValueError) unless
+        ``overwrite``, which starts the run over. The same run there is continued if unfinished,
+        and returned as it is if finished (``reused`` is then True; nothing is trained or written).
+        With ``resume``, the run in ``out`` must exist and continues from its newest valid
+        checkpoint (a corrupt one is reported as a :class:`~targetprop.checkpoint.CheckpointWarning`,
+        set aside as ``*.corrupt`` and the one before it used); a ValueError lists the settings that
+        differ from the run's, other than the iteration budget. ``checkpoint_every``: iterations
+        between checkpoints (0: only at the end and on SIGINT/SIGTERM; None: the run's own when it
+        continues, else 1000). Ctrl-C ends the run with status ``interrupted``.
         """
         out = Path(out) if out is not None else None
         if resume and out is None:
             raise ValueError("resume needs the run directory (out)")
+        if out is not None and not resume and not overwrite:
+            existing = rundir.inspect(out, self.config.to_dict())  # every process, before anything is written
+            if existing.state == "finished":
+                self.reused = True
+                return existing.summary
+            resume = existing.state == "unfinished"
+        if checkpoint_every is None:
+            checkpoint_every = rundir.read_run_options(out).get("checkpoint_every", CHECKPOINT_EVERY) \
+                if resume else CHECKPOINT_EVERY
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
         cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), _SignalStop() as stop:
+            self._out, self._checkpoint_every = out, checkpoint_every
+            self.environment = environment.describe(self.device)
             if resume:
                 self._resume(out)
             else:
                 self._start(out, overwrite)
-            self._out, self._checkpoint_every = out, checkpoint_every
             self._checkpoints = checkpoint.checkpoint_dir(out) if out is not None and self.world.main else None
             self._clock = time.perf_counter() - self.wall_time
-            status, message = "completed", ""
+            status, message, writer = "completed", "", self.world.main
             bar = _progress_bar(self, progress and self.world.main)
             try:
                 self._run_loop(bar, stop)
@@ -441,25 +403,31 @@ class Trainer:
                 status, message = "interrupted", str(err)
             except KeyboardInterrupt:
                 status, message = "interrupted", f"interrupted by the user at iteration {self.iteration}{self._kept()}"
+            except RuntimeError as err:
+                self.lost_ranks = lost_peer(err, self.world)
+                if self.lost_ranks is None:
+                    raise
+                status, message = "failed", self._lost_message(err)
+                writer = self.world.rank == min(set(range(self.world.size)) - set(self.lost_ranks))
             finally:
                 bar.close()
                 if self.log is not None:
                     self.log.close()
             summary = self.summary(status, message, time.perf_counter() - self._clock)
-        if out is not None and self.world.main:
-            _write_json(out / "summary.json", summary)
+            if out is not None and writer:  # still inside the signal handlers: torchrun may be stopping us
+                rundir.write_json(out / "summary.json", summary)
         return summary
 
     def _start(self, out: Path | None, overwrite: bool) -> None:
-        """A fresh run: seed the global generators, check and prepare ``out`` (process 0 writes)."""
+        """A fresh run: seed the global generators, prepare ``out`` (process 0 writes)."""
         torch.manual_seed(derived_generator(self.config.seed, "global").initial_seed())
         if out is None:
             return
-        check_run_dir(out, self.config, overwrite=overwrite)  # every process, before anything is written
-        self.world.barrier()
+        self.world.barrier()  # every process has checked ``out`` before process 0 writes
         if self.world.main:
-            prepare_run_dir(out, self.config, overwrite=overwrite)
-            self.log = MetricsLog(out / "metrics.csv")
+            rundir.prepare(out, overwrite=overwrite)
+            self._write_config(out)
+            self.log = rundir.MetricsLog(out / "metrics.csv")
 
     def _resume(self, out: Path) -> None:
         """Continue the run in ``out`` from its newest valid checkpoint (or from iteration 0 if
@@ -473,19 +441,27 @@ class Trainer:
             for problem in found.problems:
                 warnings.warn(f"{problem}; set aside as *.corrupt", checkpoint.CheckpointWarning, stacklevel=3)
         if found.payload is None:
-            if found.problems:
-                raise ValueError(f"no usable checkpoint in {folder} (see above); start the run over "
-                                 f"with --overwrite")
+            corrupt = rundir.corrupt_files(out)
+            if found.problems or corrupt:
+                raise ValueError(f"no usable checkpoint in {folder}: {len(corrupt)} set aside as *.corrupt "
+                                 f"(kept for inspection); start the run over with --overwrite")
             if self.world.main:
                 warnings.warn(f"{out} has no checkpoint yet: starting from iteration 0",
                               checkpoint.CheckpointWarning, stacklevel=3)
-            self._start(out, overwrite=True)
+            self._start(out, overwrite=False)
             return
         self.load_state_dict(found.payload, source=str(found.path))
+        if self.iteration > self.config.iterations:
+            raise ValueError(f"{out} has done {self.iteration} iterations, more than a budget of "
+                             f"{self.config.iterations}: give --iterations {self.iteration} or more")
         if self.world.main:
-            _write_json(out / "config.json", {"version": __version__, "config": self.config.to_dict()})
+            self._write_config(out)
             (out / "summary.json").unlink(missing_ok=True)
-            self.log = MetricsLog(out / "metrics.csv", keep=self.rows)
+            self.log = rundir.MetricsLog(out / "metrics.csv", keep=self.rows)
+
+    def _write_config(self, out: Path) -> None:
+        rundir.write_config(out, self.config.to_dict(), checkpoint_every=self._checkpoint_every,
+                            environment=self.environment)
 
     def _run_loop(self, bar, stop: _SignalStop) -> None:
         cfg = self.config
@@ -584,6 +560,8 @@ class Trainer:
             "train_time": self.train_time,
             "wall_time": wall_time,
             "version": __version__,
+            "environment": self.environment,
+            **({"lost_ranks": self.lost_ranks} if self.lost_ranks is not None else {}),
         })
 
     # ------------------------------------------------------------------ checkpoints
@@ -620,7 +598,7 @@ class Trainer:
         """Restore :meth:`state_dict`'s output; a ValueError if it is from a run with other settings."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{source}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        differs = _changed(state.get("config"), self.config.to_dict(), ignore=RESUMABLE)
+        differs = rundir.describe_changes(state.get("config"), self.config.to_dict(), ignore=RESUMABLE)
         if differs:
             raise ValueError(f"{source} is from a run with different settings ({differs})")
         self.model.load_state_dict(state["model"])
@@ -663,6 +641,16 @@ class Trainer:
             return ""
         saved = checkpoint.listed(self._checkpoints)
         return f"; the last good checkpoint, iteration {saved[-1][0]}, is kept" if saved else ""
+
+    def _lost_message(self, err: RuntimeError) -> str:
+        """The message of a data-parallel run whose peer was lost (``err``: the failed collective)."""
+        lost = ", ".join(map(str, self.lost_ranks)) or "none found (a collective failed)"
+        saved = checkpoint.listed(checkpoint.checkpoint_dir(self._out)) if self._out is not None else []
+        kept = f"; the last checkpoint, iteration {saved[-1][0]}, is kept" if saved else ""
+        again = "; the same command continues the run" if self._out is not None else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (f"lost process(es) {lost} of {self.world.size} at iteration {self.iteration} "
+                f"({first[:200]}){kept}{again}")
 
     def _bad_parameters(self, err: NonFinite) -> str:
         """For a bad direction caught before the step: which parameters' ``.grad`` hold NaN/inf."""
@@ -741,63 +729,19 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr)
 
 
-def check_run_dir(out: Path, config: TrainConfig, *, overwrite: bool) -> None:
-    """Raise ValueError if a run of ``config`` may not be written to ``out`` (writes nothing).
-
-    Refused unless ``overwrite``: a directory holding a run with different settings, or holding
-    files that are not a run's. A run with the same settings starts over (runs are
-    deterministic given their settings).
-    """
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    if not out.is_dir() or overwrite:
-        return
-    saved = out / "config.json"
-    if saved.exists():
-        try:
-            previous = json.loads(saved.read_text(encoding="utf-8")).get("config")
-        except (json.JSONDecodeError, AttributeError):
-            previous = None
-        if previous != config.to_dict():
-            raise ValueError(f"output directory {out} holds a run with different settings "
-                             f"({_changed(previous, config.to_dict())}); use --overwrite to replace it, "
-                             f"or another output directory")
-    elif any(out.iterdir()):
-        raise ValueError(f"output directory {out} is not empty and holds no run; "
-                         f"use --overwrite to write there anyway, or another output directory")
-
-
-def prepare_run_dir(out: Path, config: TrainConfig, *, overwrite: bool) -> None:
-    """Check ``out`` (:func:`check_run_dir`), create it, remove an earlier run's summary and
-    checkpoints, and write the run's ``config.json``."""
-    check_run_dir(out, config, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)
-    checkpoint.clear(checkpoint.checkpoint_dir(out))
-    _write_json(out / "config.json", {"version": __version__, "config": config.to_dict()})
-
-
-def read_run_config(out: str | Path) -> dict:
-    """The settings saved in ``out/config.json``; a ValueError if ``out`` holds no readable run."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{out} holds no run (no config.json)")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8")).get("config")
-    except (json.JSONDecodeError, AttributeError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} is unreadable")
-    return saved
+def check_run_dir(out: str | Path, config: TrainConfig, *, overwrite: bool) -> rundir.Existing | None:
+    """What ``out`` holds for ``config`` (:func:`targetprop.rundir.inspect`; None with ``overwrite``);
+    a ValueError if the run may not go there."""
+    if overwrite:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"output path {out} exists and is not a directory")
+        return None
+    return rundir.inspect(out, config.to_dict())
 
 
 def check_resume(out: str | Path, config: TrainConfig) -> None:
-    """Raise ValueError unless ``config`` may continue the run in ``out``: the same settings,
-    except those in :data:`RESUMABLE` (the iteration budget); the message lists the others."""
-    differs = _differences(read_run_config(out), config.to_dict(), ignore=RESUMABLE)
-    if differs:
-        raise ValueError(f"cannot resume {out} with different settings ({', '.join(differs)}); "
-                         f"only {', '.join(RESUMABLE)} may change")
+    """A ValueError unless ``config`` may continue the run in ``out`` (only the budget may change)."""
+    rundir.check_resume(out, config.to_dict())
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, overwrite: bool = False,
@@ -818,28 +762,17 @@ def _boolean(name: str, value) -> None:
         raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def _csv_value(value):
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return value
+def _strict_booleans(name: str, options: dict, target) -> None:
+    """A ValueError for an option of ``target`` (a layer class or task factory) whose default is
+    a boolean, given anything but true or false (``check_finite=maybe`` is not read as true)."""
+    params = inspect.signature(target).parameters
+    for key, value in options.items():
+        if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
 
 
 def _finite_or_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-def _changed(previous, current: dict, ignore=()) -> str:
-    """``differs in KEY: OLD → NEW, …`` ("" when nothing but ``ignore`` differs)."""
-    if not isinstance(previous, dict):
-        return "its config.json is unreadable"
-    differs = _differences(previous, current, ignore)
-    return "differs in " + ", ".join(differs) if differs else ""
-
-
-def _differences(previous: dict, current: dict, ignore=()) -> list[str]:
-    """``KEY: OLD → NEW`` for every setting that differs, but those in ``ignore``."""
-    keys = sorted(k for k in set(previous) | set(current) if k not in ignore and previous.get(k) != current.get(k))
-    return [f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in keys]
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -854,13 +787,6 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def _progress_bar(trainer: Trainer, enabled: bool):
