@@ -481,8 +481,10 @@ def add_commands(sub) -> None:
 
 
 def _fetch_command(args, parser) -> int:
+    """Exit code 0 when every data set is verified, 1 when one could not be fetched, 130 on
+    Ctrl-C and 143 on SIGTERM (the temporaries removed either way)."""
     progress = not args.quiet and sys.stderr.isatty()
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so temporaries are removed
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = False
     try:
         for name in args.names:
@@ -491,6 +493,9 @@ def _fetch_command(args, parser) -> int:
             except FetchError as err:
                 print(f"{parser.prog}: error: {err}", file=sys.stderr)
                 failed = True
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; no partial file was kept", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 1 if failed else 0
