@@ -1,30 +1,59 @@
 """The benchmark command on a tiny grid (seconds), and its naive yardstick computes the same TP."""
+import pytest
 import torch
 
 from helpers import assert_rel
-from targetprop import TPRNN, bench
+from targetprop import TPRNN, bench, kernels
 
 
 def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
     out, png = tmp_path / "table.md", tmp_path / "cost.png"
     assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1",
-                       "--methods", "native-bptt", "naive-tp", "tp-linearized", "engine-bp",
+                       "--methods", "native-bptt", "naive-tp", "tp-linearized", "engine-bp", "--regime", "orthogonal",
                        "--output", str(out), "--plot", str(png)]) == 0
     text = out.read_text()
     assert "Command: `targetprop bench --grid tiny" in text and "Machine:" in text
+    assert "compiled loops: " + kernels.load().widest_isa() in text
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| 12 |")]
-    assert [r[6].strip() for r in rows] == ["native-bptt", "naive-tp", "tp-linearized", "engine-bp"]
-    assert rows[0][10].strip() == "1.00" and all(float(r[7]) > 0 for r in rows)
+    assert [r[7].strip() for r in rows] == ["native-bptt", "naive-tp", "tp-linearized", "engine-bp"]
+    assert {r[6].strip() for r in rows} == {"orthogonal"}
+    assert rows[0][11].strip() == "1.00" and all(float(r[8]) > 0 for r in rows)
     assert png.stat().st_size > 1000
+
+
+def test_every_regime_is_timed_by_default_each_against_its_own_native_run(tmp_path):
+    out = tmp_path / "table.md"
+    assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--methods",
+                       "native-bptt", "tp-linearized", "--isa", "base", "--backend", "cpp", "--output", str(out)]) == 0
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
+    assert [(r[6].strip(), r[7].strip()) for r in rows] == [
+        (regime, m) for regime in bench.REGIMES for m in ("native-bptt", "tp-linearized")]
+    assert [r[11].strip() for r in rows][::2] == ["1.00"] * len(bench.REGIMES)
+    assert kernels.load().isa() == kernels.load().widest_isa()  # --isa is undone after the run
+
+
+def test_regimes_set_the_weights():
+    gen = torch.Generator().manual_seed(0)
+    layers = {r: bench.set_regime_(TPRNN(2, 6), r, gen) for r in bench.REGIMES}
+    eye = torch.eye(6)
+    assert_rel(layers["orthogonal"].weight_hh_l0.T @ layers["orthogonal"].weight_hh_l0, eye, tol=1e-6)
+    assert_rel(layers["contractive"].weight_hh_l0.T @ layers["contractive"].weight_hh_l0, 0.25 * eye, tol=1e-6)
+    assert layers["contractive"].bias_hh_l0.abs().max() == 0
+    assert layers["default"].bias_hh_l0.abs().max() > 0  # torch.nn's own init kept
+    with pytest.raises(ValueError, match="regime must be one of"):
+        bench.check_regime("sideways")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        bench.check_regime("run:/nonexistent/run")
 
 
 def test_gru_methods_are_compared_with_the_native_gru(tmp_path):
     out = tmp_path / "table.md"
     assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1", "--methods",
-                       "gru-native-bptt", "gru-tp-linearized", "gru-engine-bp", "native-bptt", "--output", str(out)]) == 0
-    rows = {r[6].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
-    assert rows["gru-native-bptt"][10].strip() == "1.00" and rows["gru-engine-bp"][11].strip() == "1.00"
-    assert rows["native-bptt"][10].strip() == "1.00" and rows["native-bptt"][11].strip() == "–"
+                       "gru-native-bptt", "gru-tp-linearized", "gru-engine-bp", "native-bptt", "--regime", "default",
+                       "--output", str(out)]) == 0
+    rows = {r[7].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
+    assert rows["gru-native-bptt"][11].strip() == "1.00" and rows["gru-engine-bp"][12].strip() == "1.00"
+    assert rows["native-bptt"][11].strip() == "1.00" and rows["native-bptt"][12].strip() == "–"
     assert "gru-tp-linearized" not in bench.DEFAULT_METHODS
 
 
@@ -39,3 +68,19 @@ def test_naive_yardstick_equals_the_library_rule():
         (m(x)[1][0] * c).sum().backward()
     for a, b in zip(layer.parameters(), naive.parameters()):
         assert_rel(b.grad, a.grad, where="naive-tp yardstick")
+
+
+def test_run_regime_times_a_checkpointed_runs_weights(tmp_path):
+    from targetprop import checkpoint
+
+    layer = TPRNN(3, 7)
+    checkpoint.save_in(checkpoint.checkpoint_dir(tmp_path), 5,
+                       {"model": {"rnn." + k: v for k, v in layer.state_dict().items()} | {"head.bias": torch.zeros(2)}})
+    regime = "run:" + str(tmp_path)
+    assert bench.check_regime(regime) == regime and bench.run_shape(regime) == (7, 3, False)
+    loaded = bench.set_regime_(TPRNN(3, 7), regime, torch.Generator())
+    assert torch.equal(loaded.weight_hh_l0, layer.weight_hh_l0)
+    rows = bench.measure((5, 2, 99, 99), ["native-bptt", "tp-linearized", "gru-tp-linearized"], 1, repeats=1,
+                         warmup=0, regime=regime)
+    assert [(r.method, r.p, r.d, r.regime) for r in rows] == [
+        ("native-bptt", 7, 3, regime), ("tp-linearized", 7, 3, regime)]  # an Elman run: no GRU method

@@ -79,3 +79,62 @@ def test_auto_uses_compiled_loops_only_where_they_pay():
     assert elman.select_kernels("auto", x, wide) is None
     assert elman.select_kernels("auto", x, narrow) is kernels.load()
     assert elman.select_kernels("cpp", x, wide) is kernels.load()  # asked for explicitly
+
+
+def _isas():
+    module = kernels.load(required=True)
+    names = ["base", "avx2", "avx512"]
+    return names[: names.index(module.widest_isa()) + 1]
+
+
+@pytest.fixture(params=["base", "avx2", "avx512"])
+def isa(request):
+    """Each instruction set's build of the loops that this CPU can run (others skipped)."""
+    module = kernels.load(required=True)
+    if request.param not in _isas():
+        pytest.skip(f"this CPU has no {request.param} (widest: {module.widest_isa()})")
+    module.set_isa(request.param)
+    yield request.param
+    module.set_isa(module.widest_isa())
+
+
+@pytest.mark.parametrize("rule", ["bp", "linearized"])
+@pytest.mark.parametrize("B,p", [(9, 45), (4, 100), (1, 7)])
+def test_every_instruction_set_equals_pure_pytorch(isa, rule, B, p):
+    """B = 9: two 4-row blocks and a single row; p = 45 and 100: every vector width's column tail."""
+    layer, x, h0, C, Cn = make_problem("tanh", B=B, T=40, d=3, p=p, seed=24, scale=0.9)
+    layer.rule, layer.reg = rule, 1.0
+    results = {}
+    for backend in ("torch", "cpp"):
+        layer.backend = backend
+        results[backend] = run_layer(layer, x, h0, C, Cn)
+    (g1, x1, h1, o1, _), (g2, x2, h2, o2, _) = results["torch"], results["cpp"]
+    assert_rel(o2, o1, where=f"{isa} forward")
+    for k in g1:
+        assert_rel(g2[k], g1[k], where=f"{isa} {rule} {k}")
+    assert_rel(x2, x1)
+    assert_rel(h2, h1)
+
+
+@pytest.mark.parametrize("rule", ["bp", "linearized"])
+def test_every_instruction_set_equals_pure_pytorch_gru(isa, rule):
+    from test_gru import make_gru, run
+
+    results = {}
+    for backend in ("torch", "cpp"):
+        layer, x, h0, C, Cn = make_gru(B=6, T=30, p=37, seed=25, backend=backend)
+        layer.rule = rule
+        results[backend] = run(layer, x, h0, C, Cn)
+    (g1, x1, h1, o1), (g2, x2, h2, o2) = results["torch"], results["cpp"]
+    assert_rel(o2, o1, where=f"{isa} gru forward")
+    for k in g1:
+        assert_rel(g2[k], g1[k], where=f"{isa} gru {rule} {k}")
+    assert_rel(x2, x1)
+    assert_rel(h2, h1)
+
+
+def test_set_isa_refuses_an_unknown_instruction_set():
+    module = kernels.load(required=True)
+    with pytest.raises(RuntimeError, match="not available"):
+        module.set_isa("sse9")
+    assert module.isa() == module.widest_isa()

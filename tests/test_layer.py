@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import assert_rel
-from targetprop import TPRNN, RegularizedInverseError, orthogonal_, orthogonal_init_
+from targetprop import TPGRU, TPRNN, RegularizedInverseError, orthogonal_, orthogonal_init_
 from test_rules import make_problem, run_layer
 
 D64 = torch.float64
@@ -217,3 +217,20 @@ def test_orthogonal_init():
     gru = orthogonal_init_(torch.nn.GRU(2, 4))
     for block in gru.weight_hh_l0.detach().double().chunk(3):
         assert_rel(block @ block.T, torch.eye(4, dtype=D64), tol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [TPRNN, TPGRU])
+def test_an_unused_output_gives_the_same_directions_as_a_zero_gradient(cls):
+    """Autograd hands an unused output's gradient as None (not materialized); the layer reads it as 0."""
+    torch.manual_seed(0)
+    layer = cls(3, 8, batch_first=True, dtype=torch.float64)
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    grads = []
+    for touch_out in (False, True):
+        layer.zero_grad(set_to_none=True)
+        out, h_n = layer(x)
+        loss = (h_n ** 2).sum() + (0.0 * out.sum() if touch_out else 0.0)
+        loss.backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b) and a.abs().sum() > 0

@@ -4,7 +4,9 @@ TP costs about what BP costs when T ≥ p); the ``gru-*`` methods do the same fo
 against ``torch.nn.GRU``.
 
 Methods are timed *interleaved* in one process (one iteration of each in turn, repeated), and
-the median is reported, so that machine noise hits every method alike. Memory is reported as
+the median is reported, so that machine noise hits every method alike. Each shape is timed in
+several weight *regimes* (:data:`REGIMES`), since what a step costs depends on the weights: TP's
+displacements shrink at a rate set by ``W_hh`` and may pass through the subnormal range. Memory is reported as
 the bytes autograd saves for the backward pass (CPU), or the peak allocated memory (CUDA).
 
 Run: ``python -m targetprop.bench --grid targets`` (see ``--help``).
@@ -22,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from . import checkpoint, kernels
 from .init import orthogonal_init_
 from .rnn import TPGRU, TPRNN
 
@@ -44,7 +47,16 @@ METHODS: dict[str, dict | str] = {
 DEFAULT_METHODS = [m for m in METHODS if m != "naive-tp" and not m.startswith("gru-")]
 
 
-def _layer(method: str, d: int, p: int) -> torch.nn.Module:
+#: weight regimes: the paper's orthogonal init; torch.nn's default init; a contractive
+#: recurrence (orthogonal W_hh × 0.5); ``run:PATH``, the weights of a run's last checkpoint
+REGIMES = ("orthogonal", "default", "contractive")
+
+
+def _is_gru(method: str) -> bool:
+    return method.startswith("gru-")
+
+
+def _layer(method: str, d: int, p: int, backend: str = "auto") -> torch.nn.Module:
     spec = METHODS[method]
     if spec == "naive":
         return _NaiveModule(d, p, batch_first=True)
@@ -54,7 +66,45 @@ def _layer(method: str, d: int, p: int) -> torch.nn.Module:
         return torch.nn.GRU(d, p, batch_first=True)
     kwargs = dict(spec)
     cls = TPGRU if kwargs.pop("cell", "rnn") == "gru" else TPRNN
-    return cls(d, p, reg=1.0, **kwargs)
+    return cls(d, p, reg=1.0, backend=backend, **kwargs)
+
+
+def check_regime(regime: str) -> str:
+    """``regime`` if known (a ``run:PATH`` whose folder has a checkpoint), else a ValueError."""
+    if regime.startswith("run:"):
+        if not checkpoint.listed(checkpoint.checkpoint_dir(regime[4:])):
+            raise ValueError(f"regime {regime!r}: no checkpoint in {checkpoint.checkpoint_dir(regime[4:])}")
+    elif regime not in REGIMES:
+        raise ValueError(f"regime must be one of {list(REGIMES)} or run:PATH, got {regime!r}")
+    return regime
+
+
+def run_weights(regime: str) -> dict[str, torch.Tensor]:
+    """The recurrent layer's weights (``weight_ih_l0``, ...) from the last checkpoint of a run."""
+    found = checkpoint.latest(checkpoint.checkpoint_dir(regime[4:]))
+    if found.payload is None:
+        raise ValueError(f"regime {regime!r}: no usable checkpoint ({'; '.join(found.problems)})")
+    prefix = "rnn."
+    return {k[len(prefix):]: v for k, v in found.payload["model"].items() if k.startswith(prefix)}
+
+
+def run_shape(regime: str) -> tuple[int, int, bool]:
+    """(p, d, is_gru) of a run's recurrent layer."""
+    w_ih = run_weights(regime)["weight_ih_l0"]
+    p = run_weights(regime)["weight_hh_l0"].shape[1]
+    return p, w_ih.shape[1], w_ih.shape[0] == 3 * p
+
+
+@torch.no_grad()
+def set_regime_(layer: torch.nn.Module, regime: str, gen: torch.Generator) -> torch.nn.Module:
+    """Weights of ``layer`` for ``regime`` (the ``default`` regime keeps torch's own init)."""
+    if regime.startswith("run:"):
+        layer.load_state_dict(run_weights(regime))
+    elif regime != "default":
+        orthogonal_init_(layer, gen)
+        if regime == "contractive":
+            layer.weight_hh_l0.mul_(0.5)
+    return layer
 
 GRIDS = {
     # (T, B, p, d)
@@ -74,6 +124,7 @@ class Result:
     d: int
     threads: int
     device: str
+    regime: str
     method: str
     median_ms: float
     forward_ms: float
@@ -117,11 +168,12 @@ class _NaiveModule(torch.nn.RNN):
         return None, h.unsqueeze(0)
 
 
-def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 0) -> Callable[[], tuple]:
+def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 0, regime: str = "orthogonal",
+               backend: str = "auto") -> Callable[[], tuple]:
     """A closure running one training iteration; returns (forward s, backward s, total s)."""
     gen = torch.Generator().manual_seed(seed)
-    rnn = _layer(method, d, p)
-    orthogonal_init_(rnn, gen)
+    torch.manual_seed(seed)  # torch.nn's default init draws from the global generator
+    rnn = set_regime_(_layer(method, d, p, backend), regime, gen)
     head = torch.nn.Linear(p, 10)
     rnn.to(device)
     head.to(device)
@@ -166,13 +218,18 @@ def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 
     return run
 
 
-def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3) -> list[Result]:
-    """Time ``methods`` at one shape, interleaved; medians of ``repeats`` after ``warmup``."""
+def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3,
+            regime: str = "orthogonal", backend: str = "auto") -> list[Result]:
+    """Time ``methods`` at one shape and weight regime, interleaved; medians of ``repeats`` after
+    ``warmup``. For a ``run:PATH`` regime, p and d are the run's."""
     T, B, p, d = shape
+    if regime.startswith("run:"):
+        p, d, gru = run_shape(regime)
+        methods = [m for m in methods if _is_gru(m) == gru]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        runs = {m: _iteration(m, T, B, p, d, device) for m in methods}
+        runs = {m: _iteration(m, T, B, p, d, device, regime=regime, backend=backend) for m in methods}
         times = {m: [] for m in methods}
         for rep in range(warmup + repeats):
             for m in methods:
@@ -182,7 +239,7 @@ def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmu
         out = []
         for m in methods:
             f, b, tot = zip(*times[m])
-            out.append(Result(T, B, p, d, threads, str(device), m, 1e3 * statistics.median(tot),
+            out.append(Result(T, B, p, d, threads, str(device), regime, m, 1e3 * statistics.median(tot),
                               1e3 * statistics.median(f), 1e3 * statistics.median(b), runs[m].memory(), repeats))
         return out
     finally:
@@ -192,35 +249,45 @@ def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmu
 def table(results: list[Result]) -> str:
     """Markdown table; the ratios are the method's median over native BPTT's and over the
     engine's BP at the same shape, for the same cell (``gru-*`` against ``gru-native-bptt``)."""
+    def key(r):
+        return r.T, r.B, r.p, r.d, r.threads, r.device, r.regime
+
     def medians(name):
-        return {(r.T, r.B, r.p, r.d, r.threads, r.device): r.median_ms for r in results if r.method == name}
+        return {key(r): r.median_ms for r in results if r.method == name}
 
     cells = {"": (medians("native-bptt"), medians("engine-bp")),
              "gru-": (medians("gru-native-bptt"), medians("gru-engine-bp"))}
-    lines = ["| T | B | p | d | threads | method | iteration ms | fwd ms | bwd ms | ÷ native | ÷ engine-bp | saved/peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| T | B | p | d | threads | regime | method | iteration ms | fwd ms | bwd ms | ÷ native | ÷ engine-bp "
+             "| saved/peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        key = (r.T, r.B, r.p, r.d, r.threads, r.device)
-        native, bp = cells["gru-" if r.method.startswith("gru-") else ""]
-        rn = f"{r.median_ms / native[key]:.2f}" if key in native else "–"
-        rb = f"{r.median_ms / bp[key]:.2f}" if key in bp else "–"
-        lines.append(f"| {r.T} | {r.B} | {r.p} | {r.d} | {r.threads} | {r.method} | {r.median_ms:.2f} | "
+        native, bp = cells["gru-" if _is_gru(r.method) else ""]
+        rn = f"{r.median_ms / native[key(r)]:.2f}" if key(r) in native else "–"
+        rb = f"{r.median_ms / bp[key(r)]:.2f}" if key(r) in bp else "–"
+        lines.append(f"| {r.T} | {r.B} | {r.p} | {r.d} | {r.threads} | {r.regime} | {r.method} | {r.median_ms:.2f} | "
                      f"{r.forward_ms:.2f} | {r.backward_ms:.2f} | {rn} | {rb} | {r.memory_mb:.2f} |")
     return "\n".join(lines)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The CPU model, its vector extensions, the compiled loops' instruction set and the versions."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+        cpu = info.get("model name", cpu)
+        flags = set(info.get("flags", "").split())
+    except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    vectors = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512_bf16") if f in flags]
+    module = kernels.load()
+    loops = f"compiled loops: {module.isa()}" if module is not None else "compiled loops unavailable"
+    return (f"{cpu} ({' '.join(vectors) or 'vector extensions unknown'}), {os.cpu_count()} logical CPUs, "
+            f"{loops}, torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def plot(results: list[Result], path: str) -> None:
-    """Time per iteration against T and against p (one line per method), log-log."""
+    """Time per iteration against T and against p (one line per method, the first regime), log-log."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,7 +296,7 @@ def plot(results: list[Result], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (var, fixed) in zip(axes, (("T", "p"), ("p", "T"))):
         for m in dict.fromkeys(r.method for r in results):
-            rs = [r for r in results if r.method == m and r.threads == 1]
+            rs = [r for r in results if r.method == m and r.threads == 1 and r.regime == results[0].regime]
             groups = {}
             for r in rs:
                 groups.setdefault((getattr(r, fixed), r.B), []).append(r)
@@ -261,29 +328,48 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="intra-op thread counts to time (default: 1 and all)")
     p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--regime", dest="regimes", nargs="+", default=list(REGIMES), type=check_regime,
+                   metavar="REGIME", help="weight regimes: orthogonal (the paper's init), default (torch.nn's), "
+                   "contractive (orthogonal W_hh x 0.5), run:PATH (a run's last checkpoint; its p and d); "
+                   "default: the first three")
+    p.add_argument("--backend", default="auto", choices=kernels.BACKENDS,
+                   help="the TP layers' backend (cpp: compiled loops, torch: one BLAS product per step)")
+    p.add_argument("--isa", choices=("base", "avx2", "avx512"),
+                   help="narrow the compiled loops to this instruction set (default: the widest the CPU has)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", help="write the table (markdown) to this file")
     p.add_argument("--plot", help="write a PNG of time against T and p")
     return p
 
 
+def _command(argv, from_cli: bool) -> str:
+    if argv is not None:
+        return "targetprop bench " + " ".join(argv)
+    if from_cli:  # the targetprop command line
+        return "targetprop " + " ".join(sys.argv[1:])
+    return "python -m targetprop.bench " + " ".join(sys.argv[1:])
+
+
 def main(argv=None, args=None) -> int:
     from_cli = args is not None
     args = args or build_parser().parse_args(argv)
     shapes = list(dict.fromkeys(s for g in args.grid for s in GRIDS[g]))
+    module = kernels.load(required=True) if args.isa else None
     results = []
-    for threads in dict.fromkeys(args.thread_counts):
-        for shape in shapes:
-            results += measure(shape, args.methods, threads, args.device, args.repeats, args.warmup)
-            print(table([r for r in results if (r.T, r.B, r.p, r.d) == shape and r.threads == threads]).split("\n", 2)[-1],
-                  flush=True)
-    if argv is not None:
-        command = "targetprop bench " + " ".join(argv)
-    elif from_cli:  # the targetprop command line
-        command = "targetprop " + " ".join(sys.argv[1:])
-    else:
-        command = "python -m targetprop.bench " + " ".join(sys.argv[1:])
-    text = f"Machine: {machine()}\n\nCommand: `{command}`\n\n" + table(results) + "\n"
+    try:
+        if module is not None:
+            module.set_isa(args.isa)
+        for threads in dict.fromkeys(args.thread_counts):
+            for shape in shapes:
+                for regime in args.regimes:
+                    new = measure(shape, args.methods, threads, args.device, args.repeats, args.warmup, regime,
+                                  args.backend)
+                    results += new
+                    print(table(new).split("\n", 2)[-1], flush=True)
+        text = f"Machine: {machine()}\n\nCommand: `{_command(argv, from_cli)}`\n\n" + table(results) + "\n"
+    finally:
+        if module is not None:
+            module.set_isa(module.widest_isa())
     print("\n" + text)
     if args.output:
         with open(args.output, "w") as f:

@@ -34,10 +34,11 @@ CELL = "elman"
 
 
 _ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # csrc/kernels.cpp
-#: widest hidden size for which backend="auto" picks the compiled loops: they keep one row's
-#: output in registers and stream W_hh / Mᵀ from cache, which stops paying once a p×p matrix
-#: outgrows L2 (measured: p = 512 ran 1.7× slower than the BLAS-per-step path; p = 256 on par).
-MAX_COMPILED_WIDTH = 256
+#: widest hidden size for which backend="auto" picks the compiled loops: they hold a 4-row
+#: block's outputs in registers and stream W_hh / Mᵀ from cache. Measured (docs/BENCHMARKS.md,
+#: "Compiled loops or BLAS"): faster than one BLAS product per step for every p ≤ 512 and
+#: B ≤ 512 timed; wider matrices outgrow L2 and are left to BLAS (not measured).
+MAX_COMPILED_WIDTH = 512
 
 
 def select_kernels(backend: str, x: Tensor, w_hh: Tensor):

@@ -35,18 +35,22 @@ class TPConfig:
     inverse: object = None  # the learned rule's reverse layer (targetprop.learned.ReverseLayer)
 
 
-def inject(grad_output: Tensor, grad_last: Tensor | None, scale: float) -> Tensor:
-    """The (T+1, B, p) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0."""
-    T, B, p = grad_output.shape
-    lam = grad_output.new_empty(T + 1, B, p)
-    lam[0].zero_()
-    torch.mul(grad_output, -scale, out=lam[1:])
+def inject(grad_output: Tensor | None, grad_last: Tensor | None, scale: float, out: Tensor) -> Tensor:
+    """The (T+1, B, p) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0, for hidden
+    states ``out`` (T, B, p); a gradient given as None (an output the loss does not use) is 0."""
+    T, B, p = out.shape
+    if grad_output is None:
+        lam = out.new_zeros(T + 1, B, p)
+    else:
+        lam = out.new_empty(T + 1, B, p)
+        lam[0].zero_()
+        torch.mul(grad_output, -scale, out=lam[1:])
     if grad_last is not None:
         lam[T].add_(grad_last, alpha=-scale)
     return lam
 
 
-def displacements(tape, grad_output: Tensor, grad_last: Tensor | None, config: TPConfig) -> Tensor:
+def displacements(tape, grad_output: Tensor | None, grad_last: Tensor | None, config: TPConfig) -> Tensor:
     """The displacements whose negation drives every parameter direction (eq. 3).
 
     Returns the (T+1, B, p) buffer ``λ`` of eqs. (1)–(2) or, with ``through_time``, the
@@ -54,7 +58,7 @@ def displacements(tape, grad_output: Tensor, grad_last: Tensor | None, config: T
     """
     rule = rules.get_rule(config.cell, config.rule)
     scale = config.target_step if rule.uses_target_step else 1.0
-    lam = inject(grad_output, grad_last, scale)
+    lam = inject(grad_output, grad_last, scale, tape.out)
     rule.prepare(tape, config)(lam)
     if config.through_time and config.rule != "bp":
         # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss.

@@ -4,7 +4,8 @@ Forward runs the cell's forward kernel without building a graph and keeps only t
 states; backward turns the incoming ``grad_output`` / ``grad_h_n`` into displacements
 (:mod:`targetprop.engine`) and returns the parameter directions of eq. (3) as the parameters'
 gradients, so autograd accumulates them into ``.grad`` like any gradient (optimizers, DDP
-all-reduce and gradient accumulation see nothing special).
+all-reduce and gradient accumulation see nothing special). Both passes run with subnormal
+floats flushed on the calling thread, the caller's mode restored after (:mod:`targetprop.fpmode`).
 
 A *cell* is a module (``targetprop.elman``, ``targetprop.gru``) with ``forward(...)``,
 ``Tape`` and ``select_kernels(backend, *tensors)``; a cell that keeps more than the hidden
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import engine
+from . import engine, fpmode
 
 
 class TPFunction(torch.autograd.Function):
@@ -27,6 +28,12 @@ class TPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
+        with fpmode.flushed():
+            return TPFunction._forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def _forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not (T, B, p) zeros
         ctx.cell, ctx.config = cell, config
         ctx.kernels = cell.select_kernels(config.backend, x, w_hh)
         keep = getattr(cell, "forward_for_backward", None)
@@ -40,6 +47,11 @@ class TPFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_hn):
+        with fpmode.flushed():
+            return TPFunction._backward(ctx, grad_out, grad_hn)
+
+    @staticmethod
+    def _backward(ctx, grad_out, grad_hn):
         saved = ctx.saved_tensors
         tape = ctx.cell.Tape(*saved[:7], ctx.config.activation, ctx.kernels, *saved[7:])
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)

@@ -37,9 +37,9 @@ from .inverse import inverse_operator
 from .rules import Recursion, propagate, register
 
 CELL = "gru"
-#: widest hidden size for which backend="auto" picks the compiled loop (one row's output is
-#: held in registers while the 3p×p matrix streams from cache)
-MAX_COMPILED_WIDTH = 256
+#: widest hidden size for which backend="auto" picks the compiled loop (a 4-row block's
+#: outputs held in registers while the 3p×p matrix streams from cache; as for the Elman cell)
+MAX_COMPILED_WIDTH = 512
 
 
 def select_kernels(backend: str, x: Tensor, w_hh: Tensor):

@@ -1,9 +1,9 @@
 """The compiled CPU loops (``csrc/kernels.cpp``), built on first use, with a pure-PyTorch fallback.
 
 ``load()`` compiles the extension with ``torch.utils.cpp_extension`` (needs a C++ compiler and
-``ninja``; about a minute, once per machine and source version; cached in PyTorch's extension
-directory) and returns it, or returns None, with one warning, when it cannot be built. Layers
-choose per call with their ``backend`` argument: ``"auto"`` (compiled where it applies: CPU
+``ninja``; about a minute, once per environment and source version; cached in PyTorch's extension
+directory, ``$TORCH_EXTENSIONS_DIR`` if set) and returns it, or returns None, with one warning,
+when it cannot be built. Layers choose per call with their ``backend`` argument: ``"auto"`` (compiled where it applies: CPU
 tensors, float32/float64), ``"cpp"`` (compiled or an error) or ``"torch"`` (never compiled).
 """
 from __future__ import annotations
@@ -13,10 +13,13 @@ import glob
 import hashlib
 import os
 import sys
+import sysconfig
 import warnings
 
 import torch
 from torch import Tensor
+
+from . import fpmode
 
 BACKENDS = ("auto", "cpp", "torch")
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "kernels.cpp")
@@ -26,27 +29,56 @@ class KernelUnavailableError(RuntimeError):
     """``backend="cpp"`` was asked for but the compiled loops could not be built."""
 
 
+#: compiler flags; part of the build's identity
+_CFLAGS = ["-O3"]
+
+
 def _name() -> str:
+    """The build's folder name, keyed by everything that changes the binary: the source, the
+    flags, and the environment it links against (torch's version and location, the Python ABI).
+    Each environment gets its own build, so environments sharing a cache never rebuild each
+    other's (PyTorch's build folder records one environment's include paths and rebuilds when
+    another asks)."""
+    digest = hashlib.sha1()
     with open(_SOURCE, "rb") as f:
-        digest = hashlib.sha1(f.read() + torch.__version__.encode()).hexdigest()[:10]
-    return f"targetprop_kernels_{digest}"
+        digest.update(f.read())
+    for part in (torch.__version__, os.path.dirname(torch.__file__), sys.implementation.cache_tag,
+                 sysconfig.get_config_var("EXT_SUFFIX") or "", " ".join(_CFLAGS)):
+        digest.update(part.encode() + b"\0")
+    return f"targetprop_kernels_{digest.hexdigest()[:12]}"
+
+
+def _build_root() -> str:
+    from torch.utils import cpp_extension
+
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
 
 
 @functools.cache
 def _build():
-    """(module, None) or (None, reason)."""
+    """(module, None) or (None, reason). PyTorch's builder holds a lock file in the build folder,
+    so processes starting together wait for one build instead of racing."""
     try:
         from torch.utils import cpp_extension
 
         name = _name()
-        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-        if not glob.glob(os.path.join(root, "**", name + ".so"), recursive=True):
-            print("targetprop: building the fused CPU kernels (first use only, about a minute)...",
-                  file=sys.stderr, flush=True)
-        module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=["-O3"], verbose=False)
+        root = _build_root()
+        if not glob.glob(os.path.join(root, "**", name, "*.so"), recursive=True):
+            print(f"targetprop: building the fused CPU kernels {name} under {root} "
+                  "(once per environment, about a minute)...", file=sys.stderr, flush=True)
+        module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS, verbose=False)
+        module.set_flush_enabled(fpmode.flush_denormals_enabled())
         return module, None
     except Exception as exc:  # any build failure means: use the fallback, and say why once
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+
+
+def sync_flush_setting() -> None:
+    """Pass :func:`targetprop.fpmode.set_flush_denormals`'s setting to the compiled loops, if built."""
+    if _build.cache_info().currsize:
+        module, _ = _build()
+        if module is not None:
+            module.set_flush_enabled(fpmode.flush_denormals_enabled())
 
 
 def load(required: bool = False):

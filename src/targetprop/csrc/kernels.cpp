@@ -1,26 +1,89 @@
 // Fused CPU loops for the Elman and GRU cells (targetprop.kernels builds this file on first use).
 //
-// Recursions, each a row vector times a small matrix per step:
+// Recursions, each a block of rows times a small matrix per step:
 //   Elman forward:   h_t = a(u_t + h_{t-1} W_hh^T)               (u_t = x_t W_ih^T + b, precomputed)
 //   Elman backward:  lam[t-1] += (lam[t] (*|/) factor[t-1]) @ mat,  t = T..1
 //   GRU backward:    lam[t-1] += z_t * lam[t] + [s_r, s_z, s_n](lam[t], gates_t) @ mat (3p x p)
 // The Elman backward covers BP's adjoint (factor a'(u_t), mat W_hh), linearized TP (factor a'(u_t)
 // floored and divided, mat M^T) and the through-time pass; the GRU one BP (mat W_hh) and the
-// authors' rule (mat [M_r; M_z; M_n]^T), see targetprop/gru.py. Each row's product keeps its output
-// block in vector registers over the whole reduction (p FMAs per register, no memory round
-// trip), with no per-step dispatch or allocation. Backward rows are independent over the whole
-// recursion, so they are split across threads once. On x86-64 an AVX2+FMA build and a baseline
-// build of the loops are chosen at run time, so one binary runs on any x86-64 machine.
+// authors' rule (mat [M_r; M_z; M_n]^T), see targetprop/gru.py.
+//
+// Products: ROWS rows at a time times a tile of K vector-widths of the matrix, all ROWS x K
+// outputs held in registers over the whole reduction, so each matrix load serves ROWS rows;
+// column tails go through narrower vectors, then scalars. No per-step dispatch or allocation.
+// Backward rows are independent over the whole recursion, so they are split across threads once.
+// On x86-64 an AVX-512, an AVX2+FMA and a baseline build of the loops are in the binary and the
+// widest the CPU has is chosen at run time (`set_isa` narrows it, for tests and benchmarks).
+//
+// Denormal floats: far back in time the displacements of TP pass through the subnormal range
+// before they underflow to zero, and x86 arithmetic on subnormals is up to ~100x slower. Every
+// entry point sets flush-to-zero and denormals-are-zero on its thread for its own duration and
+// restores the caller's mode after (FlushDenormals). Everywhere, a step whose scaled
+// displacement has no entry of normal magnitude is skipped: the same result as flushing, and
+// the exact early exit on CPUs without such a mode.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <string>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define TP_HAVE_MXCSR 1
+#endif
 
 #define TP_INLINE inline __attribute__((always_inline))
 
 namespace {
+
+// FTZ | DAZ on this thread while alive; the caller's control bits come back on destruction
+// (status flags raised meanwhile are kept).
+// Off only when the library is told not to flush (targetprop.fpmode.set_flush_denormals).
+bool flush_enabled = true;
+
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#ifdef TP_HAVE_MXCSR
+    saved_ = _mm_getcsr();
+    if (flush_enabled) _mm_setcsr(saved_ | kBits);
+#endif
+  }
+  ~FlushDenormals() {
+#ifdef TP_HAVE_MXCSR
+    _mm_setcsr((_mm_getcsr() & ~kBits) | (saved_ & kBits));
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  static constexpr unsigned kBits = 0x8040;  // FTZ (bit 15) | DAZ (bit 6)
+  unsigned saved_ = 0;
+};
+
+bool flush_mode_available() {
+#ifdef TP_HAVE_MXCSR
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Whether this thread currently flushes denormals (both FTZ and DAZ set).
+bool denormals_flushed() {
+#ifdef TP_HAVE_MXCSR
+  return (_mm_getcsr() & 0x8040) == 0x8040;
+#else
+  return false;
+#endif
+}
+
+constexpr int64_t ROWS = 4;
 
 template <typename T, int BYTES>
 struct Vec {
@@ -40,68 +103,113 @@ TP_INLINE void vstore(T* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// out[j0 : j0 + K*N] += s[0:n] @ mat[0:n, j0 : j0 + K*N] (rows of length p), K accumulators in registers.
-template <typename T, int BYTES, int K>
-TP_INLINE void block(T* __restrict out, const T* __restrict s, const T* __restrict mat, int64_t n, int64_t p,
-                     int64_t j0) {
+// out[r, j0 : j0 + K*N] += s[r, 0:n] @ mat[0:n, j0 : j0 + K*N] for R rows (row strides ldo, lds;
+// mat row-major with row length ldm); R*K accumulators in registers, each matrix load used R times.
+template <typename T, int BYTES, int R, int K>
+TP_INLINE void tile(T* __restrict out, int64_t ldo, const T* __restrict s, int64_t lds, const T* __restrict mat,
+                    int64_t n, int64_t ldm, int64_t j0) {
   using V = typename Vec<T, BYTES>::type;
   constexpr int N = Vec<T, BYTES>::N;
-  V acc[K];
+  V acc[R][K];
 #pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) acc[k] = vload<V>(out + j0 + k * N);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) acc[r][k] = vload<V>(out + r * ldo + j0 + k * N);
   for (int64_t i = 0; i < n; ++i) {
-    const V si = s[i] - V{};  // broadcast
-    const T* row = mat + i * p + j0;
+    const T* row = mat + i * ldm + j0;
+    V m[K];
 #pragma GCC unroll 16
-    for (int k = 0; k < K; ++k) acc[k] += si * vload<V>(row + k * N);
+    for (int k = 0; k < K; ++k) m[k] = vload<V>(row + k * N);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V si = s[r * lds + i] - V{};  // broadcast
+#pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[r][k] += si * m[k];
+    }
   }
 #pragma GCC unroll 16
-  for (int k = 0; k < K; ++k) vstore(out + j0 + k * N, acc[k]);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) vstore(out + r * ldo + j0 + k * N, acc[r][k]);
 }
 
-// out[0:p] += s[0:n] @ mat (n x p, row-major)
-template <typename T, int BYTES>
-TP_INLINE void rowvec_mat(T* __restrict out, const T* __restrict s, const T* __restrict mat, int64_t n, int64_t p) {
+// Columns [j0, p) narrower than one BYTES-wide vector: halve the width down to 16 bytes, then scalars.
+template <typename T, int BYTES, int R>
+TP_INLINE void column_tail(T* out, int64_t ldo, const T* s, int64_t lds, const T* mat, int64_t n, int64_t p,
+                           int64_t j0) {
+  if constexpr (BYTES > 16) {
+    constexpr int H = Vec<T, BYTES / 2>::N;
+    if (j0 + H <= p) {
+      tile<T, BYTES / 2, R, 1>(out, ldo, s, lds, mat, n, p, j0);
+      j0 += H;
+    }
+    column_tail<T, BYTES / 2, R>(out, ldo, s, lds, mat, n, p, j0);
+  } else {
+    for (; j0 < p; ++j0)
+      for (int r = 0; r < R; ++r) {
+        T acc = out[r * ldo + j0];
+        for (int64_t i = 0; i < n; ++i) acc += s[r * lds + i] * mat[i * p + j0];
+        out[r * ldo + j0] = acc;
+      }
+  }
+}
+
+// out[r, 0:p] += s[r, 0:n] @ mat (n x p, row-major) for R rows.
+template <typename T, int BYTES, int K, int R>
+TP_INLINE void rows_times_mat(T* out, int64_t ldo, const T* s, int64_t lds, const T* mat, int64_t n, int64_t p) {
   constexpr int N = Vec<T, BYTES>::N;
   int64_t j0 = 0;
-  for (; j0 + 8 * N <= p; j0 += 8 * N) block<T, BYTES, 8>(out, s, mat, n, p, j0);
-  for (; j0 + 4 * N <= p; j0 += 4 * N) block<T, BYTES, 4>(out, s, mat, n, p, j0);
-  for (; j0 + N <= p; j0 += N) block<T, BYTES, 1>(out, s, mat, n, p, j0);
-  for (; j0 < p; ++j0) {
-    T acc = out[j0];
-    for (int64_t i = 0; i < n; ++i) acc += s[i] * mat[i * p + j0];
-    out[j0] = acc;
-  }
+  for (; j0 + K * N <= p; j0 += K * N) tile<T, BYTES, R, K>(out, ldo, s, lds, mat, n, p, j0);
+  for (; j0 + N <= p; j0 += N) tile<T, BYTES, R, 1>(out, ldo, s, lds, mat, n, p, j0);
+  column_tail<T, BYTES, R>(out, ldo, s, lds, mat, n, p, j0);
 }
 
-template <typename T, int BYTES>
+// The same for any number of rows: blocks of ROWS, then one row at a time.
+template <typename T, int BYTES, int K>
+TP_INLINE void block_times_mat(T* out, int64_t ldo, const T* s, int64_t lds, const T* mat, int64_t rows,
+                               int64_t n, int64_t p) {
+  int64_t r = 0;
+  for (; r + ROWS <= rows; r += ROWS)
+    rows_times_mat<T, BYTES, K, ROWS>(out + r * ldo, ldo, s + r * lds, lds, mat, n, p);
+  for (; r < rows; ++r) rows_times_mat<T, BYTES, 2 * K, 1>(out + r * ldo, ldo, s + r * lds, lds, mat, n, p);
+}
+
+// Whether any entry has normal magnitude (any nonzero one when not flushing): a step without
+// one adds nothing once flushed.
+template <typename T>
+TP_INLINE bool any_normal(const T* s, int64_t n) {
+  const T least = flush_enabled ? std::numeric_limits<T>::min() : std::numeric_limits<T>::denorm_min();
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) any |= std::abs(s[i]) >= least;
+  return any;
+}
+
+template <typename T, int BYTES, int K>
 TP_INLINE void recursion_rows(T* lam, const T* factor, const T* mat, int64_t b0, int64_t b1, int64_t steps,
                               int64_t B, int64_t p, bool divide, T floor) {
   const int64_t stride = B * p;
-  std::vector<T> tmp(p);
+  std::vector<T> tmp(ROWS * p);
   T* s = tmp.data();
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t b = b0; b < b1; b += ROWS) {
+    const int64_t rows = std::min(ROWS, b1 - b);
     for (int64_t t = steps; t >= 1; --t) {
-      const T* cur = lam + t * stride + b * p;
+      const T* cur = lam + t * stride + b * p;  // rows b..b+rows-1 are contiguous
       const T* f = factor + (t - 1) * stride + b * p;
-      bool any = false;
       if (divide) {
-        for (int64_t i = 0; i < p; ++i) s[i] = cur[i] / std::max(f[i], floor);
+        for (int64_t i = 0; i < rows * p; ++i) s[i] = cur[i] / std::max(f[i], floor);
       } else {
-        for (int64_t i = 0; i < p; ++i) s[i] = cur[i] * f[i];
+        for (int64_t i = 0; i < rows * p; ++i) s[i] = cur[i] * f[i];
       }
-      for (int64_t i = 0; i < p; ++i) any |= (s[i] != T(0));
-      // Displacements underflow to exactly zero far back in time; such steps add nothing.
-      if (any) rowvec_mat<T, BYTES>(lam + (t - 1) * stride + b * p, s, mat, p, p);
+      if (any_normal(s, rows * p)) block_times_mat<T, BYTES, K>(lam + (t - 1) * stride + b * p, p, s, p, mat, rows, p, p);
     }
   }
 }
 
 // out[b, 0:width] += h[b, 0:n] @ wt (n x width) for each of B rows (row strides ldo, ldh)
-template <typename T, int BYTES>
+template <typename T, int BYTES, int K>
 TP_INLINE void forward_step(T* out, int64_t ldo, const T* h, int64_t ldh, const T* wt, int64_t B, int64_t n,
                             int64_t width) {
-  for (int64_t b = 0; b < B; ++b) rowvec_mat<T, BYTES>(out + b * ldo, h + b * ldh, wt, n, width);
+  block_times_mat<T, BYTES, K>(out, ldo, h, ldh, wt, B, n, width);
 }
 
 // GRU, rows b0..b1 for t = T..1. gates: (T, B, 4, p) holding r, z, q = h W_hn^T + b_hn, n per step;
@@ -110,101 +218,130 @@ TP_INLINE void forward_step(T* out, int64_t ldo, const T* h, int64_t ldh, const 
 //   linearized:  s = [q dn / max(r(1-r), floor), (h-n) / max(z(1-z), floor), r dn] * lam_t
 // and, if g is given, g[t-1] = [r(1-r) q dn, z(1-z)(h-n), r dn, dn] * lam_t: the cell's
 // pre-activation adjoints for the parameter directions, written while lam_t is final.
-template <typename T, int BYTES>
+template <typename T, int BYTES, int K>
 TP_INLINE void gru_rows(T* lam, const T* gates, const T* h0, const T* out, const T* mat, T* g, int64_t b0,
                         int64_t b1, int64_t steps, int64_t B, int64_t p, bool linearized, T floor) {
   const int64_t stride = B * p;
-  std::vector<T> tmp(3 * p);
-  T* s = tmp.data();
-  for (int64_t b = b0; b < b1; ++b) {
+  std::vector<T> tmp(ROWS * 3 * p);
+  for (int64_t b = b0; b < b1; b += ROWS) {
+    const int64_t rows = std::min(ROWS, b1 - b);
     for (int64_t t = steps; t >= 1; --t) {
-      const T* cur = lam + t * stride + b * p;
-      const T* gt = gates + ((t - 1) * B + b) * 4 * p;
-      const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
-      const T* h = t == 1 ? h0 + b * p : out + (t - 2) * stride + b * p;
-      T* gr = g ? g + ((t - 1) * B + b) * 4 * p : nullptr;
       T* dst = lam + (t - 1) * stride + b * p;
-      bool any = false;
-      for (int64_t i = 0; i < p; ++i) any |= (cur[i] != T(0));
-      if (!any) {  // an exactly-zero displacement (underflow far back in time) adds nothing
-        if (gr) std::fill(gr, gr + 4 * p, T(0));
-        continue;
-      }
-      for (int64_t i = 0; i < p; ++i) {
-        const T l = cur[i], dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
-        const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
-        const T br = dr * q[i] * dn * l, bz = dz * (h[i] - n[i]) * l, bn = r[i] * dn * l;
-        if (gr) {
-          gr[i] = br;
-          gr[p + i] = bz;
-          gr[2 * p + i] = bn;
-          gr[3 * p + i] = dn * l;
+      for (int64_t rr = 0; rr < rows; ++rr) {
+        const int64_t row = b + rr;
+        const T* cur = lam + t * stride + row * p;
+        const T* gt = gates + ((t - 1) * B + row) * 4 * p;
+        const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
+        const T* h = t == 1 ? h0 + row * p : out + (t - 2) * stride + row * p;
+        T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
+        T* s = tmp.data() + rr * 3 * p;
+        T* d = dst + rr * p;
+        for (int64_t i = 0; i < p; ++i) {
+          const T l = cur[i], dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
+          const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
+          const T br = dr * q[i] * dn * l, bz = dz * (h[i] - n[i]) * l, bn = r[i] * dn * l;
+          if (gr) {
+            gr[i] = br;
+            gr[p + i] = bz;
+            gr[2 * p + i] = bn;
+            gr[3 * p + i] = dn * l;
+          }
+          if (linearized) {
+            s[i] = q[i] * dn * l / std::max(dr, floor);
+            s[p + i] = (h[i] - n[i]) * l / std::max(dz, floor);
+          } else {
+            s[i] = br;
+            s[p + i] = bz;
+          }
+          s[2 * p + i] = bn;
+          d[i] += z[i] * l;
         }
-        if (linearized) {
-          s[i] = q[i] * dn * l / std::max(dr, floor);
-          s[p + i] = (h[i] - n[i]) * l / std::max(dz, floor);
-        } else {
-          s[i] = br;
-          s[p + i] = bz;
-        }
-        s[2 * p + i] = bn;
-        dst[i] += z[i] * l;
       }
-      rowvec_mat<T, BYTES>(dst, s, mat, 3 * p, p);
+      if (any_normal(tmp.data(), rows * 3 * p)) block_times_mat<T, BYTES, K>(dst, p, tmp.data(), 3 * p, mat, rows, 3 * p, p);
     }
   }
 }
 
-#define TP_DEFINE(NAME, TARGET, BYTES)                                                                        \
-  TARGET void recursion_##NAME##_f(float* l, const float* f, const float* m, int64_t b0, int64_t b1,          \
-                                   int64_t T, int64_t B, int64_t p, bool d, float fl) {                       \
-    recursion_rows<float, BYTES>(l, f, m, b0, b1, T, B, p, d, fl);                                            \
+// One build of the three loops per instruction set: BYTES-wide vectors, K of them per tile.
+#define TP_DEFINE(NAME, TARGET, BYTES, K)                                                                     \
+  template <typename T>                                                                                       \
+  TARGET void recursion_##NAME(T* l, const T* f, const T* m, int64_t b0, int64_t b1, int64_t steps, int64_t B, \
+                               int64_t p, bool d, T fl) {                                                     \
+    recursion_rows<T, BYTES, K>(l, f, m, b0, b1, steps, B, p, d, fl);                                         \
   }                                                                                                           \
-  TARGET void recursion_##NAME##_d(double* l, const double* f, const double* m, int64_t b0, int64_t b1,       \
-                                   int64_t T, int64_t B, int64_t p, bool d, double fl) {                      \
-    recursion_rows<double, BYTES>(l, f, m, b0, b1, T, B, p, d, fl);                                           \
+  template <typename T>                                                                                       \
+  TARGET void forward_##NAME(T* o, int64_t lo, const T* h, int64_t lh, const T* w, int64_t B, int64_t n,       \
+                             int64_t width) {                                                                 \
+    forward_step<T, BYTES, K>(o, lo, h, lh, w, B, n, width);                                                  \
   }                                                                                                           \
-  TARGET void forward_##NAME##_f(float* o, int64_t lo, const float* h, int64_t lh, const float* w, int64_t B, \
-                                 int64_t n, int64_t width) {                                                  \
-    forward_step<float, BYTES>(o, lo, h, lh, w, B, n, width);                                                 \
-  }                                                                                                           \
-  TARGET void forward_##NAME##_d(double* o, int64_t lo, const double* h, int64_t lh, const double* w,         \
-                                 int64_t B, int64_t n, int64_t width) {                                       \
-    forward_step<double, BYTES>(o, lo, h, lh, w, B, n, width);                                                \
-  }                                                                                                           \
-  TARGET void gru_##NAME##_f(float* l, const float* ga, const float* h0, const float* o, const float* m,      \
-                             float* g, int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t p, bool lin,     \
-                             float fl) {                                                                      \
-    gru_rows<float, BYTES>(l, ga, h0, o, m, g, b0, b1, T, B, p, lin, fl);                                     \
-  }                                                                                                           \
-  TARGET void gru_##NAME##_d(double* l, const double* ga, const double* h0, const double* o, const double* m, \
-                             double* g, int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t p, bool lin,    \
-                             double fl) {                                                                     \
-    gru_rows<double, BYTES>(l, ga, h0, o, m, g, b0, b1, T, B, p, lin, fl);                                    \
+  template <typename T>                                                                                       \
+  TARGET void gru_##NAME(T* l, const T* ga, const T* h0, const T* o, const T* m, T* g, int64_t b0, int64_t b1, \
+                         int64_t steps, int64_t B, int64_t p, bool lin, T fl) {                               \
+    gru_rows<T, BYTES, K>(l, ga, h0, o, m, g, b0, b1, steps, B, p, lin, fl);                                  \
   }
 
-TP_DEFINE(base, , 16)
+template <typename T>
+struct Loops {
+  void (*recursion)(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
+  void (*forward)(T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);
+  void (*gru)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
+};
+#define TP_LOOPS(NAME, T) Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>}
+
+TP_DEFINE(base, , 16, 2)
 #if defined(__x86_64__) && defined(__GNUC__)
-TP_DEFINE(avx2, __attribute__((target("avx2,fma"))), 32)
-bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+TP_DEFINE(avx2, __attribute__((target("avx2,fma"))), 32, 2)
+TP_DEFINE(avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 64, 4)
+const char* const ISA_NAMES[] = {"base", "avx2", "avx512"};
+int widest_isa() {
+  static const int isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? 1
+                                                                                                : 0;
+  return isa;
+}
+template <typename T>
+Loops<T> loops_for(int isa) {
+  return isa == 2 ? TP_LOOPS(avx512, T) : isa == 1 ? TP_LOOPS(avx2, T) : TP_LOOPS(base, T);
 }
 #else
-bool use_avx2() { return false; }
-#define recursion_avx2_f recursion_base_f
-#define recursion_avx2_d recursion_base_d
-#define forward_avx2_f forward_base_f
-#define forward_avx2_d forward_base_d
-#define gru_avx2_f gru_base_f
-#define gru_avx2_d gru_base_d
+const char* const ISA_NAMES[] = {"base"};
+int widest_isa() { return 0; }
+template <typename T>
+Loops<T> loops_for(int) {
+  return TP_LOOPS(base, T);
+}
 #endif
+
+int active_isa = widest_isa();
+
+template <typename T>
+Loops<T> loops() {
+  return loops_for<T>(active_isa);
+}
+
+std::string isa() { return ISA_NAMES[active_isa]; }
+
+// Use the loops built for `name` ("base", "avx2", "avx512"), if this CPU has it; returns the
+// one in use after the call.
+std::string set_isa(const std::string& name) {
+  for (int i = 0; i <= widest_isa(); ++i)
+    if (name == ISA_NAMES[i]) active_isa = i;
+  TORCH_CHECK(name == ISA_NAMES[active_isa], "set_isa: ", name, " is not available on this CPU (widest: ",
+              ISA_NAMES[widest_isa()], ")");
+  return isa();
+}
 
 void check(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
   TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble, name,
               " must be float32 or float64");
+}
+
+// Rows per parallel chunk: enough work per thread to pay for the split, a multiple of ROWS.
+int64_t grain(int64_t steps, int64_t n, int64_t p) {
+  const int64_t rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, steps * n * p / 1024));
+  return (rows + ROWS - 1) / ROWS * ROWS;
 }
 
 // lam: (T+1, B, p) updated in place; factor: (T, B, p); mat: (p, p).
@@ -218,24 +355,17 @@ void scaled_recursion_(torch::Tensor lam, torch::Tensor factor, torch::Tensor ma
   TORCH_CHECK(mat.size(0) == p && mat.size(1) == p, "scaled_recursion_: mat shape");
   TORCH_CHECK(lam.scalar_type() == factor.scalar_type() && lam.scalar_type() == mat.scalar_type(),
               "scaled_recursion_: dtypes differ");
-  const bool avx2 = use_avx2();
-  // Rows are independent through the whole recursion: one parallel region per call.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, steps * p * p / 1024));
-  if (lam.scalar_type() == torch::kFloat) {
-    float* l = lam.data_ptr<float>();
-    const float* f = factor.data_ptr<float>();
-    const float* m = mat.data_ptr<float>();
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      (avx2 ? recursion_avx2_f : recursion_base_f)(l, f, m, b0, b1, steps, B, p, divide, (float)floor);
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "scaled_recursion_", [&] {
+    const auto run = loops<scalar_t>().recursion;
+    scalar_t* l = lam.data_ptr<scalar_t>();
+    const scalar_t* f = factor.data_ptr<scalar_t>();
+    const scalar_t* m = mat.data_ptr<scalar_t>();
+    // Rows are independent through the whole recursion: one parallel region per call.
+    at::parallel_for(0, B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
+      FlushDenormals flush;
+      run(l, f, m, b0, b1, steps, B, p, divide, static_cast<scalar_t>(floor));
     });
-  } else {
-    double* l = lam.data_ptr<double>();
-    const double* f = factor.data_ptr<double>();
-    const double* m = mat.data_ptr<double>();
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      (avx2 ? recursion_avx2_d : recursion_base_d)(l, f, m, b0, b1, steps, B, p, divide, floor);
-    });
-  }
+  });
 }
 
 // lam: (T+1, B, p) updated in place; gates: (T, B, 4, p) (r, z, q, n); h0: (B, p); out: (T, B, p);
@@ -261,28 +391,20 @@ void gru_recursion_(torch::Tensor lam, torch::Tensor gates, torch::Tensor h0, to
   for (const auto* t : {&gates, &h0, &out, &mat})
     TORCH_CHECK(t->scalar_type() == lam.scalar_type(), "gru_recursion_: dtypes differ");
   TORCH_CHECK(!emit || g.scalar_type() == lam.scalar_type(), "gru_recursion_: dtypes differ");
-  const bool avx2 = use_avx2();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, steps * 3 * p * p / 1024));
-  if (lam.scalar_type() == torch::kFloat) {
-    float* gp = emit ? g.data_ptr<float>() : nullptr;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      (avx2 ? gru_avx2_f : gru_base_f)(lam.data_ptr<float>(), gates.data_ptr<float>(), h0.data_ptr<float>(),
-                                       out.data_ptr<float>(), mat.data_ptr<float>(), gp, b0, b1, steps, B, p,
-                                       linearized, (float)floor);
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gru_recursion_", [&] {
+    const auto run = loops<scalar_t>().gru;
+    scalar_t* gp = emit ? g.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
+      FlushDenormals flush;
+      run(lam.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+          mat.data_ptr<scalar_t>(), gp, b0, b1, steps, B, p, linearized, static_cast<scalar_t>(floor));
     });
-  } else {
-    double* gp = emit ? g.data_ptr<double>() : nullptr;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      (avx2 ? gru_avx2_d : gru_base_d)(lam.data_ptr<double>(), gates.data_ptr<double>(), h0.data_ptr<double>(),
-                                       out.data_ptr<double>(), mat.data_ptr<double>(), gp, b0, b1, steps, B, p,
-                                       linearized, floor);
-    });
-  }
+  });
 }
 
 // GRU forward keeping the gates. gi: (T, B, 3p) = x W_ih^T + b_ih; h0: (B, p); wt: W_hh^T (p, 3p);
 // bias: b_hh (3p) or empty. Writes out (T, B, p) and gates (T, B, 4, p) = [r, z, q, n] per step:
-// one fused row-times-matrix per row for h W_hh^T, then the gate arithmetic as vectorized ATen ops.
+// one fused block-times-matrix for h W_hh^T, then the gate arithmetic as vectorized ATen ops.
 void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
                   torch::Tensor gates) {
   check(gi, "gi");
@@ -304,30 +426,26 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
   }
   for (const auto* t : {&h0, &wt, &out, &gates, &bias})
     TORCH_CHECK(!t->defined() || t->numel() == 0 || t->scalar_type() == gi.scalar_type(), "gru_forward_: dtypes differ");
-  const bool avx2 = use_avx2();
-  const bool is_float = gi.scalar_type() == torch::kFloat;
+  FlushDenormals flush;
   const torch::Tensor bias3 = has_bias ? bias.view({1, 3, p}).expand({B, 3, p}) : torch::Tensor();
-  torch::Tensor h = h0;
-  for (int64_t t = 0; t < steps; ++t) {
-    torch::Tensor g = gates.select(0, t);  // (B, 4, p)
-    torch::Tensor gh = g.narrow(1, 0, 3);  // the r, z, q slots receive h W_hh^T + b_hh
-    if (has_bias) gh.copy_(bias3);
-    else gh.zero_();
-    if (is_float) {
-      (avx2 ? forward_avx2_f : forward_base_f)(g.data_ptr<float>(), 4 * p, h.data_ptr<float>(), p,
-                                               wt.data_ptr<float>(), B, p, 3 * p);
-    } else {
-      (avx2 ? forward_avx2_d : forward_base_d)(g.data_ptr<double>(), 4 * p, h.data_ptr<double>(), p,
-                                               wt.data_ptr<double>(), B, p, 3 * p);
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward_", [&] {
+    const auto product = loops<scalar_t>().forward;
+    torch::Tensor h = h0;
+    for (int64_t t = 0; t < steps; ++t) {
+      torch::Tensor g = gates.select(0, t);  // (B, 4, p)
+      torch::Tensor gh = g.narrow(1, 0, 3);  // the r, z, q slots receive h W_hh^T + b_hh
+      if (has_bias) gh.copy_(bias3);
+      else gh.zero_();
+      product(g.data_ptr<scalar_t>(), 4 * p, h.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), B, p, 3 * p);
+      const torch::Tensor git = gi.select(0, t).view({B, 3, p});
+      g.narrow(1, 0, 2).add_(git.narrow(1, 0, 2)).sigmoid_();
+      torch::Tensor n = g.select(1, 3);
+      at::addcmul_out(n, git.select(1, 2), g.select(1, 0), g.select(1, 2)).tanh_();
+      torch::Tensor cur = out.select(0, t);
+      at::sub_out(cur, h, n).mul_(g.select(1, 1)).add_(n);
+      h = cur;
     }
-    const torch::Tensor git = gi.select(0, t).view({B, 3, p});
-    g.narrow(1, 0, 2).add_(git.narrow(1, 0, 2)).sigmoid_();
-    torch::Tensor n = g.select(1, 3);
-    at::addcmul_out(n, git.select(1, 2), g.select(1, 0), g.select(1, 2)).tanh_();
-    torch::Tensor cur = out.select(0, t);
-    at::sub_out(cur, h, n).mul_(g.select(1, 1)).add_(n);
-    h = cur;
-  }
+  });
 }
 
 // out: (T, B, p) holding x_t W_ih^T + b for all t, overwritten by h_1..h_T. h0: (B, p).
@@ -341,26 +459,22 @@ void elman_forward_(torch::Tensor out, torch::Tensor h0, torch::Tensor wt, int64
   TORCH_CHECK(h0.size(0) == B && h0.size(1) == p && wt.size(0) == p && wt.size(1) == p, "elman_forward_: shapes");
   TORCH_CHECK(out.scalar_type() == h0.scalar_type() && out.scalar_type() == wt.scalar_type(),
               "elman_forward_: dtypes differ");
-  const bool avx2 = use_avx2();
-  const bool is_float = out.scalar_type() == torch::kFloat;
-  for (int64_t t = 0; t < steps; ++t) {
-    torch::Tensor cur = out.select(0, t);
-    const torch::Tensor prev = t == 0 ? h0 : out.select(0, t - 1);
-    if (is_float) {
-      (avx2 ? forward_avx2_f : forward_base_f)(cur.data_ptr<float>(), p, prev.data_ptr<float>(), p,
-                                               wt.data_ptr<float>(), B, p, p);
-    } else {
-      (avx2 ? forward_avx2_d : forward_base_d)(cur.data_ptr<double>(), p, prev.data_ptr<double>(), p,
-                                               wt.data_ptr<double>(), B, p, p);
+  TORCH_CHECK(activation >= 0 && activation <= 3, "elman_forward_: unknown activation code ", activation);
+  FlushDenormals flush;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_forward_", [&] {
+    const auto product = loops<scalar_t>().forward;
+    for (int64_t t = 0; t < steps; ++t) {
+      torch::Tensor cur = out.select(0, t);
+      const torch::Tensor prev = t == 0 ? h0 : out.select(0, t - 1);
+      product(cur.data_ptr<scalar_t>(), p, prev.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), B, p, p);
+      switch (activation) {
+        case 0: cur.tanh_(); break;
+        case 1: cur.sigmoid_(); break;
+        case 3: cur.relu_(); break;
+        default: break;  // identity
+      }
     }
-    switch (activation) {
-      case 0: cur.tanh_(); break;
-      case 1: cur.sigmoid_(); break;
-      case 2: break;
-      case 3: cur.relu_(); break;
-      default: TORCH_CHECK(false, "elman_forward_: unknown activation code ", activation);
-    }
-  }
+  });
 }
 
 }  // namespace
@@ -370,5 +484,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elman_forward_", &elman_forward_, "Elman forward recursion, in place over the input projection");
   m.def("gru_forward_", &gru_forward_, "GRU forward keeping every step's gates [r, z, q, n]");
   m.def("gru_recursion_", &gru_recursion_, "GRU: lam[t-1] += z*lam[t] + s(lam[t]) @ mat for t = T..1, in place");
-  m.def("uses_avx2", &use_avx2, "whether the AVX2+FMA loops are used on this CPU");
+  m.def("isa", &isa, "the instruction set whose loops are in use: base, avx2 or avx512");
+  m.def("widest_isa", [] { return std::string(ISA_NAMES[widest_isa()]); }, "the widest instruction set this CPU has");
+  m.def("set_isa", &set_isa, "use the loops built for this instruction set (at most the widest)");
+  m.def("set_flush_enabled", [](bool on) { flush_enabled = on; }, "whether the loops flush denormals (default true)");
+  m.def("flush_mode_available", &flush_mode_available, "whether this CPU has a flush-to-zero mode the loops set");
+  m.def("denormals_flushed", &denormals_flushed, "whether the calling thread flushes denormals (FTZ and DAZ)");
 }
