@@ -1,12 +1,14 @@
 """The ``targetprop`` command end to end: train, compare, plot; bad input is a one-line error, exit 2."""
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 from targetprop import checkpoint
 from targetprop.cli import builtin_configs, load_comparison, main, method_configs
@@ -66,6 +68,42 @@ def test_train_tiny_run_writes_its_files(tmp_path, capsys):
             == (10, "linearized", 10.0, 0.01, 1))
     assert read_metrics(out)["iteration"] == [0, 10, 20]
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["run"] == {"checkpoint_every": 1000}
+    env = recorded["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["device"] == "cpu"  # conftest: 1 thread
+    assert env["python"] == platform.python_version() and env["cpu"] and isinstance(env["cpu_flags"], list)
+    assert json.loads((out / "summary.json").read_text())["environment"] == env
+
+
+def test_failed_and_diverged_runs_exit_non_zero(tmp_path, capsys):
+    failed, diverged = str(tmp_path / "failed"), str(tmp_path / "diverged")
+    assert main(["train", *TINY, "--lr", "1e6", "--out", failed]) == 4
+    assert "failed (RegularizedInverseError" in capsys.readouterr().out
+    argv = ["train", *TINY, "--rule", "bp", "--lr", "1000", "--divergence-factor", "1", "--eval-every", "1"]
+    assert main([*argv, "--out", diverged]) == 3
+    assert ": diverged (the training loss" in capsys.readouterr().out
+    assert main([*argv, "--out", diverged]) == 3  # the same command: reused, the same verdict
+    assert capsys.readouterr().out.startswith(f"{diverged} already holds this run, diverged after 1 iterations")
+    assert "exit codes: 0 completed" in main_help(["train", "--help"])
+
+
+def main_help(argv) -> str:
+    done = subprocess.run([sys.executable, "-m", "targetprop", *argv], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0
+    return " ".join(done.stdout.split())
+
+
+def test_booleans_are_strict(tmp_path, capsys):
+    fails(["train", *TINY, "--layer-option", "check_finite=maybe", "--out", str(tmp_path / "a")], capsys,
+          "layer_options: check_finite must be true or false, got 'maybe'")
+    fails(["train", *TINY, "--layer-option", "check_finite=1", "--out", str(tmp_path / "a")], capsys,
+          "check_finite must be true or false, got 1")
+    assert main(["train", *TINY, "--layer-option", "check_finite=false", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["config"]["layer_options"] == {
+        "check_finite": False}
+    assert not (tmp_path / "a").exists()
 
 
 def test_train_options_reach_the_config(tmp_path):
@@ -233,8 +271,11 @@ def test_table_lists_finished_and_unfinished_runs(tmp_path, capsys):
     last = (tmp_path / "tp" / "metrics.csv").read_text().splitlines()[-1].split(",")
     capsys.readouterr()
     assert main(["table", str(tmp_path)]) == 0
-    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| train time | wall time | threads |")
+    rows = [r.split(" | ") for r in lines[2:]]
     assert [r[0] for r in rows] == [f"| {tmp_path / 'bp'}", f"| {tmp_path / 'tp'}"]
+    assert [r[-1] for r in rows] == ["1 |", "1 |"]  # from the summary, and from config.json while running
     assert rows[0][1:5] == ["bp, sgd lr=0.01", "completed", "20", f"{summary['final_test_accuracy']:.1%}"]
     assert rows[1][2:5] == ["no summary (running?)", "20", f"{float(last[-1]):.1%}"]
     old = {k: v for k, v in summary.items() if k not in ("best_test_accuracy", "best_at")}  # version 0.1.0's

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ RULES = {"linearized": dict(rule="linearized", reg=1.0, target_step=0.1, lr=0.5,
 DDP = dict(task="temporal-order", length=10, hidden_size=8, batch_size=20, test_size=51, iterations=6,
            eval_every=3, dtype="float64", seed=3, task_options={"train_eval_size": 101})  # odd: uneven eval shards
 LIMIT_S = 150
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def ddp_config(rule: str) -> TrainConfig:
@@ -91,15 +93,11 @@ def test_two_processes_train_as_one_on_the_whole_batch(tmp_path):
         assert_same_training(out, single, rule)
 
 
-def test_torchrun_command_line(tmp_path, capsys):
-    """``torchrun --nproc-per-node 2 -m targetprop train …`` against ``targetprop train …``."""
-    argv = ["--length", "10", "--hidden-size", "8", "--batch-size", "20", "--test-size", "51", "--iterations", "6",
-            "--eval-every", "3", "--dtype", "float64", "--seed", "3", "--task-option", "train_eval_size=101",
-            "--rule", "bp", "--lr", "0.5", "--momentum", "0.9", "--quiet", "--threads", "1"]
+def _torchrun(script: list[str], argv: list[str], extra_env: dict) -> tuple[int, str, str]:
+    """``torchrun --standalone --nproc-per-node 2 SCRIPT… ARGV`` (bounded in time): exit code, stdout, stderr."""
     env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "targetprop", "train", *argv, "--out", str(tmp_path / "ddp")]
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([SRC, env.get("PYTHONPATH", "")]), **extra_env)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script, *argv]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -107,10 +105,49 @@ def test_torchrun_command_line(tmp_path, capsys):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"torchrun did not finish within {LIMIT_S} s")
-    assert proc.returncode == 0, stderr
+    return proc.returncode, stdout, stderr
+
+
+def test_torchrun_command_line(tmp_path, capsys):
+    """``torchrun --nproc-per-node 2 -m targetprop train …`` against ``targetprop train …``."""
+    argv = ["--length", "10", "--hidden-size", "8", "--batch-size", "20", "--test-size", "51", "--iterations", "6",
+            "--eval-every", "3", "--dtype", "float64", "--seed", "3", "--task-option", "train_eval_size=101",
+            "--rule", "bp", "--lr", "0.5", "--momentum", "0.9", "--quiet", "--threads", "1"]
+    code, stdout, stderr = _torchrun(["-m", "targetprop"], ["train", *argv, "--out", str(tmp_path / "ddp")], {})
+    assert code == 0, stderr
     assert stdout.count("completed after 6 iterations") == 1  # printed by process 0 only
     assert main(["train", *argv, "--out", str(tmp_path / "single")]) == 0
     assert_same_training(tmp_path / "ddp", tmp_path / "single", "bp", how="torchrun")
+
+
+def test_a_lost_process_fails_the_run_naming_it_and_the_same_command_continues(tmp_path):
+    """Rank 1 dies (SIGKILL) at step 12: rank 0 ends with one targetprop error line and exit code 4,
+    a ``failed`` summary naming rank 1, the checkpoint of iteration 10 kept; run again, the same
+    command continues from it and ends as one uninterrupted process would."""
+    out = tmp_path / "ddp"
+    argv = ["train", "--length", "10", "--hidden-size", "8", "--batch-size", "20", "--test-size", "51",
+            "--iterations", "30", "--eval-every", "5", "--dtype", "float64", "--seed", "3", "--rule", "bp",
+            "--lr", "0.5", "--checkpoint-every", "5", "--quiet", "--threads", "1", "--out", str(out)]
+    code, stdout, stderr = _torchrun([str(Path(__file__).with_name("lost_rank.py"))], argv,
+                                     {"LOST_RANK": "1", "LOST_AT": "12"})
+    assert code != 0 and stdout == ""
+    errors = [line for line in stderr.splitlines() if line.startswith("targetprop train: error:")]
+    assert len(errors) == 1 and errors[0].startswith("targetprop train: error: lost process(es) 1 of 2 at iteration 12 ("), \
+        stderr
+    assert errors[0].endswith("; the last checkpoint, iteration 10, is kept; the same command continues the run")
+    assert "exitcode  : 4" in stderr, stderr  # torchrun's report of rank 0: targetprop's code for a failed run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["lost_ranks"] == [1] and summary["iterations"] == 12
+    assert summary["message"] == errors[0].removeprefix("targetprop train: error: ")
+    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [5, 10]
+    code, stdout, stderr = _torchrun(["-m", "targetprop"], argv, {})
+    assert code == 0, stderr
+    assert stdout.splitlines()[0] == (f"continuing the unfinished run in {out} from its checkpoint of iteration 10 "
+                                      f"(--overwrite starts it over)")
+    assert "completed after 30 iterations" in stdout
+    assert main([*argv[:-1], str(tmp_path / "single")]) == 0
+    worst = max_rel_diff(final_model(out), final_model(tmp_path / "single"))
+    assert worst < 1e-7, worst  # float64 sums in another order, over 30 steps (1e-12 after 6, above)
 
 
 # ---------------------------------------------------------------------------- the pieces

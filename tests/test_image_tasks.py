@@ -7,6 +7,7 @@ from targetprop.datasets import ImageData
 from targetprop.tasks.base import Task
 from targetprop.tasks.images import (IMAGE_TASKS, PixelSequenceTask, channel_stats, cifar10, fashion_mnist, mnist,
                                      permuted_mnist)
+from targetprop.trainer import Trainer, TrainConfig
 
 D64 = torch.float64
 
@@ -192,8 +193,14 @@ def test_fixed_evaluation_subsets():
 
 def test_evaluation_sizes_and_split_are_checked():
     data = image_data(indexed_images(5))
-    with pytest.raises(ValueError, match="test_size=1000 exceeds the 5 images available"):
+    with pytest.raises(ValueError, match=r"test_size=1000 exceeds the 5 test images available: set --test-size N "
+                                         r"\(test_size\) to at most 5"):
         PixelSequenceTask(data, train_eval_size=None)
+    with pytest.raises(ValueError, match=r"train_eval_size=1000 exceeds the 5 training images available: set "
+                                         r"--task-option train_eval_size=N \(task_options.train_eval_size\) to at most 5"):
+        PixelSequenceTask(data, test_size=5)
+    with pytest.raises(ValueError, match=r"set --task-option k=N \(task_options.k\) to a divisor of 784"):
+        PixelSequenceTask(image_data(indexed_images(5, (28, 28))), k=5)
     task = PixelSequenceTask(data, test_size=5, train_eval_size=5)
     with pytest.raises(ValueError, match="split"):
         task.eval_batches("valid")
@@ -220,6 +227,20 @@ def test_named_tasks_from_files(tmp_path):
     x, y = tasks[0].train_batch(0)
     assert x.shape == (3, 196, 4) and y.shape == (3,)
     assert sorted(IMAGE_TASKS) == ["cifar10", "fashion-mnist", "mnist", "permuted-mnist"]
+
+
+def test_raw_pixels_are_refused_for_tp_and_scaled_ones_train(tmp_path):
+    """Raw bytes (normalize none) saturate tanh exactly at the first step: TP's inverse is undefined
+    there (a NaN direction at iteration 0), so TP rules refuse them; the default scaling trains."""
+    write_mnist(tmp_path, random_mnist(n_train=40, n_test=20))
+    options = {"data_dir": str(tmp_path), "train_eval_size": 40}
+    with pytest.raises(ValueError, match="normalize='none' feeds raw pixel values .* use normalize=scale"):
+        TrainConfig(task="mnist", task_options={**options, "normalize": "none"})
+    assert TrainConfig(task="mnist", rule="bp", task_options={**options, "normalize": "none"}).rule == "bp"
+    for cell in ("rnn", "gru"):  # the default TP settings on generated images: a finite direction
+        summary = Trainer(TrainConfig(task="mnist", cell=cell, iterations=2, eval_every=1, test_size=20,
+                                      task_options=options)).run()
+        assert summary["status"] == "completed" and summary["iterations"] == 2, summary["message"]
 
 
 def test_cifar10_task_from_files(tmp_path):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -204,6 +205,7 @@ def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distrib
     except ValueError as err:  # e.g. every checkpoint of the run is corrupt
         parser.error(str(err))
     if trainer.lost_ranks is not None:  # every surviving process says so, in one line
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stopping the survivors: the run is over anyway
         print(f"{parser.prog}: error: {summary['message']}", file=sys.stderr, flush=True)
     elif world.main:
         print(_summary_line(out, summary))

@@ -50,6 +50,7 @@ import dataclasses
 import inspect
 import json
 import math
+import re
 import signal
 import threading
 import time
@@ -69,6 +70,7 @@ from .inverse import RegularizedInverseError
 from .models import MODELS, SequenceModel
 from .rundir import METRICS, RESUMABLE, RUN_FILES, STATUSES, read_metrics, read_run_config  # noqa: F401
 from .tasks.base import Task
+from .tasks.images import IMAGE_TASKS
 from .tasks.registry import TASKS, _factory, make_task
 from .tasks.synthetic import derived_generator
 
@@ -165,6 +167,11 @@ class TrainConfig:
         check.choice("cell", self.cell, sorted(MODELS))
         _strict_booleans("layer_options", self.layer_options, MODELS[self.cell])
         _strict_booleans("task_options", self.task_options, _factory(self.task))
+        if (self.task_options.get("normalize") == "none" and self.task in IMAGE_TASKS and self.rule != "bp"
+                and self.nonlinearity in (None, "tanh", "sigmoid")):
+            raise ValueError("task_options: normalize='none' feeds raw pixel values (0-255), which saturate the "
+                             "activation exactly in the first step, where TP's inverse is undefined (a NaN "
+                             "direction at iteration 0); use normalize=scale (the default) or standardize, or rule bp")
         check.positive_int("hidden_size", self.hidden_size)
         self.reg = check.real("reg", self.reg, low=0.0, low_open=False)
         self.target_step = check.real("target_step", self.target_step, low=0.0, low_open=True)
@@ -648,9 +655,8 @@ class Trainer:
         saved = checkpoint.listed(checkpoint.checkpoint_dir(self._out)) if self._out is not None else []
         kept = f"; the last checkpoint, iteration {saved[-1][0]}, is kept" if saved else ""
         again = "; the same command continues the run" if self._out is not None else ""
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return (f"lost process(es) {lost} of {self.world.size} at iteration {self.iteration} "
-                f"({first[:200]}){kept}{again}")
+                f"({_first_sentence(err)}){kept}{again}")
 
     def _bad_parameters(self, err: NonFinite) -> str:
         """For a bad direction caught before the step: which parameters' ``.grad`` hold NaN/inf."""
@@ -769,6 +775,14 @@ def _strict_booleans(name: str, options: dict, target) -> None:
     for key, value in options.items():
         if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
             raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The gist of an error from a communication library: its first sentence, without the
+    ``[file.cc:123]`` location in front."""
+    text = str(err).strip() or type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])
+    return text.split(". ")[0][:160]
 
 
 def _finite_or_none(d: dict) -> dict:

@@ -9,7 +9,9 @@ values, then green, then blue: 3072 steps). ``k`` consecutive values make one st
 sequence has ``length = values / k`` steps of ``input_size = k`` features. An optional fixed
 permutation of the flattened values (by its own seed: permuted MNIST) is applied before the
 chunking. Values are optionally scaled to [0, 1] and standardized per channel with the mean
-and standard deviation of the training images.
+and standard deviation of the training images. Raw values (``normalize="none"``, 0..255)
+saturate tanh and sigmoid to exactly ±1 / 0 / 1 in the first step, where the TP rules' inverse is
+undefined (a NaN direction at iteration 0); the trainer refuses them for TP rules.
 
 Training batches: the training set is read epoch after epoch, each epoch in the order of a
 permutation drawn from a generator seeded by ``(seed, epoch)``; iteration ``i`` takes positions
@@ -34,6 +36,10 @@ from .base import Batch
 Normalize = Literal["none", "scale", "standardize"]
 NORMALIZE = ("none", "scale", "standardize")
 _SUBSET_SEED = 0  # evaluation subsets do not depend on the run's seed
+OPTION = {  # how a run sets each size (command line, then config file)
+    "test_size": "--test-size N (test_size)",
+    "train_eval_size": "--task-option train_eval_size=N (task_options.train_eval_size)",
+}
 
 
 def derived_generator(seed: int, *tags) -> torch.Generator:
@@ -174,7 +180,8 @@ def _integer(name: str, value) -> int:
 def _divisor(k, values: int, name: str) -> int:
     k = check.positive_int("k", k)
     if values % k:
-        raise ValueError(f"k={k} pixels per step does not divide the sequence length {values} of a {name} image")
+        raise ValueError(f"k={k} pixels per step does not divide the sequence length {values} of a {name} image: "
+                         f"set --task-option k=N (task_options.k) to a divisor of {values}")
     return k
 
 
@@ -184,7 +191,9 @@ def _subset(n: int, size: int | None, what: str) -> Tensor:
         return torch.arange(n)
     size = check.positive_int(what, size)
     if size > n:
-        raise ValueError(f"{what}={size} exceeds the {n} images available")
+        split = "test" if what == "test_size" else "training"
+        raise ValueError(f"{what}={size} exceeds the {n} {split} images available: set {OPTION[what]} "
+                         f"to at most {n}")
     return torch.randperm(n, generator=derived_generator(_SUBSET_SEED, what))[:size].sort().values
 
 
