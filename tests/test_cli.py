@@ -219,6 +219,23 @@ def test_compare_iterations_override(tmp_path, capsys):
     assert (tmp_path / "runs" / "c.png").read_bytes()[:8] == PNG_MAGIC  # the file's plot, inside --out
 
 
+def test_compare_again_reuses_its_runs_and_lists_diverged_ones(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARISON.replace("lr = 1e-2", "lr = 1e6"))  # bp diverges
+    argv = ["compare", str(config), "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 0  # its job done: a table, with the failed run listed
+    first = capsys.readouterr().out
+    assert "| bp | bp, sgd lr=1e+06 nesterov=0.9 | diverged | 10 |" in first
+    assert "\nnot completed: bp (diverged)\n" in first
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "runs").rglob("*.pt"))}
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert f"{tmp_path / 'runs' / 'tp'} already holds this run, completed after 20 iterations" in again
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "runs").rglob("*.pt"))} == before  # nothing trained
+    fails([*argv, "--iterations", "5"], capsys, "holds a run with different settings (differs in iterations: 20 → 5)",
+          "--overwrite")
+
+
 @pytest.mark.parametrize("edit,needles", [
     (lambda s: "extra = 1\n" + s, ["unknown key(s) extra"]),
     (lambda s: s.replace("lr = 0.1", "lr = 0.1\nspeed = 2"), ["methods.tp", "unknown setting(s): speed"]),

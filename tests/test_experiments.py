@@ -3,12 +3,15 @@ every panel parses and names valid settings, its short budget runs end to end on
 IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss."""
 import json
 import math
+import os
+import signal
 
 import pytest
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
 from targetprop import experiments as ex
 from targetprop.cli import main
+from targetprop.trainer import Trainer
 
 PANELS = ex.panel_names()
 # The paper's iteration budgets (DESIGN.md §5), per panel.
@@ -160,6 +163,41 @@ def test_rerun_reuses_finished_runs_with_the_same_settings(tmp_path):
     stamp = (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns
     ex.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
     assert (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns == stamp
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, capsys):
+    args = ["reproduce", "linearized-vs-difference", "--out", str(tmp_path), "--quiet", "--method", "tp-difference"]
+    tiny = [x for k, v in TINY_SYNTHETIC.items() for x in ("--set", f"{k}={v}")]
+    assert main(args + tiny) == 0
+    run = tmp_path / "linearized-vs-difference" / "tp-difference"
+    with pytest.raises(SystemExit) as exc:
+        main(args + tiny + ["--set", "seed=7"])
+    assert exc.value.code == 2 and f"{run} holds a run with different settings" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] != 7  # kept
+    assert main(args + tiny + ["--set", "seed=7", "--overwrite"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 7
+
+
+def test_an_interrupted_run_stops_the_experiment_and_the_same_command_continues(tmp_path, monkeypatch, capsys):
+    args = ["reproduce", "linearized-vs-difference", "--out", str(tmp_path), "--quiet", "--method", "tp-difference"]
+    args += [x for k, v in {**TINY_SYNTHETIC, "iterations": 10}.items() for x in ("--set", f"{k}={v}")]
+    step = Trainer.step
+
+    def sigterm_at_3(self, iteration):
+        if iteration == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, iteration)
+
+    monkeypatch.setattr(Trainer, "step", sigterm_at_3)
+    assert main(args) == 143
+    run = tmp_path / "linearized-vs-difference" / "tp-difference"
+    assert f"targetprop reproduce: interrupted during {run}; the same command continues" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"continuing the unfinished run in {run} from its checkpoint of "
+                                              f"iteration 4")
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
 # ---------------------------------------------------------------------------- tune: selection by area
