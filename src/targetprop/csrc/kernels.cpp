@@ -404,7 +404,8 @@ void gru_recursion_(torch::Tensor lam, torch::Tensor gates, torch::Tensor h0, to
 
 // GRU forward keeping the gates. gi: (T, B, 3p) = x W_ih^T + b_ih; h0: (B, p); wt: W_hh^T (p, 3p);
 // bias: b_hh (3p) or empty. Writes out (T, B, p) and gates (T, B, 4, p) = [r, z, q, n] per step:
-// one fused block-times-matrix for h W_hh^T, then the gate arithmetic as vectorized ATen ops.
+// one fused block-times-matrix for h W_hh^T, then the gate arithmetic as vectorized ATen ops
+// (single-threaded inside the parallel region over rows).
 void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
                   torch::Tensor gates) {
   check(gi, "gi");
@@ -426,25 +427,29 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
   }
   for (const auto* t : {&h0, &wt, &out, &gates, &bias})
     TORCH_CHECK(!t->defined() || t->numel() == 0 || t->scalar_type() == gi.scalar_type(), "gru_forward_: dtypes differ");
-  FlushDenormals flush;
-  const torch::Tensor bias3 = has_bias ? bias.view({1, 3, p}).expand({B, 3, p}) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward_", [&] {
     const auto product = loops<scalar_t>().forward;
-    torch::Tensor h = h0;
-    for (int64_t t = 0; t < steps; ++t) {
-      torch::Tensor g = gates.select(0, t);  // (B, 4, p)
-      torch::Tensor gh = g.narrow(1, 0, 3);  // the r, z, q slots receive h W_hh^T + b_hh
-      if (has_bias) gh.copy_(bias3);
-      else gh.zero_();
-      product(g.data_ptr<scalar_t>(), 4 * p, h.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), B, p, 3 * p);
-      const torch::Tensor git = gi.select(0, t).view({B, 3, p});
-      g.narrow(1, 0, 2).add_(git.narrow(1, 0, 2)).sigmoid_();
-      torch::Tensor n = g.select(1, 3);
-      at::addcmul_out(n, git.select(1, 2), g.select(1, 0), g.select(1, 2)).tanh_();
-      torch::Tensor cur = out.select(0, t);
-      at::sub_out(cur, h, n).mul_(g.select(1, 1)).add_(n);
-      h = cur;
-    }
+    // Row b's state depends on row b only: each thread runs its rows through every step.
+    at::parallel_for(0, B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
+      FlushDenormals flush;
+      const int64_t rows = b1 - b0;
+      const torch::Tensor bias3 = has_bias ? bias.view({1, 3, p}).expand({rows, 3, p}) : torch::Tensor();
+      torch::Tensor h = h0.narrow(0, b0, rows);
+      for (int64_t t = 0; t < steps; ++t) {
+        torch::Tensor g = gates.select(0, t).narrow(0, b0, rows);  // (rows, 4, p)
+        torch::Tensor gh = g.narrow(1, 0, 3);  // the r, z, q slots receive h W_hh^T + b_hh
+        if (has_bias) gh.copy_(bias3);
+        else gh.zero_();
+        product(g.data_ptr<scalar_t>(), 4 * p, h.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
+        const torch::Tensor git = gi.select(0, t).narrow(0, b0, rows).view({rows, 3, p});
+        g.narrow(1, 0, 2).add_(git.narrow(1, 0, 2)).sigmoid_();
+        torch::Tensor n = g.select(1, 3);
+        at::addcmul_out(n, git.select(1, 2), g.select(1, 0), g.select(1, 2)).tanh_();
+        torch::Tensor cur = out.select(0, t).narrow(0, b0, rows);
+        at::sub_out(cur, h, n).mul_(g.select(1, 1)).add_(n);
+        h = cur;
+      }
+    });
   });
 }
 
@@ -460,20 +465,24 @@ void elman_forward_(torch::Tensor out, torch::Tensor h0, torch::Tensor wt, int64
   TORCH_CHECK(out.scalar_type() == h0.scalar_type() && out.scalar_type() == wt.scalar_type(),
               "elman_forward_: dtypes differ");
   TORCH_CHECK(activation >= 0 && activation <= 3, "elman_forward_: unknown activation code ", activation);
-  FlushDenormals flush;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_forward_", [&] {
     const auto product = loops<scalar_t>().forward;
-    for (int64_t t = 0; t < steps; ++t) {
-      torch::Tensor cur = out.select(0, t);
-      const torch::Tensor prev = t == 0 ? h0 : out.select(0, t - 1);
-      product(cur.data_ptr<scalar_t>(), p, prev.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), B, p, p);
-      switch (activation) {
-        case 0: cur.tanh_(); break;
-        case 1: cur.sigmoid_(); break;
-        case 3: cur.relu_(); break;
-        default: break;  // identity
+    // Row b's state depends on row b only: each thread runs its rows through every step.
+    at::parallel_for(0, B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
+      FlushDenormals flush;
+      const int64_t rows = b1 - b0;
+      for (int64_t t = 0; t < steps; ++t) {
+        torch::Tensor cur = out.select(0, t).narrow(0, b0, rows);
+        const torch::Tensor prev = (t == 0 ? h0 : out.select(0, t - 1)).narrow(0, b0, rows);
+        product(cur.data_ptr<scalar_t>(), p, prev.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), rows, p, p);
+        switch (activation) {
+          case 0: cur.tanh_(); break;
+          case 1: cur.sigmoid_(); break;
+          case 3: cur.relu_(); break;
+          default: break;  // identity
+        }
       }
-    }
+    });
   });
 }
 
