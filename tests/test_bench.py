@@ -24,12 +24,24 @@ def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
 def test_every_regime_is_timed_by_default_each_against_its_own_native_run(tmp_path):
     out = tmp_path / "table.md"
     assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--methods",
-                       "native-bptt", "tp-linearized", "--isa", "base", "--backend", "cpp", "--output", str(out)]) == 0
+                       "native-bptt", "tp-linearized", "--loops", "cpp:base", "--output", str(out)]) == 0
     rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
     assert [(r[6].strip(), r[7].strip()) for r in rows] == [
         (regime, m) for regime in bench.REGIMES for m in ("native-bptt", "tp-linearized")]
     assert [r[11].strip() for r in rows][::2] == ["1.00"] * len(bench.REGIMES)
-    assert kernels.load().isa() == kernels.load().widest_isa()  # --isa is undone after the run
+    assert kernels.load().isa() == kernels.load().widest_isa()  # the narrowed loops are undone after the run
+
+
+def test_loop_variants_are_timed_side_by_side(tmp_path):
+    out = tmp_path / "table.md"
+    assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--regime", "default",
+                       "--methods", "native-bptt", "tp-linearized", "--loops", "torch", "cpp:base",
+                       "--output", str(out)]) == 0
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
+    assert [r[7].strip() for r in rows] == ["native-bptt", "tp-linearized [torch]", "tp-linearized [cpp:base]"]
+    assert kernels.load().isa() == kernels.load().widest_isa()
+    with pytest.raises(ValueError, match="loops must be one of"):
+        bench.check_loops("cpp:sse9")
 
 
 def test_regimes_set_the_weights():

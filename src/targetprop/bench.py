@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, kernels
+from . import checkpoint, environment, kernels
 from .init import orthogonal_init_
 from .rnn import TPGRU, TPRNN
 
@@ -69,13 +69,17 @@ def _layer(method: str, d: int, p: int, backend: str = "auto") -> torch.nn.Modul
     return cls(d, p, reg=1.0, backend=backend, **kwargs)
 
 
+class BenchSettingError(argparse.ArgumentTypeError, ValueError):
+    """A bad ``--regime`` or ``--loops`` value (argparse prints the message as it is)."""
+
+
 def check_regime(regime: str) -> str:
     """``regime`` if known (a ``run:PATH`` whose folder has a checkpoint), else a ValueError."""
     if regime.startswith("run:"):
         if not checkpoint.listed(checkpoint.checkpoint_dir(regime[4:])):
-            raise ValueError(f"regime {regime!r}: no checkpoint in {checkpoint.checkpoint_dir(regime[4:])}")
+            raise BenchSettingError(f"regime {regime!r}: no checkpoint in {checkpoint.checkpoint_dir(regime[4:])}")
     elif regime not in REGIMES:
-        raise ValueError(f"regime must be one of {list(REGIMES)} or run:PATH, got {regime!r}")
+        raise BenchSettingError(f"regime must be one of {list(REGIMES)} or run:PATH, got {regime!r}")
     return regime
 
 
@@ -113,6 +117,8 @@ GRIDS = {
     "length": [(T, 16, 100, 1) for T in (60, 120, 784, 3072)],
     "width": [(784, 16, p, 1) for p in (32, 100, 256, 512)],
     "batch": [(784, B, 100, 1) for B in (16, 20, 512)],
+    # compiled loops against one BLAS product per step (with --loops), T = 200 to keep it short
+    "loops": [(200, B, p, 1) for p in (32, 100, 256, 512) for B in (16, 64, 512)],
 }
 
 
@@ -218,32 +224,54 @@ def _iteration(method: str, T: int, B: int, p: int, d: int, device, seed: int = 
     return run
 
 
+#: how a TP layer's loops run: ``auto`` (the layer's default), ``torch`` (one BLAS product per
+#: step), ``cpp:ISA`` (the compiled loops built for that instruction set)
+LOOPS = ("auto", "torch", "cpp:base", "cpp:avx2", "cpp:avx512")
+
+
 def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3,
-            regime: str = "orthogonal", backend: str = "auto") -> list[Result]:
+            regime: str = "orthogonal", loops=("auto",)) -> list[Result]:
     """Time ``methods`` at one shape and weight regime, interleaved; medians of ``repeats`` after
-    ``warmup``. For a ``run:PATH`` regime, p and d are the run's."""
+    ``warmup``. For a ``run:PATH`` regime, p and d are the run's. With several ``loops``, each TP
+    method is timed once per variant (named ``method [variant]``), all interleaved."""
     T, B, p, d = shape
     if regime.startswith("run:"):
         p, d, gru = run_shape(regime)
         methods = [m for m in methods if _is_gru(m) == gru]
+    timed = [(m, v) for m in methods for v in (loops if isinstance(METHODS[m], dict) else ("auto",))]
+    module = kernels.load() if any(v.startswith("cpp:") for _, v in timed) else None
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        runs = {m: _iteration(m, T, B, p, d, device, regime=regime, backend=backend) for m in methods}
-        times = {m: [] for m in methods}
+        runs = {(m, v): _iteration(m, T, B, p, d, device, regime=regime, backend=v.split(":")[0]) for m, v in timed}
+        times = {key: [] for key in timed}
         for rep in range(warmup + repeats):
-            for m in methods:
-                t = runs[m]()
+            for m, v in timed:
+                if module is not None:
+                    module.set_isa(v[4:] if v.startswith("cpp:") else module.widest_isa())
+                t = runs[m, v]()
                 if rep >= warmup:
-                    times[m].append(t)
+                    times[m, v].append(t)
         out = []
-        for m in methods:
-            f, b, tot = zip(*times[m])
-            out.append(Result(T, B, p, d, threads, str(device), regime, m, 1e3 * statistics.median(tot),
-                              1e3 * statistics.median(f), 1e3 * statistics.median(b), runs[m].memory(), repeats))
+        for m, v in timed:
+            f, b, tot = zip(*times[m, v])
+            name = f"{m} [{v}]" if len(loops) > 1 and isinstance(METHODS[m], dict) else m
+            out.append(Result(T, B, p, d, threads, str(device), regime, name, 1e3 * statistics.median(tot),
+                              1e3 * statistics.median(f), 1e3 * statistics.median(b), runs[m, v].memory(), repeats))
         return out
     finally:
         torch.set_num_threads(old)
+        if module is not None:
+            module.set_isa(module.widest_isa())
+
+
+def check_loops(text: str) -> str:
+    if text not in LOOPS:
+        raise BenchSettingError(f"loops must be one of {list(LOOPS)}, got {text!r}")
+    module = kernels.load(required=text.startswith("cpp:"))
+    if text.startswith("cpp:") and LOOPS.index(text) > LOOPS.index("cpp:" + module.widest_isa()):
+        raise BenchSettingError(f"this CPU cannot run {text} (widest: cpp:{module.widest_isa()})")
+    return text
 
 
 def table(results: list[Result]) -> str:
@@ -271,19 +299,10 @@ def table(results: list[Result]) -> str:
 
 def machine() -> str:
     """The CPU model, its vector extensions, the compiled loops' instruction set and the versions."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
-        cpu = info.get("model name", cpu)
-        flags = set(info.get("flags", "").split())
-    except OSError:
-        pass
-    vectors = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512_bf16") if f in flags]
     module = kernels.load()
     loops = f"compiled loops: {module.isa()}" if module is not None else "compiled loops unavailable"
-    return (f"{cpu} ({' '.join(vectors) or 'vector extensions unknown'}), {os.cpu_count()} logical CPUs, "
-            f"{loops}, torch {torch.__version__}, Python {platform.python_version()}")
+    return (f"{environment.cpu_model()} ({' '.join(environment.cpu_flags()) or 'vector extensions unknown'}), "
+            f"{os.cpu_count()} logical CPUs, {loops}, torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def plot(results: list[Result], path: str) -> None:
@@ -332,10 +351,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    metavar="REGIME", help="weight regimes: orthogonal (the paper's init), default (torch.nn's), "
                    "contractive (orthogonal W_hh x 0.5), run:PATH (a run's last checkpoint; its p and d); "
                    "default: the first three")
-    p.add_argument("--backend", default="auto", choices=kernels.BACKENDS,
-                   help="the TP layers' backend (cpp: compiled loops, torch: one BLAS product per step)")
-    p.add_argument("--isa", choices=("base", "avx2", "avx512"),
-                   help="narrow the compiled loops to this instruction set (default: the widest the CPU has)")
+    p.add_argument("--loops", nargs="+", default=["auto"], type=check_loops, metavar="LOOPS",
+                   help="how TP methods run, each timed interleaved: auto (the layer's choice), torch (one BLAS "
+                   "product per step), cpp:base|cpp:avx2|cpp:avx512 (the compiled loops of that instruction "
+                   "set); default: auto")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", help="write the table (markdown) to this file")
     p.add_argument("--plot", help="write a PNG of time against T and p")
@@ -354,22 +373,14 @@ def main(argv=None, args=None) -> int:
     from_cli = args is not None
     args = args or build_parser().parse_args(argv)
     shapes = list(dict.fromkeys(s for g in args.grid for s in GRIDS[g]))
-    module = kernels.load(required=True) if args.isa else None
     results = []
-    try:
-        if module is not None:
-            module.set_isa(args.isa)
-        for threads in dict.fromkeys(args.thread_counts):
-            for shape in shapes:
-                for regime in args.regimes:
-                    new = measure(shape, args.methods, threads, args.device, args.repeats, args.warmup, regime,
-                                  args.backend)
-                    results += new
-                    print(table(new).split("\n", 2)[-1], flush=True)
-        text = f"Machine: {machine()}\n\nCommand: `{_command(argv, from_cli)}`\n\n" + table(results) + "\n"
-    finally:
-        if module is not None:
-            module.set_isa(module.widest_isa())
+    for threads in dict.fromkeys(args.thread_counts):
+        for shape in shapes:
+            for regime in args.regimes:
+                new = measure(shape, args.methods, threads, args.device, args.repeats, args.warmup, regime, args.loops)
+                results += new
+                print(table(new).split("\n", 2)[-1], flush=True)
+    text = f"Machine: {machine()}\n\nCommand: `{_command(argv, from_cli)}`\n\n" + table(results) + "\n"
     print("\n" + text)
     if args.output:
         with open(args.output, "w") as f:
