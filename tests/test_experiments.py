@@ -10,6 +10,7 @@ import pytest
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
 from targetprop import experiments as ex
+from targetprop import tuning
 from targetprop.cli import main
 from targetprop.trainer import Trainer
 
@@ -236,7 +237,7 @@ def test_selection_is_the_smallest_area_not_the_lowest_final_loss(tmp_path):
     ("task.k=4,16", ("task.k", [4, 16])),
 ])
 def test_grid_axes(text, expected):
-    key, values = ex.parse_axis(text)
+    key, values = tuning.parse_axis(text)
     assert key == expected[0] and values == pytest.approx(expected[1])
 
 
@@ -260,7 +261,7 @@ def test_tune_refuses_three_axes_and_unknown_settings(capsys):
         main(["tune", "--grid", "lr=1,2", "--grid", "nope=1,2"])
     assert "unknown setting 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="one or two"):
-        ex.tune({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
+        tuning.tune({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
 
 
 def test_panel_files_are_not_offered_as_comparisons():

@@ -1,7 +1,8 @@
 """The paper's experiments as data: ``targetprop reproduce`` and ``targetprop tune``.
 
 This module owns the experiment files (``targetprop/configs/fig*.toml`` and
-``linearized-vs-difference.toml``, one per figure panel), running them, and the grid search.
+``linearized-vs-difference.toml``, one per figure panel), running them and their grids; the
+``tune`` command is :mod:`targetprop.tuning`'s.
 Training is :mod:`targetprop.trainer`'s; drawing is :mod:`targetprop.plotting`'s.
 
 A panel file is a comparison file (see :mod:`targetprop.cli`) with a few more keys::
@@ -444,8 +445,10 @@ def _missing_data(panel: dict, budget: str, overrides: dict) -> str:
 
 def add_commands(sub) -> None:
     """Add ``reproduce`` and ``tune`` to the ``targetprop`` parser's sub-parsers ``sub``."""
+    from .tuning import add_tune
+
     _add_reproduce(sub)
-    _add_tune(sub)
+    add_tune(sub)
 
 
 def _add_reproduce(sub) -> None:
@@ -500,26 +503,6 @@ def _reproduce(args, parser) -> int:
     return 0 if any(png is not None for png in pngs) else EXIT_INCOMPLETE
 
 
-def _add_tune(sub) -> None:
-    p = sub.add_parser("tune", help="grid search over one or two settings, selected by area under the loss",
-                       description="Run a one- or two-axis grid over settings, print the table of areas under "
-                                   "the training-loss curve, write OUT/best.json (the selected settings), "
-                                   "OUT/tune.md and, for two axes, a heat map OUT/heatmap.png (Fig. 6a).")
-    p.add_argument("--panel", help="start from this panel's settings (default: the task defaults)")
-    p.add_argument("--method", help="the panel's method to start from (default: its first)")
-    p.add_argument("--budget", choices=BUDGETS, default="short")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="a base setting (repeatable)")
-    p.add_argument("--grid", action="append", required=True, metavar="KEY=LO:HI[:N]|KEY=V1,V2,…",
-                   help="an axis: a log grid from LO to HI (one point per decade, or N points) or a list")
-    p.add_argument("--out", type=Path, default=Path("runs/tune"))
-    p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace runs in OUT that have other settings")
-    p.epilog = EXIT_HELP
-    p.set_defaults(handler=_tune, subparser=p)
-
-
 def parse_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE``, VALUE read as JSON when it parses (numbers, true, null), else a string."""
     key, sep, raw = text.partition("=")
@@ -533,96 +516,3 @@ def _json_or_text(raw: str):
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
-
-
-def parse_axis(text: str) -> tuple[str, list]:
-    """``lr=1e-4:1e1`` (powers of ten), ``lr=1e-4:1e1:11`` (11 log-spaced points) or ``lr=0,0.1,1``."""
-    key, value = parse_setting(text)
-    raw = text.partition("=")[2]
-    if ":" in raw:
-        parts = [float(v) for v in raw.split(":")]
-        if len(parts) not in (2, 3) or parts[0] <= 0 or parts[1] < parts[0]:
-            raise ValueError(f"{text!r}: a log grid is LO:HI[:N] with 0 < LO <= HI")
-        lo, hi = math.log10(parts[0]), math.log10(parts[1])
-        n = int(parts[2]) if len(parts) == 3 else int(round(hi - lo)) + 1
-        values = [float(f"{10 ** (lo + (hi - lo) * i / max(n - 1, 1)):.6g}") for i in range(n)]
-    else:
-        values = [_json_or_text(v) for v in raw.split(",")]
-    return key, values
-
-
-def tune(base: dict, axes: list[tuple[str, list]], out: Path, quiet: bool = True,
-         overwrite: bool = False) -> tuple[dict, dict, dict]:
-    """Run the grid; return ``(grid, cells, best)`` where ``best`` holds the selected settings
-    (``{}`` if every run diverged). Runs never stop early on accuracy, so areas compare."""
-    if not 1 <= len(axes) <= 2:
-        raise ValueError("tune takes one or two --grid axes")
-    grid = {"x": axes[0][0], "x_values": axes[0][1]}
-    if len(axes) == 2:
-        grid.update(y=axes[1][0], y_values=axes[1][1])
-    cells = run_grid({**base, "stop_at_accuracy": None}, grid, out, quiet, overwrite)
-    best_cell = best_by_auc({k: c["auc"] for k, c in cells.items()})
-    best = {}
-    if best_cell is not None:
-        best = {grid["x"]: best_cell[0], **({grid["y"]: best_cell[1]} if len(axes) == 2 else {}),
-                "auc": cells[best_cell]["auc"], "run": str(cells[best_cell]["run"])}
-    return grid, cells, best
-
-
-def tune_table(grid: dict, cells: dict, best: dict) -> str:
-    """Markdown table of the grid's areas (rows over y), the selected cell starred."""
-    ys = grid.get("y_values") or [None]
-    corner = f"{grid.get('y', '')} \\ {grid['x']}" if "y" in grid else grid["x"]
-    lines = [f"| {corner} | " + " | ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in grid["x_values"]) + " |",
-             "|---" * (len(grid["x_values"]) + 1) + "|"]
-    for y in ys:
-        row = [str(y) if y is not None else "loss AUC"]
-        for x in grid["x_values"]:
-            auc = cells[(x, y)]["auc"]
-            chosen = best and best.get(grid["x"]) == x and (y is None or best.get(grid.get("y")) == y)
-            row.append("diverged" if not math.isfinite(auc) else f"{auc:.4g}{' *' if chosen else ''}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def _tune(args, parser) -> int:
-    from . import plotting
-
-    try:
-        base = {}
-        if args.panel:
-            settings = method_settings(load_panel(args.panel), args.budget)
-            base = settings[args.method or next(iter(settings))]
-        for text in args.set:
-            base = set_value(base, *parse_setting(text))
-        axes = [parse_axis(text) for text in args.grid]
-        for key, _ in axes:
-            set_value({}, key, None)
-        TrainConfig.from_dict(base)
-    except (ValueError, TypeError, KeyError) as err:
-        parser.error(str(err))
-    try:
-        grid, cells, best = tune(base, axes, args.out, args.quiet, args.overwrite)
-    except Stopped as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
-        return err.code
-    except ValueError as err:  # e.g. a run with other settings in OUT
-        parser.error(str(err))
-    text = tune_table(grid, cells, best)
-    print(text)
-    print("best:", json.dumps(best) if best else "none (every run diverged)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tune.md").write_text(text + "\n", encoding="utf-8")
-    (args.out / "best.json").write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
-    if "y" in grid:
-        png = plotting.plot_heatmaps({"area under the training loss": grid_matrix(cells, grid, "auc")},
-                                     grid["x_values"], grid["y_values"], args.out / "heatmap.png",
-                                     xlabel=grid["x"], ylabel=grid["y"], metric="auc",
-                                     title=args.title or _tune_title(base))
-        print(f"heat map: {png}")
-    return 0 if best else EXIT_INCOMPLETE
-
-
-def _tune_title(base: dict) -> str:
-    config = TrainConfig.from_dict(base)
-    return f"{config.task}, {config.method()}, {config.iterations} iterations (blank: diverged)"
