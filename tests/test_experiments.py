@@ -15,7 +15,7 @@ from targetprop.cli import main
 from targetprop.trainer import Trainer
 
 PANELS = ex.panel_names()
-# The paper's iteration budgets (DESIGN.md §5), per panel.
+# The paper's iteration budgets, per panel.
 FULL_ITERATIONS = {"fig3-temporal-order-60": 40000, "fig3-temporal-order-120": 48000, "fig3-adding-30": 24000,
                    "fig4-mnist": 40000, "fig4-permuted-mnist": 40000, "fig4-cifar10": 8000,
                    "fig4-fashion-mnist-gru": 8000, "fig4-fashion-mnist-rnn": 8000, "fig6a": 400, "fig6b": 400,

@@ -167,6 +167,19 @@ def test_resume_keeps_the_checkpoint_cadence(tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["run"] == {"checkpoint_every": 25}
 
 
+def test_resume_keeps_the_thread_count(tmp_path, capsys):
+    out = tmp_path / "run"
+    torch.set_num_threads(2)  # the conftest fixture restores one thread after the test
+    Trainer(config(), task=StopAt(config(), 5, sigterm)).run(out, checkpoint_every=10)
+    assert json.loads((out / "config.json").read_text())["environment"]["threads"] == 2
+    torch.set_num_threads(1)
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert torch.get_num_threads() == 2  # the run's own, restored
+    assert json.loads((out / "summary.json").read_text())["environment"]["threads"] == 2
+    assert main(["train", "--resume", str(out), "--quiet", "--threads", "1"]) == 0  # given: used
+    assert torch.get_num_threads() == 1
+
+
 def test_a_budget_below_the_iterations_done_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     Trainer(config()).run(out, checkpoint_every=10)

@@ -11,7 +11,7 @@ import targetprop
 from targetprop.tasks.synthetic import TemporalOrder
 from targetprop.trainer import METRICS, Trainer, TrainConfig, read_metrics
 
-# T=10 temporal order: the authors' T=60 TP settings (DESIGN.md §5) reach 100% within 300-600
+# T=10 temporal order: the authors' T=60 TP settings reach 100% within 300-600
 # iterations on seeds 0-5; BP with Adam within 100. Budgets leave a wide margin.
 TP = dict(rule="linearized", lr=0.1, target_step=1e-2, reg=10.0)
 BP = dict(rule="bp", optimizer="adam", lr=1e-2)
