@@ -61,9 +61,8 @@ def displacements(tape, grad_output: Tensor | None, grad_last: Tensor | None, co
     lam = inject(grad_output, grad_last, scale, tape.out)
     rule.prepare(tape, config)(lam)
     if config.through_time and config.rule != "bp":
-        # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss.
-        nu = lam.clone()
-        nu[0].zero_()
-        tape.adjoint_recursion()(nu)
-        lam = nu
+        # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss. In place:
+        # when step t writes ν_{t-1} into slot t-1, that slot holds λ_{t-1}, which nothing needs after.
+        lam[0].zero_()
+        tape.adjoint_recursion()(lam)
     return lam
