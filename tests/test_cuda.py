@@ -96,3 +96,26 @@ def test_layer_directions_on_the_device_equal_the_cpu_ones(cell, rule):
         grads.append([p.grad.cpu() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_and_autocast_on_the_device(dtype):
+    """A half-precision layer on CUDA trains (float32 inside, results cast back), and under
+    torch.autocast the layer runs in float32: the directions equal the float32 layer's closely."""
+    from targetprop import TPGRU, TPRNN, orthogonal_init_
+
+    for cls in (TPRNN, TPGRU):
+        torch.manual_seed(0)
+        full = orthogonal_init_(cls(3, 16, batch_first=True, reg=1.0)).cuda()
+        half = cls(3, 16, batch_first=True, reg=1.0).cuda().to(dtype)
+        half.load_state_dict({k: v.to(dtype) for k, v in full.state_dict().items()})
+        x = torch.randn(4, 30, 3, device="cuda").to(dtype)
+        out, h_n = half(x)
+        assert out.dtype == dtype
+        h_n.float().sum().backward()
+        full(x.float())[1].sum().backward()
+        for (k, a), b in zip(half.named_parameters(), full.parameters()):
+            assert a.grad.dtype == dtype
+            assert (a.grad.float() - b.grad).norm() <= 3e-2 * b.grad.norm(), k
+        with torch.autocast("cuda", dtype=dtype):
+            assert full(x)[0].dtype == torch.float32

@@ -6,6 +6,7 @@ states; backward turns the incoming ``grad_output`` / ``grad_h_n`` into displace
 gradients, so autograd accumulates them into ``.grad`` like any gradient (optimizers, DDP
 all-reduce and gradient accumulation see nothing special). Both passes run with subnormal
 floats flushed on the calling thread, the caller's mode restored after (:mod:`targetprop.fpmode`).
+Half-precision layers (float16, bfloat16) compute in float32 and cast their results back.
 
 A *cell* is a module (``targetprop.elman``, ``targetprop.gru``) with ``forward(...)``,
 ``Tape`` and ``select_kernels(backend, *tensors)``; a cell that keeps more than the hidden
@@ -20,6 +21,10 @@ from torch.autograd.function import once_differentiable
 from . import engine, fpmode
 
 
+#: dtypes computed in float32 inside the layer (no half-precision Cholesky; displacements underflow)
+HALF = (torch.float16, torch.bfloat16)
+
+
 class TPFunction(torch.autograd.Function):
     """``(cell, config, grad_enabled, x (T,B,d), h0 (B,p), W_ih, W_hh, b_ih, b_hh) -> (out (T,B,p), h_n (B,p))``.
 
@@ -29,7 +34,13 @@ class TPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
         with fpmode.flushed():
-            return TPFunction._forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh)
+            if x.dtype not in HALF:
+                return TPFunction._forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh)
+            # Half precision: the forward, the inverse and the displacements run in float32 and
+            # the results are cast back (the directions by autograd, to each parameter's dtype).
+            wide = (t.float() if t is not None else None for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
+            out, h_n = TPFunction._forward(ctx, cell, config, grad_enabled, *wide)
+            return out.to(x.dtype), h_n.to(x.dtype)
 
     @staticmethod
     def _forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
@@ -47,7 +58,9 @@ class TPFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_hn):
-        with fpmode.flushed():
+        device = ctx.saved_tensors[0].device.type
+        with fpmode.flushed(), torch.autocast(device, enabled=False):
+            grad_out, grad_hn = (g.float() if g is not None and g.dtype in HALF else g for g in (grad_out, grad_hn))
             return TPFunction._backward(ctx, grad_out, grad_hn)
 
     @staticmethod

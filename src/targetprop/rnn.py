@@ -146,6 +146,12 @@ class _TPRecurrent(nn.Module):
         return x, h0, batched
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+            # Under autocast the layer runs in its parameters' dtype (float32 for a float32 layer),
+            # like the ops autocast keeps in full precision; its outputs come in that dtype.
+            dtype = self.weight_hh_l0.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.to(dtype), h0.to(dtype) if isinstance(h0, Tensor) else h0)
         x, h0, batched = self._check_input(x, h0)
         if h0 is None:
             h0 = x.new_zeros(x.shape[1], self.hidden_size)
