@@ -306,3 +306,24 @@ def test_plot_bad_input(tmp_path, capsys):
     fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")], capsys, "not a run directory")
     fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.pdf")], capsys, ".png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_threads_default_to_one_for_small_steps_and_to_torchs_otherwise(tmp_path, monkeypatch):
+    from targetprop import threads
+
+    assert threads.choose(20, 100) == 1 and threads.choose(64, 100) == threads._TORCH_DEFAULT
+    monkeypatch.setattr(threads, "_TORCH_DEFAULT", 3)
+    recorded = lambda run: json.loads((tmp_path / run / "config.json").read_text())["environment"]["threads"]  # noqa: E731
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["train", *TINY, "--out", str(tmp_path / "small")]) == 0  # 20 x 8² per step
+        assert recorded("small") == 1
+        assert main(["train", *TINY, "--hidden-size", "200", "--iterations", "2", "--eval-every", "2",
+                     "--out", str(tmp_path / "large")]) == 0  # 20 x 200² ≥ 2^19
+        assert recorded("large") == 3
+        assert main(["train", *TINY, "--threads", "2", "--out", str(tmp_path / "given")]) == 0
+        assert recorded("given") == 2
+    finally:
+        torch.set_num_threads(old)
+        threads.set_automatic(False)

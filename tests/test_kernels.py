@@ -152,3 +152,18 @@ def test_set_isa_refuses_an_unknown_instruction_set():
     with pytest.raises(RuntimeError, match="not available"):
         module.set_isa("sse9")
     assert module.isa() == module.widest_isa()
+
+
+def test_each_environment_and_source_has_its_own_build_folder(monkeypatch, tmp_path):
+    """The build's name keys everything that changes the binary, so two environments sharing
+    one extension cache (two virtualenvs, say) each keep their own build instead of rebuilding
+    each other's."""
+    name = kernels._name()
+    assert name == kernels._name() and name.startswith("targetprop_kernels_")
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "other-venv" / "torch" / "__init__.py"))
+    other_env = kernels._name()
+    monkeypatch.undo()
+    source = tmp_path / "kernels.cpp"
+    source.write_bytes(open(kernels._SOURCE, "rb").read() + b"\n// edited\n")
+    monkeypatch.setattr(kernels, "_SOURCE", str(source))
+    assert len({name, other_env, kernels._name()}) == 3

@@ -46,7 +46,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__, distributed, experiments, fetch
+from . import __version__, distributed, experiments, fetch, threads
 from .rundir import EXIT_CODES, read_run_options
 from .tasks.registry import TASKS
 from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    threads.set_automatic(getattr(args, "threads", 0) is None)
     return args.handler(args, args.subparser)
 
 
@@ -160,7 +161,8 @@ def _add_train(sub) -> None:
                         f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: the run's own when it continues, else torch's)")
+                   help="CPU threads for torch (default: the run's own when it continues, else 1 when "
+                        "batch x hidden^2 < 2^19, where a second thread was measured not to pay, else torch's)")
     p.epilog = EXIT_HELP
     p.set_defaults(handler=_train, subparser=p)
 
@@ -199,6 +201,8 @@ def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distrib
         print(existing.describe(out), flush=True)
     if args.threads is None and (args.resume is not None or getattr(existing, "state", "") == "unfinished"):
         torch.set_num_threads(read_run_options(out).get("threads", torch.get_num_threads()))
+    else:
+        threads.apply(task, config)
     try:
         summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args) and world.main,
                               resume=args.resume is not None, checkpoint_every=args.checkpoint_every)
@@ -270,7 +274,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--iterations", type=_positive_int, help="override every method's iterations")
     p.add_argument("--overwrite", action="store_true", help="replace runs with different settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=_positive_int, help=threads.HELP)
     p.set_defaults(handler=_compare, subparser=p)
 
 
@@ -343,6 +347,7 @@ def _compare(args, parser) -> int:
     for method, trainer in trainers.items():
         if existing[method] is not None and existing[method].state != "empty":
             print(existing[method].describe(out / method), flush=True)
+        threads.apply(trainer.task, trainer.config)
         summaries[method] = summary = trainer.run(out / method, overwrite=args.overwrite, progress=_progress(args))
         print(_summary_line(out / method, summary))
         if summary["status"] == "interrupted":

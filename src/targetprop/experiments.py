@@ -51,7 +51,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from . import rundir
+from . import rundir, threads
 from .datasets import DatasetError
 from .tasks.registry import task_options
 from .trainer import Trainer, TrainConfig, build_task, read_metrics
@@ -229,7 +229,9 @@ def run_config(config: TrainConfig, out: Path, quiet: bool = True, overwrite: bo
     existing = None if overwrite else rundir.inspect(out, config.to_dict())
     if existing is not None and existing.state == "unfinished":
         print(existing.describe(out), flush=True)
-    trainer = Trainer(config, _task(config))
+    task = _task(config)
+    threads.apply(task, config)
+    trainer = Trainer(config, task)
     summary = trainer.run(out, overwrite=overwrite)
     if not quiet and not trainer.reused:
         print(_summary_line(out, summary), flush=True)
@@ -466,7 +468,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a setting of every method (e.g. iterations=100, task.k=4; repeatable)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help=threads.HELP)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace runs in OUT that have other settings, and "
                                                             "run finished ones again")

@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from . import threads
 from .experiments import (BUDGETS, EXIT_HELP, EXIT_INCOMPLETE, Stopped, _json_or_text, best_by_auc, grid_matrix,
                           load_panel, method_settings, parse_setting, run_grid, set_value)
 from .trainer import TrainConfig
@@ -30,7 +31,7 @@ def add_tune(sub) -> None:
                    help="an axis: a log grid from LO to HI (one point per decade, or N points) or a list")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help=threads.HELP)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace runs in OUT that have other settings")
     p.epilog = EXIT_HELP
