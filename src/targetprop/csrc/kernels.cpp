@@ -404,8 +404,8 @@ void gru_recursion_(torch::Tensor lam, torch::Tensor gates, torch::Tensor h0, to
 
 // GRU forward keeping the gates. gi: (T, B, 3p) = x W_ih^T + b_ih; h0: (B, p); wt: W_hh^T (p, 3p);
 // bias: b_hh (3p) or empty. Writes out (T, B, p) and gates (T, B, 4, p) = [r, z, q, n] per step:
-// one fused block-times-matrix for h W_hh^T, then the gate arithmetic as vectorized ATen ops
-// (single-threaded inside the parallel region over rows).
+// one fused block-times-matrix for h W_hh^T, the sigmoid and tanh as vectorized ATen ops
+// (single-threaded inside the parallel region over rows), the rest as plain loops.
 void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
                   torch::Tensor gates) {
   check(gi, "gi");
@@ -429,24 +429,41 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
     TORCH_CHECK(!t->defined() || t->numel() == 0 || t->scalar_type() == gi.scalar_type(), "gru_forward_: dtypes differ");
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward_", [&] {
     const auto product = loops<scalar_t>().forward;
+    const scalar_t* bh = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gi_all = gi.data_ptr<scalar_t>();
+    scalar_t* gates_all = gates.data_ptr<scalar_t>();
+    scalar_t* out_all = out.data_ptr<scalar_t>();
     // Row b's state depends on row b only: each thread runs its rows through every step.
     at::parallel_for(0, B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
       FlushDenormals flush;
       const int64_t rows = b1 - b0;
-      const torch::Tensor bias3 = has_bias ? bias.view({1, 3, p}).expand({rows, 3, p}) : torch::Tensor();
-      torch::Tensor h = h0.narrow(0, b0, rows);
+      const scalar_t* h = h0.data_ptr<scalar_t>() + b0 * p;
       for (int64_t t = 0; t < steps; ++t) {
-        torch::Tensor g = gates.select(0, t).narrow(0, b0, rows);  // (rows, 4, p)
-        torch::Tensor gh = g.narrow(1, 0, 3);  // the r, z, q slots receive h W_hh^T + b_hh
-        if (has_bias) gh.copy_(bias3);
-        else gh.zero_();
-        product(g.data_ptr<scalar_t>(), 4 * p, h.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
-        const torch::Tensor git = gi.select(0, t).narrow(0, b0, rows).view({rows, 3, p});
-        g.narrow(1, 0, 2).add_(git.narrow(1, 0, 2)).sigmoid_();
-        torch::Tensor n = g.select(1, 3);
-        at::addcmul_out(n, git.select(1, 2), g.select(1, 0), g.select(1, 2)).tanh_();
-        torch::Tensor cur = out.select(0, t).narrow(0, b0, rows);
-        at::sub_out(cur, h, n).mul_(g.select(1, 1)).add_(n);
+        scalar_t* g = gates_all + (t * B + b0) * 4 * p;  // rows x [r, z, q, n]
+        const scalar_t* x = gi_all + (t * B + b0) * 3 * p;
+        scalar_t* cur = out_all + (t * B + b0) * p;
+        for (int64_t r = 0; r < rows; ++r) {  // r, z start from x W_i^T + b_i + b_h; q from b_hn
+          scalar_t* gr = g + r * 4 * p;
+          const scalar_t* xr = x + r * 3 * p;
+          for (int64_t i = 0; i < 2 * p; ++i) gr[i] = xr[i] + (bh ? bh[i] : scalar_t(0));
+          for (int64_t i = 0; i < p; ++i) gr[2 * p + i] = bh ? bh[2 * p + i] : scalar_t(0);
+        }
+        product(g, 4 * p, h, p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
+        const torch::Tensor view = gates.select(0, t).narrow(0, b0, rows);  // (rows, 4, p)
+        view.narrow(1, 0, 2).sigmoid_();
+        for (int64_t r = 0; r < rows; ++r) {  // n's pre-activation x W_in^T + b_in + r q
+          scalar_t* gr = g + r * 4 * p;
+          const scalar_t* xr = x + r * 3 * p;
+          for (int64_t i = 0; i < p; ++i) gr[3 * p + i] = xr[2 * p + i] + gr[i] * gr[2 * p + i];
+        }
+        view.select(1, 3).tanh_();
+        for (int64_t r = 0; r < rows; ++r) {  // h' = n + z (h - n)
+          const scalar_t* gr = g + r * 4 * p;
+          for (int64_t i = 0; i < p; ++i) {
+            const scalar_t n = gr[3 * p + i];
+            cur[r * p + i] = n + gr[p + i] * (h[r * p + i] - n);
+          }
+        }
         h = cur;
       }
     });
