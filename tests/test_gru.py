@@ -51,7 +51,7 @@ def test_bp_equals_torch_gru_autograd(bias, p, backend):
 
 
 def reference_gru_tp(layer, x, h0, C, Cn):
-    """Straightforward loop of the authors' GRU rule (DESIGN.md §2), one step and one sample at a
+    """Straightforward loop of the authors' GRU rule (docs/maths.md, "GRU"), one step and one sample at a
     time in column form, explicit M_g = solve(W_gᵀW_g + rI, W_gᵀ); directions by autograd of the
     local losses through PyTorch's own ``torch.gru_cell`` with h_{t-1} and v_t held fixed."""
     P = {k: w.detach() for k, w in layer.named_parameters()}

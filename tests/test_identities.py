@@ -1,4 +1,4 @@
-"""Exact facts of DESIGN.md §3, checked in float64."""
+"""The exact facts listed in docs/maths.md ("Exact facts the tests check"), checked in float64."""
 import pytest
 import torch
 

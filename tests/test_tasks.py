@@ -1,5 +1,5 @@
-"""Synthetic tasks (DESIGN.md §4) and the task registry: shapes, labels, marker positions,
-seeding, accuracy criteria, bad input."""
+"""Synthetic tasks (as defined in the docstring of targetprop/tasks/synthetic.py) and the task
+registry: shapes, labels, marker positions, seeding, accuracy criteria, bad input."""
 import pytest
 import torch
 

@@ -1,7 +1,7 @@
 """Activations of the recurrent step and the pieces of them TP needs.
 
 Each activation ``a`` provides, all evaluated from the *output* ``y = a(u)`` so that
-no pre-activation has to be stored (DESIGN.md §2):
+no pre-activation has to be stored (docs/maths.md, "Targets (eqs. 1–2)"):
 
 * ``apply_``: ``a`` applied in place (used by our own forward loop);
 * ``derivative(y)``: ``a'(u)`` exactly, used by BP and by eq. (3)'s parameter directions;

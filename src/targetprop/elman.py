@@ -3,7 +3,7 @@
 Step (row vectors, time-major): ``u_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh``,
 ``h_t = a(u_t)``. Index letters: T steps, B batch rows, d inputs, p hidden units.
 
-Rules (DESIGN.md §2; ``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ``, ``π`` the projection on a's range):
+Rules (docs/maths.md, "Targets (eqs. 1–2)"; ``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ``, ``π`` the projection on a's range):
 
 =============  =====================================================================
 ``bp``          ``R = (λ_t ⊙ a'(u_t)) W_hh``                          (the adjoint)

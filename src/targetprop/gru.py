@@ -4,7 +4,7 @@ PyTorch's cell, gate rows (r, z, n) stacked in ``W_ih`` (3p, d) and ``W_hh`` (3p
 ``r = σ(x W_irᵀ + b_ir + h W_hrᵀ + b_hr)``, ``z = σ(x W_izᵀ + b_iz + h W_hzᵀ + b_hz)``,
 ``q = h W_hnᵀ + b_hn``, ``n = tanh(x W_inᵀ + b_in + r⊙q)``, ``h' = (1−z)⊙n + z⊙h``.
 
-BP's adjoint step (DESIGN.md §2), with ``c_r = r(1−r)⊙q⊙(1−n²)⊙(1−z)``, ``c_z = z(1−z)⊙(h−n)``,
+BP's adjoint step (docs/maths.md, "GRU"), with ``c_r = r(1−r)⊙q⊙(1−n²)⊙(1−z)``, ``c_z = z(1−z)⊙(h−n)``,
 ``c_n = r⊙(1−n²)⊙(1−z)``:
 
     μ = z⊙μ' + [c_r⊙μ'] W_hr + [c_z⊙μ'] W_hz + [c_n⊙μ'] W_hn = z⊙μ' + [c_r⊙μ', c_z⊙μ', c_n⊙μ'] W_hh

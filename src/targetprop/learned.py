@@ -4,7 +4,7 @@ parameterized reverse layer (DTP / TPTT, Manchev & Spratling 2020; the paper's S
 Reverse layer: ``ψ_t(v) = a(x_t W_ihᵀ + v Vᵀ + c)`` with its own ``V`` (p×p) and ``c`` (p).
 Targets travel by the difference formula: ``R(λ_t, t) = ψ_t(h_t + λ_t) − ψ_t(h_t)``.
 
-Training (inside every backward, *before* targets are propagated, DESIGN.md §2): one step of
+Training (inside every backward, *before* targets are propagated; docs/maths.md, "Learned inverses"): one step of
 SGD with Nesterov momentum on the noisy reconstruction loss
 
     L(V, c) = mean over all (t, b) of ½‖ψ_t(f(h_{t-1} + ε, x_t)) − (h_{t-1} + ε)‖²,  ε ~ N(0, σ²),

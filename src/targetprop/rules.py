@@ -1,7 +1,7 @@
 """Registry of target-propagation rules, per cell.
 
 A *rule* says how a displacement ``λ_t = v_t − h_t`` travels one step back in time
-(DESIGN.md §2): ``λ_{t-1} = R(λ_t, t) − γ_h g_{t-1}``. Each cell registers the rules it
+(docs/maths.md, "Targets (eqs. 1–2)"): ``λ_{t-1} = R(λ_t, t) − γ_h g_{t-1}``. Each cell registers the rules it
 supports; the through-time engine (:mod:`targetprop.engine`) is the same for all of them.
 
 A registered rule is an object with
