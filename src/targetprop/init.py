@@ -1,4 +1,4 @@
-"""The paper's initialization: orthogonal weights, zero biases (DESIGN.md §5).
+"""The paper's initialization: orthogonal weights, zero biases (docs/RESULTS.md, "The authors' settings").
 
 A matrix is drawn uniformly in ``±√(6 / (fan_in + fan_out))`` and replaced by the orthogonal
 factor of its SVD (``U Vᵀ``, the nearest matrix with orthonormal rows or columns), as in the
