@@ -46,11 +46,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__, distributed, experiments, fetch, threads
+from . import __version__, checkpoint, diagnose, distributed, experiments, fetch, threads
 from .rundir import EXIT_CODES, read_run_options
 from .tasks.registry import TASKS
-from .trainer import (CHECKPOINT_EVERY, Trainer, TrainConfig, build_task, check_resume, check_run_dir,
-                      read_metrics, read_run_config)
+from .trainer import (CHECKPOINT_EVERY, LOSSES, Trainer, TrainConfig, build_model, build_task, check_resume,
+                      check_run_dir, read_metrics, read_run_config)
 
 DEFAULTS = TrainConfig()
 COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(sub)
     _add_table(sub)
     _add_bench(sub)
+    _add_diagnose(sub)
     experiments.add_commands(sub)  # reproduce, tune
     fetch.add_commands(sub)  # data fetch, data list
     return parser
@@ -105,6 +106,27 @@ def _add_train(sub) -> None:
                                    "saves a checkpoint and stops; --resume OUT continues. Under torchrun "
                                    "(torchrun --nproc-per-node N -m targetprop train ...) the processes train "
                                    "data-parallel, each on its shard of every batch.")
+    _add_settings(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, help="run directory (default: runs/TASK-RULE-sSEED)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over: replace the run in --out (its checkpoints included), whatever it holds")
+    g.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in RUN from its newest valid checkpoint, with its settings; of the "
+                        "options, only --iterations may change them (not below the iterations done)")
+    g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="N",
+                   help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
+                        f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: the run's own when it continues, else 1 when "
+                        "batch x hidden^2 < 2^19, where a second thread was measured not to pay, else torch's)")
+    p.epilog = EXIT_HELP
+    p.set_defaults(handler=_train, subparser=p)
+
+
+def _add_settings(p) -> None:
+    """The options of a run's settings (task, model, optimizer, schedule), as ``train`` takes them."""
     _default = lambda name: f"(default: {getattr(DEFAULTS, name)})"  # noqa: E731
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=sorted(TASKS), help=f"the task {_default('task')}")
@@ -149,22 +171,6 @@ def _add_train(sub) -> None:
     g.add_argument("--device", help=f"cpu, cuda, cuda:1, … or auto (cuda if available) {_default('device')}")
     g.add_argument("--dtype", help=f"float32 or float64 {_default('dtype')}")
     g.add_argument("--label", help="name of the run in tables and legends (default: from the settings)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, help="run directory (default: runs/TASK-RULE-sSEED)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start over: replace the run in --out (its checkpoints included), whatever it holds")
-    g.add_argument("--resume", type=Path, metavar="RUN",
-                   help="continue the run in RUN from its newest valid checkpoint, with its settings; of the "
-                        "options, only --iterations may change them (not below the iterations done)")
-    g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="N",
-                   help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
-                        f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: the run's own when it continues, else 1 when "
-                        "batch x hidden^2 < 2^19, where a second thread was measured not to pay, else torch's)")
-    p.epilog = EXIT_HELP
-    p.set_defaults(handler=_train, subparser=p)
 
 
 def _train(args, parser) -> int:
@@ -245,6 +251,50 @@ def _given_settings(args) -> dict:
     if values.get("divergence_factor") == "none":
         values["divergence_factor"] = None
     return values
+
+
+# ---------------------------------------------------------------------------- diagnose
+
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="TP's directions against BP's gradient on one batch, and how far "
+                       "back its targets reach", description=diagnose.__doc__.split("\n\n")[0])
+    _add_settings(p)
+    g = p.add_argument_group("diagnose")
+    g.add_argument("--run", type=Path, help="a run's settings and its last checkpoint's weights (options "
+                                            "given here override its settings)")
+    g.add_argument("--rules", nargs="+", metavar="RULE", help="rules to diagnose, RULE-through-time for the "
+                   "authors' variant (default: the settings' rule, its through-time variant, and bp)")
+    g.add_argument("--output", type=Path, help="write the diagnostics as JSON")
+    g.add_argument("--plot", type=Path, help="write a PNG of the displacement norms against steps back")
+    g.add_argument("--threads", type=_positive_int, help=threads.HELP)
+    p.set_defaults(handler=_diagnose, subparser=p)
+
+
+def _diagnose(args, parser) -> int:
+    values = _given_settings(args)
+    try:
+        if args.run is not None:
+            values = {**read_run_config(args.run), **values}
+        config = TrainConfig.from_dict(values)
+        task = build_task(config)
+        model = build_model(config, task)
+        if args.run is not None:
+            found = checkpoint.latest(checkpoint.checkpoint_dir(args.run))
+            if found.payload is None:
+                raise ValueError(f"{args.run} has no usable checkpoint")
+            model.load_state_dict(found.payload["model"])
+        x, y = task.train_batch(0)
+        result = diagnose.diagnose(model, x, y, LOSSES[task.loss], args.rules or diagnose.default_rules(config.rule))
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    print(diagnose.table(result))
+    if args.output:
+        diagnose.write_json(result, args.output)
+    if args.plot:
+        diagnose.plot(result, args.plot, f"{config.task} T={getattr(task, 'length', '?')}, r={config.reg:g}, "
+                      f"γ_h={config.target_step:g}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- bench

@@ -12,6 +12,7 @@ whole recurrence: a second, BP-like recursion whose injected gradients are ``−
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,22 @@ class TPConfig:
     through_time: bool = False
     backend: str = "auto"
     inverse: object = None  # the learned rule's reverse layer (targetprop.learned.ReverseLayer)
+
+
+_recorders: list[list] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, each TP layer's backward appends ``(tape, config, λ)`` to the yielded
+    list: ``λ`` a copy of the displacements of eqs. (1)–(2) (before any through-time pass), with
+    the tape and settings that turn displacements into directions (:mod:`targetprop.diagnose`)."""
+    records: list = []
+    _recorders.append(records)
+    try:
+        yield records
+    finally:
+        _recorders.remove(records)
 
 
 def inject(grad_output: Tensor | None, grad_last: Tensor | None, scale: float, out: Tensor) -> Tensor:
@@ -60,6 +77,16 @@ def displacements(tape, grad_output: Tensor | None, grad_last: Tensor | None, co
     scale = config.target_step if rule.uses_target_step else 1.0
     lam = inject(grad_output, grad_last, scale, tape.out)
     rule.prepare(tape, config)(lam)
+    if _recorders:
+        record = (tape, config, lam.clone())
+        for records in _recorders:
+            records.append(record)
+    return through_time_(tape, lam, config)
+
+
+def through_time_(tape, lam: Tensor, config: TPConfig) -> Tensor:
+    """With ``through_time`` (and a rule other than ``bp``), turn the displacements ``λ`` into the
+    negated adjoints ``ν`` of ``Σ_t ½‖h_t − v_t‖²`` in place; otherwise return ``λ`` as it is."""
     if config.through_time and config.rule != "bp":
         # ν_T = λ_T, ν_{t-1} = BP-step(ν_t) + λ_{t-1} for t-1 ≥ 1; h_0 has no target loss. In place:
         # when step t writes ν_{t-1} into slot t-1, that slot holds λ_{t-1}, which nothing needs after.

@@ -115,7 +115,7 @@ class Trainer:
             raise ValueError(f"device {config.device!r} is not usable here: {err}") from None
         self.net = self.world.wrap(self.model, self.device)
         self.optimizer = build_optimizer(config, self.model)
-        self.loss_fn = _LOSSES[self.task.loss]
+        self.loss_fn = LOSSES[self.task.loss]
         self.guard = FiniteGuard(self.device, deferred=self.device.type != "cpu",
                                  check_loss=not self.world.distributed)
         self.iteration = 0
@@ -589,7 +589,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, overwrite: bool
 
 # ---------------------------------------------------------------------------- helpers
 
-_LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
+LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
 
 
 def _first_sentence(err: BaseException) -> str:

@@ -1,0 +1,173 @@
+"""Why TP learns or does not: its directions against BP's gradient, and how far back its targets reach.
+
+On one fixed batch, for each rule asked (``linearized``, ``linearized-through-time``, ``bp``, …),
+:func:`diagnose` runs one forward and backward of a copy of the model and reports:
+
+* ``cosine_with_bp`` {rule: {parameter: c}}: cosine of the rule's direction with BP's gradient;
+* ``norm_ratio`` {rule: {parameter: ρ}}: its norm over ``s·‖BP gradient‖``, ``s = γ_h`` for the
+  rules that scale the injected gradients by it (1 for ``bp``): eq. 3's step on the recurrent
+  weights is ``γ_θ·γ_h`` times the direction, so ρ = 1 is "BP's step size";
+* ``displacement_norm`` {rule: [d_0, …, d_{T-1}]}: ``d_k`` the batch mean of ``‖λ_{T−k}‖``, the
+  displacement of the state k steps before the last (eqs. 1–2, before any through-time pass);
+  ``bp_adjoint_norm`` the same for BP's adjoint;
+* ``horizon`` {rule: {"1e-6": k, "zero": k | None}}: the first k where ``d_k < 10⁻⁶ d_0``, and the
+  first where it is exactly 0 (None: never);
+* ``last_step_share``, ``last10_share`` {rule: s}: how much of the ``W_hh`` direction ``D`` comes
+  from the displacements of the last step (last 10 steps), ``⟨D_S, D⟩ / ‖D‖²`` with ``D_S`` the
+  direction computed from those displacements alone (directions are linear in them).
+
+For an orthogonal ``W_hh``, eq. 2 multiplies a displacement by about ``1/(1+r)`` per step back
+(times ``1/a' ≥ 1``), so the horizon is about ``ln(10⁶)/ln(1+r)`` steps (docs/maths.md).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import engine, rules
+
+#: a rule name, or a rule name + THROUGH_TIME for the authors' through-time variant
+THROUGH_TIME = "-through-time"
+ZERO_RATIO = 1e-6
+
+
+def rule_settings(name: str) -> tuple[str, bool]:
+    """``("linearized", True)`` for ``"linearized-through-time"``; ``(name, False)`` otherwise."""
+    return (name[: -len(THROUGH_TIME)], True) if name.endswith(THROUGH_TIME) else (name, False)
+
+
+def default_rules(rule: str) -> list[str]:
+    """The layer's own rule, its through-time variant and ``bp``."""
+    return ["bp"] if rule == "bp" else [rule, rule + THROUGH_TIME, "bp"]
+
+
+def _run(model: nn.Module, layer: str, x: Tensor, y: Tensor, loss_fn, name: str):
+    """(directions of the parameters of the submodule ``layer``, the recorded (tape, config, λ))
+    for rule ``name``."""
+    model = copy.deepcopy(model)  # a learned rule trains its reverse layer in the backward
+    layer = dict(model.named_modules())[layer]
+    layer.rule, layer.through_time = rule_settings(name)
+    model.zero_grad(set_to_none=True)
+    with engine.recording() as records:
+        loss_fn(model(x), y).backward()
+    if len(records) != 1:
+        raise ValueError(f"diagnose needs exactly one TP layer in the model, found {len(records)} backward(s)")
+    return {k: p.grad.detach().clone() for k, p in layer.named_parameters()}, records[0]
+
+
+def _whh_direction(record, keep_from: int) -> Tensor:
+    """The ``W_hh`` direction from the displacements of steps ``keep_from..T`` alone."""
+    tape, config, lam = record
+    part = lam.clone()
+    part[:keep_from].zero_()
+    engine.through_time_(tape, part, config)
+    return tape.directions(part, (False, False, False, True, False, False))[3]
+
+
+def _share(record, steps: int) -> float:
+    T = record[2].shape[0] - 1
+    full = _whh_direction(record, 1)
+    denom = full.pow(2).sum().item()
+    return _whh_direction(record, max(1, T - steps + 1)).flatten().dot(full.flatten()).item() / denom if denom else float("nan")
+
+
+def _steps_back_norms(lam: Tensor) -> list[float]:
+    """``d_k`` = batch mean of ‖λ_{T−k}‖, k = 0..T−1."""
+    return lam[1:].double().norm(dim=-1).mean(-1).flip(0).tolist()
+
+
+def _horizon(norms: list[float]) -> dict:
+    start = norms[0]
+    below = next((k for k, d in enumerate(norms) if d < ZERO_RATIO * start), None)
+    zero = next((k for k, d in enumerate(norms) if d == 0.0), None)
+    return {"1e-6": below, "zero": zero}
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    n = a.norm().item() * b.norm().item()
+    return a.dot(b).item() / n if n else float("nan")
+
+
+def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[str], layer: str = "rnn") -> dict:
+    """The diagnostics of the module docstring for ``model`` (whose TP layer is the submodule
+    ``layer``) on the batch ``(x, y)`` with ``loss_fn(model(x), y)``; ``model`` is not changed."""
+    names = list(dict.fromkeys([*rule_names, "bp"]))
+    runs = {name: _run(model, layer, x, y, loss_fn, name) for name in names}
+    bp_grads = runs["bp"][0]
+    out = {k: {} for k in ("cosine_with_bp", "norm_ratio", "displacement_norm", "horizon", "last_step_share",
+                           "last10_share")}
+    for name in rule_names:
+        grads, record = runs[name]
+        config = record[1]
+        scale = config.target_step if rules.get_rule(config.cell, config.rule).uses_target_step else 1.0
+        out["cosine_with_bp"][name] = {k: _cosine(g, bp_grads[k]) for k, g in grads.items()}
+        out["norm_ratio"][name] = {k: g.norm().item() / (scale * bp_grads[k].norm().item())
+                                   if bp_grads[k].norm().item() else float("nan") for k, g in grads.items()}
+        norms = _steps_back_norms(record[2])
+        out["displacement_norm"][name] = norms
+        out["horizon"][name] = _horizon(norms)
+        out["last_step_share"][name] = _share(record, 1)
+        out["last10_share"][name] = _share(record, 10)
+    out["bp_adjoint_norm"] = _steps_back_norms(runs["bp"][1][2])
+    return out
+
+
+def table(result: dict) -> str:
+    """A Markdown table: per rule, the W_hh cosine and norm ratio, the horizons and the shares."""
+    lines = ["| rule | parameter | cosine with BP | norm ratio | horizon 1e-6 | horizon zero | last step | last 10 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, cosines in result["cosine_with_bp"].items():
+        h = result["horizon"][name]
+        for i, (param, c) in enumerate(cosines.items()):
+            extra = (f"{_k(h['1e-6'])} | {_k(h['zero'])} | {result['last_step_share'][name]:.3f} | "
+                     f"{result['last10_share'][name]:.3f}") if i == 0 else " |  |  | "
+            lines.append(f"| {name if i == 0 else ''} | {param} | {c:.4f} | {result['norm_ratio'][name][param]:.4g} | "
+                         f"{extra} |")
+    return "\n".join(lines)
+
+
+def _k(k) -> str:
+    return "none" if k is None else str(k)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    def clean(v):  # NaN is not JSON
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(w) for k, w in v.items()}
+        if isinstance(v, list):
+            return [clean(w) for w in v]
+        return v
+
+    Path(path).write_text(json.dumps(clean(result), indent=1) + "\n", encoding="utf-8")
+
+
+def plot(result: dict, path: str | Path, title: str = "") -> None:
+    """Log-scale displacement norms against steps back, one line per rule, BP's adjoint beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, norms in result["displacement_norm"].items():
+        if name != "bp":
+            ax.plot(range(len(norms)), [d if d > 0 else float("nan") for d in norms], label=f"{name}: ‖λ_(T−k)‖",
+                    linestyle=":" if name.endswith(THROUGH_TIME) else "-")
+    bp = result["bp_adjoint_norm"]
+    ax.plot(range(len(bp)), [d if d > 0 else float("nan") for d in bp], "k--", label="bp: adjoint norm")
+    ax.set_yscale("log")
+    ax.set_xlabel("steps back k")
+    ax.set_ylabel("batch mean norm")
+    ax.set_title(title or "How far back the targets reach")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
