@@ -10,6 +10,7 @@ from helpers import assert_rel
 from targetprop import diagnose, orthogonal_
 from targetprop.cli import main
 from targetprop.models import SequenceModel
+from targetprop.trainer import read_metrics
 
 D64 = torch.float64
 
@@ -122,3 +123,24 @@ def test_command_line_writes_json_and_plot_and_reads_a_run(tmp_path, capsys):
     assert exit_.value.code == 2
     with pytest.raises(SystemExit):
         main(["diagnose", "--run", str(tmp_path / "nothing")])
+
+
+def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):
+    from targetprop import diagnose as diag
+    from targetprop.plotting import plot_runs
+
+    common = ["--task", "temporal-order", "--length", "10", "--hidden-size", "8", "--eval-every", "25",
+              "--test-size", "50", "--quiet", "--rule", "learned"]  # the learned rule draws noise: RNG untouched?
+    plain, logged = tmp_path / "plain", tmp_path / "logged"
+    assert main(["train", *common, "--iterations", "100", "--out", str(plain)]) == 0
+    assert main(["train", *common, "--iterations", "50", "--diagnose-every", "50", "--out", str(logged)]) == 0
+    assert main(["train", "--resume", str(logged), "--iterations", "100"]) == 0  # the cadence comes back
+    for column in ("iteration", "batch_loss", "train_loss", "test_accuracy"):
+        assert read_metrics(plain)[column] == read_metrics(logged)[column], column
+    rows = diag.read(logged / "diagnostics.csv")
+    assert [(int(r["iteration"]), r["rule"]) for r in rows] == [
+        (i, rule) for i in (0, 50, 100) for rule in ("learned", "learned-through-time", "bp")]
+    assert all(-1 <= float(r["cosine_whh"]) <= 1 for r in rows)
+    assert json.loads((logged / "config.json").read_text())["run"]["diagnose_every"] == 50
+    plot_runs([plain, logged], tmp_path / "c.png")
+    assert (tmp_path / "c-diagnostics.png").stat().st_size > 1000

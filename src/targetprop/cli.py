@@ -117,6 +117,10 @@ def _add_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=_non_negative_int, metavar="N",
                    help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
                         f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
+    g.add_argument("--diagnose-every", type=_non_negative_int, metavar="N",
+                   help="every N iterations (at evaluations), append TP's diagnostics of one fixed batch "
+                        "(targetprop diagnose: cosines with BP, horizons, shares) to OUT/diagnostics.csv; "
+                        "targetprop plot draws them (default: the run's own when it continues, else never)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=_positive_int,
                    help="CPU threads for torch (default: the run's own when it continues, else 1 when "
@@ -211,7 +215,8 @@ def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distrib
         threads.apply(task, config)
     try:
         summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args) and world.main,
-                              resume=args.resume is not None, checkpoint_every=args.checkpoint_every)
+                              resume=args.resume is not None, checkpoint_every=args.checkpoint_every,
+                              diagnose_every=args.diagnose_every)
     except ValueError as err:  # e.g. every checkpoint of the run is corrupt
         parser.error(str(err))
     if trainer.lost_ranks is not None:  # every surviving process says so, in one line

@@ -22,6 +22,7 @@ For an orthogonal ``W_hh``, eq. 2 multiplies a displacement by about ``1/(1+r)``
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 from pathlib import Path
@@ -171,3 +172,52 @@ def plot(result: dict, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- through training
+
+#: columns of a run's ``diagnostics.csv`` (one row per rule per diagnosed iteration)
+COLUMNS = ("iteration", "rule", "cosine_whh", "norm_ratio_whh", "horizon_1e-6", "horizon_zero",
+           "last_step_share", "last10_share")
+
+
+def rows(iteration: int, result: dict) -> list[dict]:
+    """The ``diagnostics.csv`` rows of one :func:`diagnose` result (W_hh's cosine and norm ratio)."""
+    out = []
+    for name, cosines in result["cosine_with_bp"].items():
+        h = result["horizon"][name]
+        out.append({"iteration": iteration, "rule": name, "cosine_whh": cosines["weight_hh_l0"],
+                    "norm_ratio_whh": result["norm_ratio"][name]["weight_hh_l0"], "horizon_1e-6": h["1e-6"],
+                    "horizon_zero": h["zero"], "last_step_share": result["last_step_share"][name],
+                    "last10_share": result["last10_share"][name]})
+    return out
+
+
+class Log:
+    """A run's ``diagnostics.csv``, appended row by row and flushed; opened to continue a run from
+    its checkpoint of ``iteration``, it keeps the rows up to that iteration (the checkpoint's past)."""
+
+    def __init__(self, path: str | Path, iteration: int = 0):
+        self.path = Path(path)
+        kept = [r for r in read(self.path) if int(r["iteration"]) <= iteration] if iteration else []
+        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, COLUMNS)
+        self._writer.writeheader()
+        self._writer.writerows(kept)
+        self._file.flush()
+
+    def append(self, iteration: int, result: dict) -> None:
+        self._writer.writerows(rows(iteration, result))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read(path: str | Path) -> list[dict]:
+    """The rows of a ``diagnostics.csv`` (empty if there is none), values as strings."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import diagnose
 from .trainer import TrainConfig, read_metrics
 
 PANELS = (("iteration", "train_loss"), ("iteration", "test_accuracy"),
@@ -72,7 +73,35 @@ def plot_runs(paths, output: str | Path, *, title: str | None = None) -> Path:
         fig.suptitle(title)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
+    plot_diagnostics(runs, output.with_name(output.stem + "-diagnostics" + output.suffix), title=title)
     return output
+
+
+def plot_diagnostics(runs, output: Path, *, title: str | None = None) -> Path | None:
+    """For the runs with a ``diagnostics.csv`` (``train --diagnose-every``): the W_hh direction's
+    cosine with BP's gradient and the horizon (steps back to 10⁻⁶) against iterations, one line per
+    run and rule, into ``output``; None when no run has diagnostics."""
+    found = {run: diagnose.read(run / "diagnostics.csv") for run in runs}
+    found = {run: rows for run, rows in found.items() if rows}
+    if not found:
+        return None
+    fig = _figure((11, 4.2))
+    cos_ax, horizon_ax = fig.subplots(1, 2)
+    for run, rows in found.items():
+        for rule in dict.fromkeys(r["rule"] for r in rows):
+            mine = [r for r in rows if r["rule"] == rule]
+            its = [int(r["iteration"]) for r in mine]
+            label = f"{run_label(run)} [{rule}]"
+            cos_ax.plot(its, [float(r["cosine_whh"] or "nan") for r in mine], label=label, linewidth=1.2)
+            horizon_ax.plot(its, [float(r["horizon_1e-6"] or "nan") for r in mine], label=label, linewidth=1.2)
+    cos_ax.set(xlabel="iteration", ylabel="cosine of the W_hh direction with BP's gradient", ylim=(-1.02, 1.02))
+    horizon_ax.set(xlabel="iteration", ylabel="steps back until the displacement < 1e-6 of the last")
+    for ax in (cos_ax, horizon_ax):
+        ax.grid(alpha=0.3)
+    cos_ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, output)
 
 
 # ---------------------------------------------------------------------------- the paper's figures

@@ -97,10 +97,13 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def write_config(out: Path, settings: dict, *, checkpoint_every: int, environment: dict) -> None:
-    """``out/config.json``: the settings, the checkpoint cadence and the session's conditions."""
-    write_json(out / "config.json", {"version": __version__, "config": settings,
-                                     "run": {"checkpoint_every": checkpoint_every}, "environment": environment})
+def write_config(out: Path, settings: dict, *, checkpoint_every: int, environment: dict,
+                 diagnose_every: int = 0) -> None:
+    """``out/config.json``: the settings, the checkpoint and diagnostics cadences and the session's
+    conditions."""
+    run = {"checkpoint_every": checkpoint_every, **({"diagnose_every": diagnose_every} if diagnose_every else {})}
+    write_json(out / "config.json", {"version": __version__, "config": settings, "run": run,
+                                     "environment": environment})
 
 
 def _read_json(path: Path) -> dict | None:
@@ -124,13 +127,14 @@ def read_run_config(out: str | Path) -> dict:
 
 
 def read_run_options(out: str | Path) -> dict:
-    """What ``out/config.json`` records besides the settings: ``checkpoint_every`` and ``threads``
+    """What ``out/config.json`` records besides the settings: ``checkpoint_every``, ``diagnose_every`` and ``threads``
     (absent when not recorded, as in runs of targetprop 0.1.0)."""
     saved = _read_json(Path(out) / "config.json") or {}
     options = {}
-    every = (saved.get("run") or {}).get("checkpoint_every")
-    if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
-        options["checkpoint_every"] = every
+    for key in ("checkpoint_every", "diagnose_every"):
+        every = (saved.get("run") or {}).get(key)
+        if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
+            options[key] = every
     threads = (saved.get("environment") or {}).get("threads")
     if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
         options["threads"] = threads
@@ -212,6 +216,7 @@ def prepare(out: Path, *, overwrite: bool) -> None:
     folder = checkpoint.checkpoint_dir(out)
     if overwrite:
         (out / "summary.json").unlink(missing_ok=True)
+        (out / "diagnostics.csv").unlink(missing_ok=True)
         checkpoint.clear(folder)
     elif checkpoint.listed(folder) or corrupt_files(out):
         raise ValueError(f"{out} holds a run's checkpoints; continue the run, or use --overwrite to start "

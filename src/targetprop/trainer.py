@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from . import checkpoint, environment, rundir
+from . import checkpoint, diagnose, environment, rundir
 from .distributed import World, lost_peer, resolve_device
 from .guard import FiniteGuard, NonFinite, direction_norm
 from .inverse import RegularizedInverseError
@@ -123,6 +123,7 @@ class Trainer:
         self.reached_at: int | None = None
         self.best: tuple[float, int] | None = None  # best test accuracy and its iteration
         self.log: rundir.MetricsLog | None = None
+        self.diagnostics: diagnose.Log | None = None
         self.last: dict | None = None
         self.train_time = 0.0
         self.wall_time = 0.0
@@ -136,7 +137,7 @@ class Trainer:
         self._loss_count = 0
         self._out: Path | None = None
         self._checkpoints: Path | None = None
-        self._checkpoint_every = 0
+        self._checkpoint_every = self._diagnose_every = 0
         self._clock: float | None = None
 
     # ------------------------------------------------------------------ one iteration
@@ -191,7 +192,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = False,
-            resume: bool = False, checkpoint_every: int | None = None) -> dict:
+            resume: bool = False, checkpoint_every: int | None = None, diagnose_every: int | None = None) -> dict:
         """Train for ``config.iterations`` (or until stopped); return the summary.
 
         With ``out``, the run's files are written there (see the module docstring); a directory
@@ -203,7 +204,9 @@ class Trainer:
         set aside as ``*.corrupt`` and the one before it used); a ValueError lists the settings that
         differ from the run's, other than the iteration budget. ``checkpoint_every``: iterations
         between checkpoints (0: only at the end and on SIGINT/SIGTERM; None: the run's own when it
-        continues, else 1000). Ctrl-C ends the run with status ``interrupted``.
+        continues, else 1000). ``diagnose_every``: every that many iterations (at evaluations), append
+        :mod:`targetprop.diagnose`'s diagnostics of one fixed batch to ``diagnostics.csv`` (0: never;
+        None: the run's own when it continues, else 0). Ctrl-C ends the run with status ``interrupted``.
         """
         out = Path(out) if out is not None else None
         if resume and out is None:
@@ -217,12 +220,15 @@ class Trainer:
         if checkpoint_every is None:
             checkpoint_every = rundir.read_run_options(out).get("checkpoint_every", CHECKPOINT_EVERY) \
                 if resume else CHECKPOINT_EVERY
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+        if diagnose_every is None:
+            diagnose_every = rundir.read_run_options(out).get("diagnose_every", 0) if resume else 0
+        for name, every in (("checkpoint_every", checkpoint_every), ("diagnose_every", diagnose_every)):
+            if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {every!r}")
         cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), _SignalStop() as stop:
-            self._out, self._checkpoint_every = out, checkpoint_every
+            self._out, self._checkpoint_every, self._diagnose_every = out, checkpoint_every, diagnose_every
             self.environment = environment.describe(self.device)
             if resume:
                 self._resume(out)
@@ -250,6 +256,8 @@ class Trainer:
                 bar.close()
                 if self.log is not None:
                     self.log.close()
+                if self.diagnostics is not None:
+                    self.diagnostics.close()
             summary = self.summary(status, message, time.perf_counter() - self._clock)
             if out is not None and writer:  # still inside the signal handlers: torchrun may be stopping us
                 rundir.write_json(out / "summary.json", summary)
@@ -265,6 +273,7 @@ class Trainer:
             rundir.prepare(out, overwrite=overwrite)
             self._write_config(out)
             self.log = rundir.MetricsLog(out / "metrics.csv")
+            self._open_diagnostics(out)
 
     def _resume(self, out: Path) -> None:
         """Continue the run in ``out`` from its newest valid checkpoint (or from iteration 0 if
@@ -295,9 +304,24 @@ class Trainer:
             self._write_config(out)
             (out / "summary.json").unlink(missing_ok=True)
             self.log = rundir.MetricsLog(out / "metrics.csv", keep=self.rows)
+            self._open_diagnostics(out)
+
+    def _open_diagnostics(self, out: Path) -> None:
+        if self._diagnose_every:
+            self.diagnostics = diagnose.Log(out / "diagnostics.csv", self.iteration)
+
+    def _diagnose(self) -> None:
+        """Diagnostics of the fixed batch of iteration 0, without touching any random stream."""
+        x, y = (t.to(self.device) for t in self.task.train_batch(0))
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            result = diagnose.diagnose(getattr(self.model, "module", self.model), x, y, self.loss_fn,
+                                       diagnose.default_rules(self.config.rule))
+        self.diagnostics.append(self.iteration, result)
 
     def _write_config(self, out: Path) -> None:
         rundir.write_config(out, self.config.to_dict(), checkpoint_every=self._checkpoint_every,
+                            diagnose_every=self._diagnose_every,
                             environment=self.environment)
 
     def _run_loop(self, bar, stop: _SignalStop) -> None:
@@ -353,6 +377,8 @@ class Trainer:
         self.rows += 1
         if self.log is not None:
             self.log.append(point)
+        if self.diagnostics is not None and self.iteration % self._diagnose_every == 0:
+            self._diagnose()
         if self.best is None or point["test_accuracy"] > self.best[0]:
             self.best = (point["test_accuracy"], self.iteration)
         if self.reached_at is None and point["test_accuracy"] >= 1.0:
