@@ -35,7 +35,8 @@ class Activation:
     def apply_(self, u: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def derivative(self, y: Tensor) -> Tensor:
+    def derivative(self, y: Tensor, out: Tensor | None = None) -> Tensor:
+        """``a'`` at the pre-activation whose image is ``y`` (into ``out`` if given)."""
         raise NotImplementedError
 
     def project(self, y: Tensor, tol: float) -> Tensor:
@@ -72,8 +73,8 @@ class Tanh(Activation):
     def apply_(self, u):
         return u.tanh_()
 
-    def derivative(self, y):
-        return torch.addcmul(y.new_ones(()), y, y, value=-1.0)  # 1 − y², one pass
+    def derivative(self, y, out=None):
+        return torch.addcmul(y.new_ones(()), y, y, value=-1.0, out=out)  # 1 − y², one pass
 
     def derivative_floor(self, tol):
         return 1.0 - (1.0 - tol) ** 2
@@ -97,8 +98,8 @@ class Sigmoid(Activation):
     def apply_(self, u):
         return u.sigmoid_()
 
-    def derivative(self, y):
-        return torch.addcmul(y, y, y, value=-1.0)  # y − y², one pass
+    def derivative(self, y, out=None):
+        return torch.addcmul(y, y, y, value=-1.0, out=out)  # y − y², one pass
 
     def derivative_floor(self, tol):
         return tol * (1.0 - tol)
@@ -122,8 +123,8 @@ class Identity(Activation):
     def apply_(self, u):
         return u
 
-    def derivative(self, y):
-        return torch.ones_like(y)
+    def derivative(self, y, out=None):
+        return torch.ones_like(y) if out is None else out.fill_(1.0)
 
     def project(self, y, tol):
         return y
@@ -148,8 +149,8 @@ class ReLU(Activation):
     def apply_(self, u):
         return u.relu_()
 
-    def derivative(self, y):
-        return (y > 0).to(y.dtype)
+    def derivative(self, y, out=None):
+        return (y > 0).to(y.dtype) if out is None else out.copy_(y > 0)
 
     def project(self, y, tol):
         return y.clamp(min=0.0)

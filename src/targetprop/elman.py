@@ -19,7 +19,7 @@ matrix product after the recursion; the input receives ``δ_t W_ih`` and ``h_0``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from . import kernels as _kernels
 from .activations import Activation
+from .engine import Workspace
 from .inverse import inverse_operator
 from .rules import Recursion, propagate, register
 
@@ -94,6 +95,7 @@ class ElmanTape:
     bias_hh: Tensor | None
     activation: Activation
     kernels: object = None  # the compiled module, or None for the pure-PyTorch path
+    workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
 
     def h_prev(self, t: int) -> Tensor:
         """``h_{t-1}`` for t = 1..T."""
@@ -102,7 +104,7 @@ class ElmanTape:
     @cached_property
     def derivative(self) -> Tensor:
         """``a'(u_t)`` for all t, exact (no projection): (T, B, p)."""
-        return self.activation.derivative(self.out)
+        return self.activation.derivative(self.out, out=self.workspace.empty("derivative", self.out.shape, self.out))
 
     @cached_property
     def input_projection(self) -> Tensor:

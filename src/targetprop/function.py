@@ -67,5 +67,6 @@ class TPFunction(torch.autograd.Function):
     def _backward(ctx, grad_out, grad_hn):
         saved = ctx.saved_tensors
         tape = ctx.cell.Tape(*saved[:7], ctx.config.activation, ctx.kernels, *saved[7:])
+        tape.workspace = ctx.config.workspace or engine.Workspace()
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
         return (None, None, None, *tape.directions(lam, ctx.needs_input_grad[3:]))

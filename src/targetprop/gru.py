@@ -25,7 +25,7 @@ The pure-PyTorch path computes the same from the kept gates with batched tensor 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import kernels as _kernels
 from .activations import Activation
+from .engine import Workspace
 from .inverse import inverse_operator
 from .rules import Recursion, propagate, register
 
@@ -105,6 +106,7 @@ class GRUTape:
     activation: Activation = None
     kernels: object = None
     gates: Tensor = None  # (T, B, 4, p): r, z, q, n
+    workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
 
     def __post_init__(self):
         if self.gates is None:
@@ -131,7 +133,8 @@ class GRUTape:
             mat = mat.contiguous()
 
             def run(lam):
-                adjoints = torch.empty_like(self.gates) if keep_adjoints else self.gates.new_empty(0)
+                adjoints = self.workspace.empty("adjoints", self.gates.shape, self.gates) if keep_adjoints \
+                    else self.gates.new_empty(0)
                 self.kernels.gru_recursion_(lam, self.gates, self.h0.contiguous(), self.out, mat, linearized,
                                             floor, adjoints)
                 if keep_adjoints:
