@@ -1,6 +1,7 @@
 """A short demo of the TP layer: one backward pass, TP direction vs BP gradient, then training.
 
-Run: ``make demo`` (or ``python examples/demo_layer.py`` inside the venv).
+Run: ``.venv/bin/python examples/demo_layer.py`` from the repository root (``make demo`` runs the
+command line's training demo instead).
 """
 import time
 
@@ -15,7 +16,7 @@ y = torch.randint(0, 4, (B,))
 head = torch.nn.Linear(p, 4)
 
 for rule in ("bp", "linearized", "difference"):
-    layer = orthogonal_init_(TPRNN(d, p, rule=rule, reg=10.0, target_step=1e-2))
+    layer = orthogonal_init_(TPRNN(d, p, batch_first=True, rule=rule, reg=10.0, target_step=1e-2))
     t0 = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(head(layer(x)[1][0]), y)
     loss.backward()

@@ -71,7 +71,7 @@ def test_gru_methods_are_compared_with_the_native_gru(tmp_path):
 
 def test_naive_yardstick_equals_the_library_rule():
     torch.manual_seed(0)
-    layer = TPRNN(2, 5, reg=1.0, target_step=1e-2, dtype=torch.float64)
+    layer = TPRNN(2, 5, batch_first=True, dtype=torch.float64, reg=1.0, target_step=1e-2)
     naive = bench._NaiveModule(2, 5, batch_first=True, dtype=torch.float64)
     naive.load_state_dict(layer.state_dict())
     x = torch.randn(3, 7, 2, dtype=torch.float64) * 0.5

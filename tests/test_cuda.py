@@ -87,7 +87,8 @@ def test_layer_directions_on_the_device_equal_the_cpu_ones(cell, rule):
     from targetprop import TPGRU, TPRNN
 
     torch.manual_seed(0)
-    layer = (TPGRU if cell == "gru" else TPRNN)(3, 24, rule=rule, reg=1.0, target_step=0.05, dtype=torch.float64)
+    layer = (TPGRU if cell == "gru" else TPRNN)(3, 24, batch_first=True, dtype=torch.float64, rule=rule, reg=1.0,
+                                                 target_step=0.05)
     x, c = torch.randn(4, 30, 3, dtype=torch.float64), torch.randn(4, 30, 24, dtype=torch.float64)
     grads = []
     for device in ("cpu", "cuda"):

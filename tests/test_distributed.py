@@ -24,7 +24,8 @@ def _free_port() -> int:
 
 def _model(rule):
     torch.manual_seed(0)
-    rnn = orthogonal_init_(TPRNN(D, P, rule=rule, reg=1.0, target_step=0.1), torch.Generator().manual_seed(0))
+    rnn = orthogonal_init_(TPRNN(D, P, batch_first=True, rule=rule, reg=1.0, target_step=0.1),
+                           torch.Generator().manual_seed(0))
     return torch.nn.ModuleDict({"rnn": rnn, "head": torch.nn.Linear(P, 4)}).double()
 
 

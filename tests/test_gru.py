@@ -13,7 +13,7 @@ BACKENDS = ["torch", "cpp"]
 
 def make_gru(B=3, T=6, d=2, p=4, seed=0, scale=0.6, bias=True, backend="auto"):
     g = torch.Generator().manual_seed(seed)
-    layer = TPGRU(d, p, dtype=D64, bias=bias, backend=backend)
+    layer = TPGRU(d, p, bias=bias, batch_first=True, dtype=D64, backend=backend)
     with torch.no_grad():
         for w in layer.parameters():
             w.copy_(torch.randn(w.shape, generator=g, dtype=D64) * scale / w.shape[-1] ** 0.5)
@@ -234,7 +234,7 @@ def test_tpgru_reaches_100_percent_on_temporal_order_10(rule, lr):
 
     torch.manual_seed(0)
     task = TemporalOrder(10, seed=0, batch_size=20, test_size=200)
-    rnn = orthogonal_init_(TPGRU(task.input_size, 32, rule=rule, reg=10.0, target_step=1e-2))
+    rnn = orthogonal_init_(TPGRU(task.input_size, 32, batch_first=True, rule=rule, reg=10.0, target_step=1e-2))
     head = torch.nn.Linear(32, task.output_size)
     opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=lr)
     it, acc = train_to_full_accuracy(rnn, head, opt, task, budget=1500)

@@ -29,7 +29,7 @@ def test_shapes_like_torch_rnn(batch_first):
 
 def test_state_dict_round_trip_with_torch_rnn():
     rnn = torch.nn.RNN(3, 5, batch_first=True, dtype=D64)
-    layer = TPRNN(3, 5, dtype=D64)
+    layer = TPRNN(3, 5, batch_first=True, dtype=D64)
     assert set(layer.state_dict()) == set(rnn.state_dict())
     layer.load_state_dict(rnn.state_dict())  # strict
     x = torch.randn(2, 9, 3, dtype=D64)
@@ -83,7 +83,7 @@ def test_float32_agrees_with_float64(rule, backend):
     layer, x, h0, C, Cn = make_problem("tanh", T=20, seed=4)
     layer.rule = rule
     g64 = run_layer(layer, x, h0, C, Cn)[0]
-    layer32 = TPRNN(2, 4, rule=rule, backend=backend)
+    layer32 = TPRNN(2, 4, batch_first=True, rule=rule, backend=backend)
     layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
     g32 = run_layer(layer32, x.float(), h0.float(), C.float(), Cn.float())[0]
     for k in g64:
@@ -119,7 +119,7 @@ def test_extra_repr_and_validation_on_assignment():
 def _train(rule, opt, train_rnn=True, iterations=100):
     """Predict the sign of the *first* input of a 6-step sequence from h_T (paper's r=10, γ_h=1e-2)."""
     torch.manual_seed(0)
-    rnn = orthogonal_init_(TPRNN(2, 16, rule=rule, reg=10.0, target_step=1e-2))
+    rnn = orthogonal_init_(TPRNN(2, 16, batch_first=True, rule=rule, reg=10.0, target_step=1e-2))
     head = torch.nn.Linear(16, 2)
     params = (list(rnn.parameters()) if train_rnn else []) + list(head.parameters())
     optim = torch.optim.SGD(params, lr=1.0) if opt == "sgd" else torch.optim.Adam(params, lr=1e-3)
@@ -170,7 +170,7 @@ def test_bad_hyper_parameters(kwargs, match):
 
 
 def test_bad_inputs():
-    layer = TPRNN(2, 3)
+    layer = TPRNN(2, 3, batch_first=True)
     with pytest.raises(ValueError, match="3-D"):
         layer(torch.randn(2, 3, 4, 2))
     with pytest.raises(ValueError, match="3-D"):
@@ -182,7 +182,7 @@ def test_bad_inputs():
         x[1, 2, 0] = bad
         with pytest.raises(ValueError, match="NaN or inf"):
             layer(x)
-    with pytest.raises(ValueError, match="h0 must have shape"):
+    with pytest.raises(ValueError, match="hx must have shape"):
         layer(torch.randn(4, 5, 2), torch.zeros(1, 5, 3))
     with pytest.raises(ValueError, match="dtype"):
         layer(torch.randn(4, 5, 2, dtype=D64))

@@ -55,7 +55,7 @@ def test_reverse_layer_update_is_one_nesterov_step():
 
 def test_reconstruction_error_falls_on_a_fixed_rnn():
     torch.manual_seed(0)
-    layer = orthogonal_init_(TPRNN(3, 16, rule="learned", inverse_lr=0.1, inverse_noise=0.1))
+    layer = orthogonal_init_(TPRNN(3, 16, batch_first=True, rule="learned", inverse_lr=0.1, inverse_noise=0.1))
     x = torch.randn(20, 15, 3)
     before = layer.inverse_reconstruction_error(x)
     for _ in range(300):
@@ -88,7 +88,8 @@ def test_learned_rule_reaches_100_percent_on_temporal_order_10():
 
     torch.manual_seed(0)
     task = TemporalOrder(10, seed=0, batch_size=20, test_size=200)
-    rnn = orthogonal_init_(TPRNN(task.input_size, 32, rule="learned", target_step=0.1, inverse_lr=1e-2))
+    rnn = orthogonal_init_(TPRNN(task.input_size, 32, batch_first=True, rule="learned", target_step=0.1,
+                                 inverse_lr=1e-2))
     head = torch.nn.Linear(32, task.output_size)
     opt = torch.optim.SGD([*rnn.parameters(), *head.parameters()], lr=0.1)
     it, acc = train_to_full_accuracy(rnn, head, opt, task, budget=2000)

@@ -31,7 +31,9 @@ def test_sequence_model_output_is_head_of_last_state():
 
 @pytest.mark.parametrize("kwargs,match", [({"cell": "lstm"}, "unknown cell"), ({"init": "xavier"}, "init"),
                                           ({"rule": "nope"}, "rule"),
-                                          ({"dropout": 0.5}, "'rnn' layer \\(TPRNN\\) does not take option\\(s\\) dropout")])
+                                          ({"proj_size": 2}, "'rnn' layer \\(TPRNN\\) does not take option\\(s\\) proj_size"),
+                                          ({"batch_first": False}, "the model sets batch_first"),
+                                          ({"num_layers": 2}, "num_layers=2 is not supported yet")])
 def test_sequence_model_bad_arguments(kwargs, match):
     args = {"cell": "rnn", **kwargs}
     cell = args.pop("cell")

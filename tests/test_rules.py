@@ -11,7 +11,7 @@ D64 = torch.float64
 
 def make_problem(nonlinearity="tanh", B=3, T=6, d=2, p=4, bias=True, seed=0, scale=0.6):
     g = torch.Generator().manual_seed(seed)
-    layer = TPRNN(d, p, nonlinearity=nonlinearity, bias=bias, dtype=D64)
+    layer = TPRNN(d, p, nonlinearity=nonlinearity, bias=bias, batch_first=True, dtype=D64)
     with torch.no_grad():
         for w in layer.parameters():
             w.copy_(torch.randn(w.shape, generator=g, dtype=D64) * scale / w.shape[-1] ** 0.5)

@@ -228,7 +228,8 @@ def test_bad_config(values, match):
 @pytest.mark.parametrize("values,match", [({"rule": "backprop"}, "rule must be one of"),
                                           ({"nonlinearity": "gelu"}, "gelu"),
                                           ({"task_options": {"k": 2}}, "does not take option"),
-                                          ({"layer_options": {"dropout": 0.1}}, "does not take option.*dropout")])
+                                          ({"layer_options": {"proj_size": 2}}, "does not take option.*proj_size"),
+                                          ({"layer_options": {"num_layers": 2}}, "num_layers=2 is not supported yet")])
 def test_bad_settings_found_when_building(values, match):
     with pytest.raises(ValueError, match=match):
         Trainer(TrainConfig.from_dict({**SMALL, **values}))

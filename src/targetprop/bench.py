@@ -66,7 +66,7 @@ def _layer(method: str, d: int, p: int, backend: str = "auto") -> torch.nn.Modul
         return torch.nn.GRU(d, p, batch_first=True)
     kwargs = dict(spec)
     cls = TPGRU if kwargs.pop("cell", "rnn") == "gru" else TPRNN
-    return cls(d, p, reg=1.0, backend=backend, **kwargs)
+    return cls(d, p, batch_first=True, reg=1.0, backend=backend, **kwargs)
 
 
 class BenchSettingError(argparse.ArgumentTypeError, ValueError):

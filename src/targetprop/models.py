@@ -1,8 +1,9 @@
 """The networks the trainer trains: one recurrent TP layer and a linear head on its last state.
 
 This module owns assembling them (which layer, its init, the head). ``MODELS`` maps a cell
-name to the recurrent layer class; any class with ``TPRNN``'s constructor and
-``forward(x) -> (output, h_n)`` fits.
+name to the recurrent layer class; any class built as ``torch.nn.RNN`` is
+(``cls(input_size, hidden_size, batch_first=True, **options)``) with ``forward(x) -> (output, h_n)``
+fits, ``torch.nn.RNN`` and ``torch.nn.GRU`` included.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class SequenceModel(nn.Module):
         generator: seeds the orthogonal init (``None``: the global generator).
         **layer_options: passed to the recurrent layer (``rule``, ``reg``, ``target_step``,
             ``tol``, ``through_time``, ``nonlinearity``, ``dtype``, ``device``, …); one the
-            layer does not take is a ValueError naming it.
+            layer does not take is a ValueError naming it, and so are ``input_size``,
+            ``hidden_size`` and ``batch_first``, which the model sets (input is batch first).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, *,
@@ -51,13 +53,16 @@ class SequenceModel(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x`` (B, T, d) → head outputs (B, output_size)."""
+        """``x`` (B, T, d) → head outputs (B, output_size), read from the last layer's last state."""
         _, h_n = self.rnn(x)
-        return self.head(h_n[0])
+        return self.head(h_n[-1])
 
 
 def _check_options(cell: str, options: dict) -> None:
-    """A ValueError naming the options the layer of ``cell`` does not take."""
+    """A ValueError naming the options the layer of ``cell`` does not take or the model sets."""
+    reserved = sorted(set(options) & {"input_size", "hidden_size", "batch_first"})
+    if reserved:
+        raise ValueError(f"the model sets {', '.join(reserved)} itself; do not pass them as layer options")
     params = inspect.signature(MODELS[cell]).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return

@@ -1,16 +1,23 @@
-"""The TP layers: ``TPRNN`` and ``TPGRU`` look and load like one-layer ``torch.nn.RNN`` /
-``torch.nn.GRU`` and train by target propagation.
+"""The TP layers: ``TPRNN`` and ``TPGRU`` take ``torch.nn.RNN`` / ``torch.nn.GRU``'s arguments
+(same order and defaults), load their state dicts, and train by target propagation.
 
 After ``loss.backward()`` their parameters' ``.grad`` hold the target-propagation direction of
 eq. (3) (or the exact gradient with ``rule="bp"``), so any ``torch.optim`` optimizer applies
 the paper's update. See ``docs/maths.md``.
+
+For now a module has one layer and one direction: ``num_layers > 1`` and ``bidirectional=True``
+are refused with a ValueError, ``dropout`` is accepted and, as in ``torch.nn``, has no effect on
+a single layer (with a warning when positive), and ``PackedSequence`` input is refused.
 """
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _validation as check
 from . import elman, gru, learned, rules
@@ -20,56 +27,132 @@ from .function import TPFunction
 from .init import orthogonal_
 from .kernels import BACKENDS
 
-_COMMON_ARGS = """
+_NN_ARGS = """
         input_size: features per step ``d``.
         hidden_size: hidden units ``p``.
+        num_layers: recurrent layers stacked; only 1 for now (other values: a ValueError).{nonlinearity}
         bias: with ``bias_ih_l0`` and ``bias_hh_l0``.
-        batch_first: input ``(B, T, d)`` and output ``(B, T, p)`` if True, else time first.
+        batch_first: input ``(B, T, d)`` and output ``(B, T, p)`` if True, else ``(T, B, d)`` and
+            ``(T, B, p)`` (the default, as ``torch.nn``).
+        dropout: as ``torch.nn``, dropout between stacked layers: with one layer it has no effect
+            (a warning when positive); a number in ``[0, 1]``.
+        bidirectional: only False for now (True: a ValueError).
+        device, dtype: where and in which dtype the parameters are made.
+
+    Keyword-only (target propagation):
+        rule: {rules}
         reg: ``r ≥ 0``, the ridge term of the regularized inverse (Section 2.1).
         target_step: ``γ_h > 0``, the step that makes the last target from the loss gradient (eq. 1).
         tol: ``τ ∈ (0, 0.5)``: targets are projected into the activation's range shrunk by ``τ``.
         through_time: if True, the authors' public-code variant: the same targets, but the
             parameter direction back-propagates ``Σ_t ½‖h_t − v_t‖²`` through the recurrence
-            instead of holding ``h_{t-1}`` fixed.
+            instead of holding ``h_{{t-1}}`` fixed.
         check_finite: raise on NaN/inf inputs (one reduction per forward).
         backend: ``"auto"`` (fused compiled CPU loops where they apply, built on first use, else
-            pure PyTorch), ``"cpp"`` (compiled or an error) or ``"torch"`` (pure PyTorch).
+            pure PyTorch), ``"cpp"`` (compiled or an error) or ``"torch"`` (pure PyTorch).{extra}
 
-    Shapes as ``torch.nn`` with one layer: ``forward(x, h0=None) -> (output, h_n)``; ``h0`` and
-    ``h_n`` are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input)."""
+    ``forward(input, hx=None) -> (output, h_n)`` with ``torch.nn``'s shapes: ``hx`` and ``h_n``
+    are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input). The backward cannot build a
+    graph: ``create_graph=True`` through the layer (a penalty on a gradient, a Hessian-vector
+    product) raises a RuntimeError instead of silently leaving out the layer's second-order terms."""
+
+_NO_DOUBLE_BACKWARD = (
+    "a TPRNN/TPGRU layer cannot be differentiated twice: its backward computes the parameters' "
+    "directions (the TP direction, or the gradient with rule='bp') and the input's gradient without "
+    "an autograd graph, so with create_graph=True (a penalty on a gradient, a Hessian-vector product) "
+    "the layer's second-order terms would be silently missing. Use create_graph=False, or "
+    "torch.nn.RNN/torch.nn.GRU where second derivatives are needed.")
+
+
+class _LayerFunction(TPFunction):
+    """:class:`~targetprop.function.TPFunction`, refusing a backward asked to build a graph.
+
+    Autograd runs a backward with grad mode on exactly when ``create_graph=True``. Without this
+    check ``once_differentiable`` errors only when the inputs' gradients are differentiated and
+    the incoming gradients carry a graph; otherwise (a loss linear in the layer's outputs, say)
+    the second-order terms would be dropped without a word."""
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
+        return TPFunction.backward(ctx, grad_out, grad_hn)
+
+
+class _ArgumentTypeError(TypeError, ValueError):
+    """A constructor argument of the wrong type: a TypeError, as ``torch.nn`` raises, and a
+    ValueError, as this package's other argument checks raise."""
+
+
+def _bool_arg(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise _ArgumentTypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return value
+
+
+def _size_arg(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _ArgumentTypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return value
 
 
 class _TPRecurrent(nn.Module):
-    """Parameters, validation and forward shared by the TP layers; subclasses name the cell."""
+    """Parameters, validation and forward shared by the TP layers; subclasses name the cell.
+
+    The parameters are made per layer and direction with ``torch.nn``'s names and shapes
+    (``weight_ih_l{k}``, ``…_reverse``), listed in ``_all_weights`` as ``torch.nn`` does; the
+    forward and backward run layer 0 only, which is all the constructor accepts for now."""
 
     cell_module = None  # elman or gru
     gates = 1
-    _hyper = ("rule", "reg", "target_step", "tol", "backend")
+    proj_size = 0  # as torch.nn.RNN / torch.nn.GRU, which have no projections
 
-    def __init__(self, input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
-                 through_time, check_finite, backend, device, dtype) -> None:
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                 device, dtype, rule, reg, target_step, tol, through_time, check_finite, backend) -> None:
         super().__init__()
-        self.input_size = check.positive_int("input_size", input_size)
-        self.hidden_size = check.positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.num_layers = 1
-        self.bidirectional = False
+        name = type(self).__name__
+        self.input_size = _size_arg("input_size", input_size)
+        self.hidden_size = _size_arg("hidden_size", hidden_size)
+        self.num_layers = _size_arg("num_layers", num_layers)
+        self.bias = _bool_arg("bias", bias)
+        self.batch_first = batch_first
+        self.bidirectional = _bool_arg("bidirectional", bidirectional)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1], the probability of an element "
+                             f"being zeroed, got {dropout!r}")
+        self.dropout = float(dropout)
+        if num_layers != 1:
+            raise ValueError(f"{name}: num_layers={num_layers} is not supported yet; {name} has one layer "
+                             "(target propagation down a stack of layers is not implemented)")
+        if bidirectional:
+            raise ValueError(f"{name}: bidirectional=True is not supported yet; {name} runs forward in time only")
+        if dropout > 0:
+            warnings.warn(f"dropout applies between stacked layers, so with num_layers=1 dropout={dropout} "
+                          "has no effect (as in torch.nn)", stacklevel=3)
         kw = {"device": device, "dtype": dtype}
         rows = self.gates * hidden_size
-        self.weight_ih_l0 = nn.Parameter(torch.empty(rows, input_size, **kw))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(rows, hidden_size, **kw))
-        if self.bias:
-            self.bias_ih_l0 = nn.Parameter(torch.empty(rows, **kw))
-            self.bias_hh_l0 = nn.Parameter(torch.empty(rows, **kw))
-        else:
-            self.register_parameter("bias_ih_l0", None)
-            self.register_parameter("bias_hh_l0", None)
+        directions = 2 if bidirectional else 1
+        self._all_weights = []
+        for layer in range(num_layers):
+            features = input_size if layer == 0 else hidden_size * directions
+            for suffix in ("", "_reverse")[:directions]:
+                names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
+                setattr(self, names[0], nn.Parameter(torch.empty(rows, features, **kw)))
+                setattr(self, names[1], nn.Parameter(torch.empty(rows, hidden_size, **kw)))
+                for b in (f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"):
+                    if bias:
+                        setattr(self, b, nn.Parameter(torch.empty(rows, **kw)))
+                        names.append(b)
+                    else:
+                        self.register_parameter(b, None)
+                self._all_weights.append(names)
         self.reg = reg
         self.target_step = target_step
         self.tol = tol
-        self.through_time = bool(through_time)
-        self.check_finite = bool(check_finite)
+        self.through_time = through_time
+        self.check_finite = check_finite
         self.backend = backend
         self.rule = rule
         self.reset_parameters()
@@ -78,7 +161,15 @@ class _TPRecurrent(nn.Module):
     def cell(self) -> str:
         return self.cell_module.CELL
 
-    # Hyper-parameters are validated whenever they are set, not only in __init__.
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, ``[[W_ih, W_hh, b_ih, b_hh], …]`` as ``torch.nn``."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (``torch.nn`` packs weights for cuDNN here; these layers do not use cuDNN)."""
+
+    # Hyper-parameters (and batch_first) are validated whenever they are set, not only in __init__.
     def __setattr__(self, name, value):
         validate = _SETTERS.get(name)
         if validate is not None:
@@ -93,8 +184,18 @@ class _TPRecurrent(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}{self._repr_cell()}, bias={self.bias}, " \
-            f"batch_first={self.batch_first}, rule={self.rule!r}"
+        s = f"{self.input_size}, {self.hidden_size}{self._repr_cell()}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout:g}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        s += f", rule={self.rule!r}"
         if self.rule != "bp":
             s += f", reg={self.reg:g}, target_step={self.target_step:g}, tol={self.tol:g}"
             if self.through_time:
@@ -116,8 +217,11 @@ class _TPRecurrent(nn.Module):
         return TPConfig(self.cell, self.rule, self._activation(), self.reg, self.target_step, self.tol,
                         self.through_time, self.backend, self._inverse())
 
-    def _check_input(self, x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
-        """Validate; return time-major ``x`` (T, B, d), ``h0`` (B, p) or None, and batched-ness."""
+    def _check_input(self, x, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
+        """Validate; return time-major ``x`` (T, B, d), ``hx`` as (B, p) or None, and batched-ness."""
+        if isinstance(x, PackedSequence):
+            raise ValueError(f"{type(self).__name__}: PackedSequence input is not supported yet; pass a "
+                             "padded tensor (every sequence then runs to the full length)")
         if not isinstance(x, Tensor):
             raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
@@ -134,41 +238,50 @@ class _TPRecurrent(nn.Module):
             raise ValueError(f"input must have at least one step and one sequence, got shape {tuple(x.shape)}")
         if self.check_finite:
             check.finite("input", x)
-        if h0 is not None:
-            want = (1, x.shape[1], self.hidden_size) if batched else (1, self.hidden_size)
-            if tuple(h0.shape) != want:
-                raise ValueError(f"h0 must have shape {want}, got {tuple(h0.shape)}")
-            if h0.dtype != x.dtype:
-                raise ValueError(f"h0 dtype {h0.dtype} does not match the input's {x.dtype}")
+        if hx is not None:
+            if not isinstance(hx, Tensor):
+                raise ValueError(f"hx must be a torch.Tensor or None, got {type(hx).__name__}")
+            states = self.num_layers * (2 if self.bidirectional else 1)
+            want = (states, x.shape[1], self.hidden_size) if batched else (states, self.hidden_size)
+            if tuple(hx.shape) != want:
+                raise ValueError(f"hx must have shape {want}, got {tuple(hx.shape)}")
+            if hx.dtype != x.dtype:
+                raise ValueError(f"hx dtype {hx.dtype} does not match the input's {x.dtype}")
             if self.check_finite:
-                check.finite("h0", h0)
-            h0 = h0[0] if batched else h0
-        return x, h0, batched
+                check.finite("hx", hx)
+            hx = hx[0] if batched else hx
+        return x, hx, batched
 
-    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
             # Under autocast the layer runs in its parameters' dtype (float32 for a float32 layer),
             # like the ops autocast keeps in full precision; its outputs come in that dtype.
             dtype = self.weight_hh_l0.dtype
-            with torch.autocast(x.device.type, enabled=False):
-                return self.forward(x.to(dtype), h0.to(dtype) if isinstance(h0, Tensor) else h0)
-        x, h0, batched = self._check_input(x, h0)
+            with torch.autocast(input.device.type, enabled=False):
+                return self.forward(input.to(dtype), hx.to(dtype) if isinstance(hx, Tensor) else hx)
+        x, h0, batched = self._check_input(input, hx)
         if h0 is None:
             h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        out, h_n = TPFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
-                                    self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        out, h_n = _LayerFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
+                                        self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
         if not batched:
             return out.squeeze(1), h_n
         return (out.transpose(0, 1) if self.batch_first else out), h_n.unsqueeze(0)
 
 
 class TPRNN(_TPRecurrent):
-    __doc__ = """Elman RNN with a target-propagation backward (the paper's model).
+    __doc__ = """Elman RNN with a target-propagation backward (the paper's model), a drop-in for
+    ``torch.nn.RNN``: the same positional arguments and defaults, parameter names and shapes.
 
-    Args:""" + _COMMON_ARGS.replace("        bias:", """        nonlinearity: ``"tanh"`` (paper), ``"sigmoid"``, ``"identity"`` or ``"relu"``.
-        rule: how targets travel back in time: ``"linearized"`` (eq. 2, default), ``"difference"``,
-            ``"direct"``, ``"learned"`` (reverse layer, DTP baseline) or ``"bp"`` (exact gradient).
-        bias:""", 1) + """
+    Args:""" + _NN_ARGS.format(
+        nonlinearity="""
+        nonlinearity: ``"tanh"`` (paper) or ``"relu"``, as ``torch.nn``; also ``"sigmoid"`` and
+            ``"identity"``. ``mode`` is ``"RNN_"`` + its upper-case name (``"RNN_TANH"``, …).""",
+        rules="""how targets travel back in time: ``"linearized"`` (eq. 2, default), ``"difference"``,
+            ``"direct"``, ``"learned"`` (reverse layer, DTP baseline) or ``"bp"`` (exact gradient).""",
+        extra="""
+        inverse_lr, inverse_noise, inverse_momentum: the reverse layer's training with
+            ``rule="learned"`` (below).""") + """
 
     ``rule="learned"`` trains a reverse layer ``ψ(v) = a(x W_ihᵀ + v Vᵀ + c)`` inside every
     backward (one Nesterov-SGD step with ``inverse_lr``, ``inverse_momentum``, on a
@@ -179,17 +292,24 @@ class TPRNN(_TPRecurrent):
 
     cell_module = elman
 
-    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
-                 batch_first: bool = True, rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2,
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2,
                  tol: float = 1e-3, through_time: bool = False, check_finite: bool = True, backend: str = "auto",
-                 inverse_lr: float = 1e-3, inverse_noise: float = 0.1, inverse_momentum: float = 0.9,
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
-                         through_time, check_finite, backend, device, dtype)
+                 inverse_lr: float = 1e-3, inverse_noise: float = 0.1, inverse_momentum: float = 0.9) -> None:
+        get_activation(nonlinearity)  # a bad name fails before anything else, as in torch.nn
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype, rule, reg, target_step, tol, through_time, check_finite, backend)
         self.nonlinearity = nonlinearity
         self.inverse_lr = inverse_lr
         self.inverse_noise = inverse_noise
         self.inverse_momentum = inverse_momentum
+
+    @property
+    def mode(self) -> str:
+        """``"RNN_TANH"`` / ``"RNN_RELU"`` as ``torch.nn.RNN`` (``"RNN_SIGMOID"``, ``"RNN_IDENTITY"``
+        for the activations ``torch.nn`` does not have)."""
+        return "RNN_" + self.nonlinearity.upper()
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -197,7 +317,7 @@ class TPRNN(_TPRecurrent):
             self._ensure_reverse_layer()
 
     def _repr_cell(self) -> str:
-        return f", nonlinearity={self.nonlinearity!r}"
+        return f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else ""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -227,12 +347,12 @@ class TPRNN(_TPRecurrent):
                                     self.inverse_weight_hh_l0_momentum, self.inverse_bias_l0_momentum,
                                     self.inverse_lr, self.inverse_noise, self.inverse_momentum)
 
-    def inverse_reconstruction_error(self, x: Tensor, h0: Tensor | None = None) -> float:
-        """For ``rule="learned"``: mean ``‖ψ_t(f(h_{t-1})) − h_{t-1}‖²`` over the steps of ``x``
+    def inverse_reconstruction_error(self, input: Tensor, hx: Tensor | None = None) -> float:
+        """For ``rule="learned"``: mean ``‖ψ_t(f(h_{t-1})) − h_{t-1}‖²`` over the steps of ``input``
         (no noise), how far the learned reverse layer is from inverting the forward step."""
         if self.rule != "learned":
             raise ValueError("inverse_reconstruction_error needs rule='learned'")
-        xt, h0, _ = self._check_input(x, h0)
+        xt, h0, _ = self._check_input(input, hx)
         if h0 is None:
             h0 = xt.new_zeros(xt.shape[1], self.hidden_size)
         with torch.no_grad():
@@ -244,23 +364,28 @@ class TPRNN(_TPRecurrent):
 
 
 class TPGRU(_TPRecurrent):
-    __doc__ = """GRU with a target-propagation backward (the paper's Fashion-MNIST model).
+    __doc__ = """GRU with a target-propagation backward (the paper's Fashion-MNIST model), a drop-in
+    for ``torch.nn.GRU``: the same positional arguments and defaults, parameter names and shapes.
 
-    Args:""" + _COMMON_ARGS.replace("        bias:", """        rule: ``"linearized"`` (the authors' GRU rule, default) or ``"bp"`` (exact gradient).
-        bias:""", 1) + """
+    Args:""" + _NN_ARGS.format(
+        nonlinearity="",
+        rules="""``"linearized"`` (the authors' GRU rule, default) or ``"bp"`` (exact gradient).""",
+        extra="") + """
 
     Gate rows ``(r, z, n)`` as ``torch.nn.GRU``; the rule is written out in :mod:`targetprop.gru`.
     """
 
     cell_module = gru
     gates = 3
+    mode = "GRU"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = True,
-                 rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2, tol: float = 1e-3,
-                 through_time: bool = False, check_finite: bool = True, backend: str = "auto",
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, batch_first, rule, reg, target_step, tol,
-                         through_time, check_finite, backend, device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, rule: str = "linearized", reg: float = 1.0, target_step: float = 1e-2,
+                 tol: float = 1e-3, through_time: bool = False, check_finite: bool = True,
+                 backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype, rule, reg, target_step, tol, through_time, check_finite, backend)
 
 
 def _set_rule(self, v):
@@ -272,6 +397,9 @@ def _nonneg(name):
 
 
 _SETTERS = {
+    "batch_first": lambda self, v: _bool_arg("batch_first", v),
+    "through_time": lambda self, v: _bool_arg("through_time", v),
+    "check_finite": lambda self, v: _bool_arg("check_finite", v),
     "rule": _set_rule,
     "nonlinearity": lambda self, v: get_activation(v).name,
     "reg": _nonneg("reg"),
