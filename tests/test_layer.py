@@ -234,3 +234,38 @@ def test_an_unused_output_gives_the_same_directions_as_a_zero_gradient(cls):
         grads.append([p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         assert torch.equal(a, b) and a.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls,rule", [(TPRNN, "linearized"), (TPRNN, "bp"), (TPGRU, "linearized")])
+def test_the_workspace_is_reused_and_no_result_refers_to_it(cls, rule):
+    """Scratch buffers persist between backward passes (no fresh memory each time), give the same
+    directions as fresh buffers, and no gradient handed out aliases them."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    layer = cls(3, 8, batch_first=True, rule=rule, dtype=torch.float64)
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+
+    def grads():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, h_n = layer(x)
+        ((out ** 2).sum() + h_n.sum()).backward()
+        return [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()], \
+            [p.grad for p in layer.parameters()] + [x.grad]
+
+    first, handed = grads()
+    buffers = {k: v.data_ptr() for k, v in layer.workspace._buffers.items()}
+    assert "displacements" in buffers
+    for buf in layer.workspace._buffers.values():
+        buf.fill_(float("nan"))  # scribbling on the scratch leaves the handed-out gradients alone
+    assert all(torch.equal(a, b) for a, b in zip(first, handed))
+    second, _ = grads()
+    assert {k: v.data_ptr() for k, v in layer.workspace._buffers.items()} == buffers  # reused
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    layer.workspace.clear()
+    third, _ = grads()
+    assert all(torch.equal(a, b) for a, b in zip(first, third))
+    assert copy.deepcopy(layer).workspace._buffers == {} and pickle.loads(pickle.dumps(layer)).workspace._buffers == {}
+    assert not any("workspace" in k for k in layer.state_dict())

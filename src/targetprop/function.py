@@ -16,10 +16,16 @@ used when a backward can follow, and its ``Tape`` takes the extras last.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import engine, fpmode
 
+
+NO_DOUBLE_BACKWARD = (
+    "a TPRNN/TPGRU layer cannot be differentiated twice: its backward computes the parameters' "
+    "directions (the TP direction, or the gradient with rule='bp') and the input's gradient without "
+    "an autograd graph, so with create_graph=True (a penalty on a gradient, a Hessian-vector product) "
+    "the layer's second-order terms would be silently missing. Use create_graph=False, or "
+    "torch.nn.RNN/torch.nn.GRU where second derivatives are needed.")
 
 #: dtypes computed in float32 inside the layer (no half-precision Cholesky; displacements underflow)
 HALF = (torch.float16, torch.bfloat16)
@@ -56,8 +62,9 @@ class TPFunction(torch.autograd.Function):
         return out, out[-1].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_hn):
+        if torch.is_grad_enabled():  # autograd records the backward only when asked to: create_graph=True
+            raise RuntimeError(NO_DOUBLE_BACKWARD)
         device = ctx.saved_tensors[0].device.type
         with fpmode.flushed(), torch.autocast(device, enabled=False):
             grad_out, grad_hn = (g.float() if g is not None and g.dtype in HALF else g for g in (grad_out, grad_hn))

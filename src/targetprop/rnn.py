@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _validation as check
 from . import elman, gru, learned, rules
 from .activations import get_activation
-from .engine import TPConfig
+from .engine import TPConfig, Workspace
 from .function import TPFunction
 from .init import orthogonal_
 from .kernels import BACKENDS
@@ -55,29 +55,6 @@ _NN_ARGS = """
     are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input). The backward cannot build a
     graph: ``create_graph=True`` through the layer (a penalty on a gradient, a Hessian-vector
     product) raises a RuntimeError instead of silently leaving out the layer's second-order terms."""
-
-_NO_DOUBLE_BACKWARD = (
-    "a TPRNN/TPGRU layer cannot be differentiated twice: its backward computes the parameters' "
-    "directions (the TP direction, or the gradient with rule='bp') and the input's gradient without "
-    "an autograd graph, so with create_graph=True (a penalty on a gradient, a Hessian-vector product) "
-    "the layer's second-order terms would be silently missing. Use create_graph=False, or "
-    "torch.nn.RNN/torch.nn.GRU where second derivatives are needed.")
-
-
-class _LayerFunction(TPFunction):
-    """:class:`~targetprop.function.TPFunction`, refusing a backward asked to build a graph.
-
-    Autograd runs a backward with grad mode on exactly when ``create_graph=True``. Without this
-    check ``once_differentiable`` errors only when the inputs' gradients are differentiated and
-    the incoming gradients carry a graph; otherwise (a loss linear in the layer's outputs, say)
-    the second-order terms would be dropped without a word."""
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_hn):
-        if torch.is_grad_enabled():
-            raise RuntimeError(_NO_DOUBLE_BACKWARD)
-        return TPFunction.backward(ctx, grad_out, grad_hn)
-
 
 class _ArgumentTypeError(TypeError, ValueError):
     """A constructor argument of the wrong type: a TypeError, as ``torch.nn`` raises, and a
@@ -112,6 +89,8 @@ class _TPRecurrent(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                  device, dtype, rule, reg, target_step, tol, through_time, check_finite, backend) -> None:
         super().__init__()
+        #: the backward's scratch buffers, kept between calls (not saved, not copied; ``.clear()`` frees them)
+        self.workspace = Workspace()
         name = type(self).__name__
         self.input_size = _size_arg("input_size", input_size)
         self.hidden_size = _size_arg("hidden_size", hidden_size)
@@ -215,7 +194,7 @@ class _TPRecurrent(nn.Module):
 
     def _config(self) -> TPConfig:
         return TPConfig(self.cell, self.rule, self._activation(), self.reg, self.target_step, self.tol,
-                        self.through_time, self.backend, self._inverse())
+                        self.through_time, self.backend, self._inverse(), self.workspace)
 
     def _check_input(self, x, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
         """Validate; return time-major ``x`` (T, B, d), ``hx`` as (B, p) or None, and batched-ness."""
@@ -262,7 +241,7 @@ class _TPRecurrent(nn.Module):
         x, h0, batched = self._check_input(input, hx)
         if h0 is None:
             h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        out, h_n = _LayerFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
+        out, h_n = TPFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
                                         self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
         if not batched:
             return out.squeeze(1), h_n
