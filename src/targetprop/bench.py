@@ -117,6 +117,8 @@ GRIDS = {
     "length": [(T, 16, 100, 1) for T in (60, 120, 784, 3072)],
     "width": [(784, 16, p, 1) for p in (32, 100, 256, 512)],
     "batch": [(784, B, 100, 1) for B in (16, 20, 512)],
+    # per-step work B·p² around the command line's one-thread bound (2^19), for --threads 1 2
+    "threads": [(200, B, p, 1) for B, p in ((20, 100), (64, 100), (512, 100), (16, 256), (128, 256))],
     # compiled loops against one BLAS product per step (with --loops), T = 200 to keep it short
     "loops": [(200, B, p, 1) for p in (32, 100, 256, 512) for B in (16, 64, 512)],
 }
