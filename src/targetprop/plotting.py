@@ -85,7 +85,7 @@ def plot_diagnostics(runs, output: Path, *, title: str | None = None) -> Path | 
     found = {run: rows for run, rows in found.items() if rows}
     if not found:
         return None
-    fig = _figure((11, 4.2))
+    fig = _figure((11, 5))
     cos_ax, horizon_ax = fig.subplots(1, 2)
     for run, rows in found.items():
         for rule in dict.fromkeys(r["rule"] for r in rows):
@@ -98,7 +98,7 @@ def plot_diagnostics(runs, output: Path, *, title: str | None = None) -> Path | 
     horizon_ax.set(xlabel="iteration", ylabel="steps back until the displacement < 1e-6 of the last")
     for ax in (cos_ax, horizon_ax):
         ax.grid(alpha=0.3)
-    cos_ax.legend(fontsize="small")
+    fig.legend(*cos_ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="x-small")
     if title:
         fig.suptitle(title)
     return _save(fig, output)
