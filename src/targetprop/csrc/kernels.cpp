@@ -449,14 +449,14 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
           for (int64_t i = 0; i < p; ++i) gr[2 * p + i] = bh ? bh[2 * p + i] : scalar_t(0);
         }
         product(g, 4 * p, h, p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
-        const torch::Tensor view = gates.select(0, t).narrow(0, b0, rows);  // (rows, 4, p)
-        view.narrow(1, 0, 2).sigmoid_();
+        // r, z and n of these rows as views made without a dispatch (rows of stride 4p)
+        torch::from_blob(g, {rows, 2 * p}, {4 * p, 1}, gates.options()).sigmoid_();
         for (int64_t r = 0; r < rows; ++r) {  // n's pre-activation x W_in^T + b_in + r q
           scalar_t* gr = g + r * 4 * p;
           const scalar_t* xr = x + r * 3 * p;
           for (int64_t i = 0; i < p; ++i) gr[3 * p + i] = xr[2 * p + i] + gr[i] * gr[2 * p + i];
         }
-        view.select(1, 3).tanh_();
+        torch::from_blob(g + 3 * p, {rows, p}, {4 * p, 1}, gates.options()).tanh_();
         for (int64_t r = 0; r < rows; ++r) {  // h' = n + z (h - n)
           const scalar_t* gr = g + r * 4 * p;
           for (int64_t i = 0; i < p; ++i) {
@@ -485,13 +485,17 @@ void elman_forward_(torch::Tensor out, torch::Tensor h0, torch::Tensor wt, int64
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_forward_", [&] {
     const auto product = loops<scalar_t>().forward;
     // Row b's state depends on row b only: each thread runs its rows through every step.
+    scalar_t* out_all = out.data_ptr<scalar_t>();
+    const scalar_t* w = wt.data_ptr<scalar_t>();
     at::parallel_for(0, B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
       FlushDenormals flush;
       const int64_t rows = b1 - b0;
+      const scalar_t* prev = h0.data_ptr<scalar_t>() + b0 * p;
       for (int64_t t = 0; t < steps; ++t) {
-        torch::Tensor cur = out.select(0, t).narrow(0, b0, rows);
-        const torch::Tensor prev = (t == 0 ? h0 : out.select(0, t - 1)).narrow(0, b0, rows);
-        product(cur.data_ptr<scalar_t>(), p, prev.data_ptr<scalar_t>(), p, wt.data_ptr<scalar_t>(), rows, p, p);
+        scalar_t* here = out_all + (t * B + b0) * p;
+        product(here, p, prev, p, w, rows, p, p);
+        prev = here;
+        torch::Tensor cur = torch::from_blob(here, {rows, p}, out.options());  // a view without a dispatch
         switch (activation) {
           case 0: cur.tanh_(); break;
           case 1: cur.sigmoid_(); break;
