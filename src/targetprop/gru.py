@@ -182,9 +182,9 @@ class GRUTape:
         side ``x W_ihᵀ + b_ih`` receives ``[G_r, G_z, (1−n²)(1−z)⊙λ]``."""
         need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
         T, B, p = self.out.shape
-        g = self._preactivation_adjoints(lam)
-        hidden = g[:, :, :3].reshape(T * B, 3 * p)
-        gates_rz, gate_n = g[:, :, :2].reshape(T * B, 2 * p), g[:, :, 3].reshape(T * B, p)
+        rows = self._preactivation_adjoints(lam).reshape(T * B, 4 * p)  # contiguous: a view
+        # column blocks of the rows, as strided views (BLAS reads them in place; no copies)
+        hidden, gates_rz, gate_n = rows[:, :3 * p], rows[:, :2 * p], rows[:, 3 * p:]
         x = self.x.reshape(T * B, -1)
         grad_x = grad_wih = grad_whh = grad_bih = grad_bhh = None
         if need_x:
