@@ -111,7 +111,15 @@ def test_short_budget_runs_end_to_end_and_draws_its_png(name, data_dir, tmp_path
     else:
         grid = ex.panel_grid(panel, "short")
         assert len(table) == 2 + len(panel["methods"]) * len(grid["x_values"]) * len(grid["y_values"])
-    assert all(f"| {name} | short |" in row for row in table[2:])
+    label = ex.budget_label("short", tiny_overrides(name))  # the reduction is named in the table
+    assert label.startswith("short budget, iterations=") and all(f"| {name} | {label} |" in row for row in table[2:])
+
+
+def test_budget_labels_name_what_was_changed():
+    assert ex.budget_label("full", None) == "full"
+    assert ex.budget_label("full", {"task.data_dir": "/d"}) == "full"
+    assert ex.budget_label("full", {"iterations": 10000}) == "full budget, iterations=10000"
+    assert ex.budget_label("short", {}) == "short budget"
 
 
 def test_reproduce_skips_panels_whose_data_is_missing(tmp_path, monkeypatch, capsys):
@@ -270,3 +278,12 @@ def test_panel_files_are_not_offered_as_comparisons():
     names = builtin_configs()
     assert "demo" in names and "temporal-order-60" in names
     assert not any(n.startswith("fig") or n == "linearized-vs-difference" for n in names)
+
+
+def test_tune_heat_map_title_leaves_out_the_swept_settings():
+    from targetprop.tuning import _tune_title
+
+    title = _tune_title({"task": "temporal-order", "rule": "linearized", "lr": 0.1, "reg": 10.0,
+                         "target_step": 0.01, "iterations": 500}, ["lr", "reg"])
+    assert "γh=0.01" in title and "r=10" not in title and "lr=0.1" not in title
+    assert title.endswith("500 iterations; grid: lr × reg (blank: diverged)")

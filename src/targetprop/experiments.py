@@ -394,6 +394,15 @@ def append_results(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------- reproduce
 
 
+def budget_label(budget: str, overrides: dict | None) -> str:
+    """``short budget``, ``full budget``, with what ``--set`` changed: ``full budget, iterations=10000``
+    (plain ``full`` when nothing changed: the paper's budget)."""
+    changed = [f"{k}={v}" for k, v in (overrides or {}).items() if k != "task.data_dir"]
+    if budget == "full" and not changed:
+        return "full"
+    return ", ".join([f"{budget} budget", *changed])
+
+
 def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrides=None,
                     quiet=True, methods=None, overwrite=False) -> Path | None:
     """Run one panel into ``out_root/NAME``, draw its PNG, append to ``out_root/results.md``.
@@ -410,7 +419,8 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
         print(f"{panel['name']}: skipped, data not available ({missing})")
         return None
     out = out_root / panel["name"]
-    title = panel.get("title", panel["name"]) + (" (short budget)" if budget == "short" else "")
+    label = budget_label(budget, overrides)
+    title = panel.get("title", panel["name"]) + ("" if label == "full" else f" ({label})")
     start = time.perf_counter()
     if panel.get("kind", "curves") == "curves":
         rows = run_curves_panel(panel, budget, out, overrides, quiet, methods, overwrite)
@@ -424,6 +434,8 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
                                      grid["x_values"], grid.get("y_values") or [None],
                                      out / f"{panel['name']}.png", xlabel=grid["x"], ylabel=grid.get("y", ""),
                                      title=title, metric=metric)
+    for row in rows:
+        row["budget"] = label
     append_results(out_root / "results.md", rows)
     print(f"{panel['name']}: {len(rows)} rows, {time.perf_counter() - start:.0f} s, plot {png}")
     bad = [f"{r['method']} ({r['status']})" for r in rows if r["status"] in ("diverged", "failed")]

@@ -121,11 +121,17 @@ def _tune(args, parser) -> int:
         png = plotting.plot_heatmaps({"area under the training loss": grid_matrix(cells, grid, "auc")},
                                      grid["x_values"], grid["y_values"], args.out / "heatmap.png",
                                      xlabel=grid["x"], ylabel=grid["y"], metric="auc",
-                                     title=args.title or _tune_title(base))
+                                     title=args.title or _tune_title(base, [key for key, _ in axes]))
         print(f"heat map: {png}")
     return 0 if best else EXIT_INCOMPLETE
 
 
-def _tune_title(base: dict) -> str:
+def _tune_title(base: dict, swept: list[str]) -> str:
+    """Task, rule, optimizer and the step settings the grid does not sweep (the swept ones vary
+    across the heat map, so their base values are left out), iterations, and the axes."""
     config = TrainConfig.from_dict(base)
-    return f"{config.task}, {config.method()}, {config.iterations} iterations (blank: diverged)"
+    fixed = {"target_step": "γh", "reg": "r", "lr": "lr"}
+    parts = [f"{name}={getattr(config, key):g}" for key, name in fixed.items() if key not in swept]
+    rule = config.rule + (" through time" if config.through_time else "")
+    return (f"{config.task}, {rule}, {config.optimizer} {' '.join(parts)}, {config.iterations} iterations; "
+            f"grid: {' × '.join(swept)} (blank: diverged)")
