@@ -94,8 +94,8 @@ def run_weights(regime: str) -> dict[str, torch.Tensor]:
 
 def run_shape(regime: str) -> tuple[int, int, bool]:
     """(p, d, is_gru) of a run's recurrent layer."""
-    w_ih = run_weights(regime)["weight_ih_l0"]
-    p = run_weights(regime)["weight_hh_l0"].shape[1]
+    weights = run_weights(regime)
+    w_ih, p = weights["weight_ih_l0"], weights["weight_hh_l0"].shape[1]
     return p, w_ih.shape[1], w_ih.shape[0] == 3 * p
 
 

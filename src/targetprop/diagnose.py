@@ -70,11 +70,14 @@ def _whh_direction(record, keep_from: int) -> Tensor:
     return tape.directions(part, (False, False, False, True, False, False))[3]
 
 
-def _share(record, steps: int) -> float:
+def _shares(record, steps: tuple[int, ...]) -> list[float]:
+    """For each count in ``steps``: the share ``⟨D_S, D⟩/‖D‖²`` of the last that many steps."""
     T = record[2].shape[0] - 1
-    full = _whh_direction(record, 1)
-    denom = full.pow(2).sum().item()
-    return _whh_direction(record, max(1, T - steps + 1)).flatten().dot(full.flatten()).item() / denom if denom else float("nan")
+    full = _whh_direction(record, 1).flatten()
+    denom = full.dot(full).item()
+    if not denom:
+        return [float("nan")] * len(steps)
+    return [_whh_direction(record, max(1, T - k + 1)).flatten().dot(full).item() / denom for k in steps]
 
 
 def _steps_back_norms(lam: Tensor) -> list[float]:
@@ -113,8 +116,7 @@ def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[s
         norms = _steps_back_norms(record[2])
         out["displacement_norm"][name] = norms
         out["horizon"][name] = _horizon(norms)
-        out["last_step_share"][name] = _share(record, 1)
-        out["last10_share"][name] = _share(record, 10)
+        out["last_step_share"][name], out["last10_share"][name] = _shares(record, (1, 10))
     out["bp_adjoint_norm"] = _steps_back_norms(runs["bp"][1][2])
     return out
 
