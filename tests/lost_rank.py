@@ -8,7 +8,7 @@ import signal
 import sys
 
 from targetprop import cli
-from targetprop.trainer import Trainer
+from targetprop.training.trainer import Trainer
 
 if os.environ.get("RANK") == os.environ["LOST_RANK"]:
     step, at = Trainer.step, int(os.environ["LOST_AT"])

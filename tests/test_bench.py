@@ -83,7 +83,7 @@ def test_naive_yardstick_equals_the_library_rule():
 
 
 def test_run_regime_times_a_checkpointed_runs_weights(tmp_path):
-    from targetprop import checkpoint
+    from targetprop.training import checkpoint
 
     layer = TPRNN(3, 7)
     checkpoint.save_in(checkpoint.checkpoint_dir(tmp_path), 5,

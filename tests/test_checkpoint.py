@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from targetprop import checkpoint as ck
+from targetprop.training import checkpoint as ck
 
 
 def payload(i: int) -> dict:

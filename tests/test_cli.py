@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from targetprop import checkpoint
+from targetprop.training import checkpoint
 from targetprop.cli import builtin_configs, load_comparison, main, method_configs
-from targetprop.trainer import read_metrics
+from targetprop.training.trainer import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",
         "--hidden-size", "8", "--quiet"]
@@ -309,7 +309,7 @@ def test_plot_bad_input(tmp_path, capsys):
 
 
 def test_threads_default_to_one_for_small_steps_and_to_torchs_otherwise(tmp_path, monkeypatch):
-    from targetprop import threads
+    from targetprop.training import threads
 
     assert threads.choose(20, 100) == 1 and threads.choose(64, 100) == threads._TORCH_DEFAULT
     monkeypatch.setattr(threads, "_TORCH_DEFAULT", 3)

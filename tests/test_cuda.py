@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from targetprop import checkpoint
-from targetprop.trainer import Trainer, TrainConfig
+from targetprop.training import checkpoint
+from targetprop.training.trainer import Trainer, TrainConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 

@@ -8,8 +8,8 @@ import torch
 
 from datafiles import (CIFAR_TRAIN, cifar_pickle, idx_bytes, random_cifar, random_mnist,
                        write_bytes, write_cifar, write_mnist)
-from targetprop import datasets
-from targetprop.datasets import (DATA_ENV, FASHION_MNIST_DIR, DatasetError, load_cifar10, load_fashion_mnist,
+from targetprop.tasks import datasets
+from targetprop.tasks.datasets import (DATA_ENV, FASHION_MNIST_DIR, DatasetError, load_cifar10, load_fashion_mnist,
                                  load_mnist, read_cifar_batch, read_idx)
 
 

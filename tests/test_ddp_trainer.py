@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from targetprop import checkpoint, distributed
+from targetprop.training import checkpoint, distributed
 from targetprop.cli import main
-from targetprop.distributed import World
-from targetprop.trainer import Trainer, TrainConfig, read_metrics
+from targetprop.training.distributed import World
+from targetprop.training.trainer import Trainer, TrainConfig, read_metrics
 
 RULES = {"linearized": dict(rule="linearized", reg=1.0, target_step=0.1, lr=0.5, momentum=0.9),
          "bp": dict(rule="bp", lr=0.5, momentum=0.9)}

@@ -9,8 +9,8 @@ import torch
 from helpers import assert_rel
 from targetprop import diagnose, orthogonal_
 from targetprop.cli import main
-from targetprop.models import SequenceModel
-from targetprop.trainer import read_metrics
+from targetprop.training.models import SequenceModel
+from targetprop.training.trainer import read_metrics
 
 D64 = torch.float64
 
@@ -127,7 +127,7 @@ def test_command_line_writes_json_and_plot_and_reads_a_run(tmp_path, capsys):
 
 def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):
     from targetprop import diagnose as diag
-    from targetprop.plotting import plot_runs
+    from targetprop.experiments.plotting import plot_runs
 
     common = ["--task", "temporal-order", "--length", "10", "--hidden-size", "8", "--eval-every", "25",
               "--test-size", "50", "--quiet", "--rule", "learned"]  # the learned rule draws noise: RNG untouched?

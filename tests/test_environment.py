@@ -3,7 +3,7 @@ import platform
 
 import torch
 
-from targetprop import environment
+from targetprop.training import environment
 
 CPUINFO = """processor\t: 0
 model name\t: Example CPU 9000 @ 3.0GHz

@@ -9,10 +9,10 @@ import signal
 import pytest
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
-from targetprop import experiments as ex
-from targetprop import tuning
+from targetprop.experiments import pipeline as ex
+from targetprop.experiments import tuning
 from targetprop.cli import main
-from targetprop.trainer import Trainer
+from targetprop.training.trainer import Trainer
 
 PANELS = ex.panel_names()
 # The paper's iteration budgets, per panel.
@@ -281,7 +281,7 @@ def test_panel_files_are_not_offered_as_comparisons():
 
 
 def test_tune_heat_map_title_leaves_out_the_swept_settings():
-    from targetprop.tuning import _tune_title
+    from targetprop.experiments.tuning import _tune_title
 
     title = _tune_title({"task": "temporal-order", "rule": "linearized", "lr": 0.1, "reg": 10.0,
                          "target_step": 0.01, "iterations": 500}, ["lr", "reg"])

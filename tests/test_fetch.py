@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from datafiles import random_mnist, write_mnist
-from targetprop import datasets, fetch
+from targetprop.tasks import datasets, fetch
 from targetprop.cli import main
-from targetprop.datasets import load_fashion_mnist, load_mnist
-from targetprop.fetch import FetchError, LocalFolder, Mirror, SourceUnavailable
+from targetprop.tasks.datasets import load_fashion_mnist, load_mnist
+from targetprop.tasks.fetch import FetchError, LocalFolder, Mirror, SourceUnavailable
 
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]

@@ -172,7 +172,8 @@ def test_pinned_gates_reduce_to_the_algebra(backend):
 def test_forward_for_backward_keeps_the_gates_of_the_native_forward(bias, p, backend):
     """The forward used when a backward follows: hidden states equal torch.gru's, and the kept
     gates equal the cell's r, z, q, n written out per step (p = 37: every register block)."""
-    from targetprop import gru, kernels
+    from targetprop.cells import gru
+    from targetprop import kernels
 
     layer, x, h0, *_ = make_gru(T=9, B=5, p=p, seed=4, scale=1.5, bias=bias)
     xs, h = x.transpose(0, 1), h0[0]
@@ -192,7 +193,7 @@ def test_forward_for_backward_keeps_the_gates_of_the_native_forward(bias, p, bac
 
 def test_no_gates_are_kept_without_a_backward(monkeypatch):
     """Evaluation (no_grad, or nothing requiring grad) runs the native forward and keeps no gates."""
-    from targetprop import gru
+    from targetprop.cells import gru
 
     calls = []
     keep = gru.forward_for_backward

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
-from targetprop.datasets import ImageData
+from targetprop.tasks.datasets import ImageData
 from targetprop.tasks.base import Task
 from targetprop.tasks.images import (IMAGE_TASKS, PixelSequenceTask, channel_stats, cifar10, fashion_mnist, mnist,
                                      permuted_mnist)
-from targetprop.trainer import Trainer, TrainConfig
+from targetprop.training.trainer import Trainer, TrainConfig
 
 D64 = torch.float64
 

@@ -85,7 +85,7 @@ def test_bad_backend_name():
 
 
 def test_auto_uses_compiled_loops_only_where_they_pay():
-    from targetprop import elman
+    from targetprop.cells import elman
 
     x = torch.zeros(2, 3, 1)
     wide = torch.zeros(elman.MAX_COMPILED_WIDTH + 1, elman.MAX_COMPILED_WIDTH + 1)

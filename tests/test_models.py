@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from targetprop.init import orthogonal_
-from targetprop.models import MODELS, SequenceModel
+from targetprop.training.models import MODELS, SequenceModel
 
 
 def test_sequence_model_shapes_and_orthogonal_init():

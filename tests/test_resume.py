@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from targetprop import checkpoint
+from targetprop.training import checkpoint
 from targetprop.cli import main
-from targetprop.trainer import Trainer, TrainConfig, build_task, read_metrics
+from targetprop.training.trainer import Trainer, TrainConfig, build_task, read_metrics
 
 SMALL = dict(task="temporal-order", length=10, hidden_size=8, test_size=50, eval_every=7, iterations=60,
              task_options={"train_eval_size": 100})

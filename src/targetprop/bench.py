@@ -24,7 +24,9 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, environment, kernels
+from .training import checkpoint, environment
+
+from . import kernels
 from .init import orthogonal_init_
 from .rnn import TPGRU, TPRNN
 

@@ -2,7 +2,7 @@
 
 This module owns the command line: parsing, turning bad input into one-line errors (exit code
 2, through ``argparse``'s ``parser.error``), progress and printed summaries. Training itself is
-:mod:`targetprop.trainer`'s; curves are :mod:`targetprop.plotting`'s.
+:mod:`targetprop.training.trainer`'s; curves are :mod:`targetprop.experiments.plotting`'s.
 
 Exit codes (:data:`EXIT_HELP`): ``train`` 0 completed, 3 diverged, 4 failed (a lost process
 under torchrun included); ``compare``, ``reproduce`` and ``tune`` 0 when they did their job (the
@@ -11,7 +11,7 @@ runs that diverged or failed are listed), 1 when they could not; every command 2
 same command, or ``train --resume RUN``, continues).
 
 ``train`` under ``torchrun --nproc-per-node N -m targetprop train …`` trains data-parallel
-(:mod:`targetprop.distributed`): process 0 prints and writes the run's files.
+(:mod:`targetprop.training.distributed`): process 0 prints and writes the run's files.
 
 A comparison file (``targetprop compare FILE.toml``, or the name of a built-in one in
 ``targetprop/configs``)::
@@ -26,7 +26,7 @@ A comparison file (``targetprop compare FILE.toml``, or the name of a built-in o
     rule = "linearized"
     lr = 0.1
 
-Settings are the fields of :class:`targetprop.trainer.TrainConfig` (``targetprop train --help``
+Settings are the fields of :class:`targetprop.training.trainer.TrainConfig` (``targetprop train --help``
 lists them with the command-line spelling, dashes for underscores).
 """
 from __future__ import annotations
@@ -46,10 +46,16 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 import torch
 
-from . import __version__, checkpoint, diagnose, distributed, experiments, fetch, threads
-from .rundir import EXIT_CODES, read_run_options
+from . import __version__, diagnose
+
+from .training import checkpoint, distributed, threads
+
+from .experiments import pipeline
+
+from .tasks import fetch
+from .training.rundir import EXIT_CODES, read_run_options
 from .tasks.registry import TASKS
-from .trainer import (CHECKPOINT_EVERY, LOSSES, Trainer, TrainConfig, build_model, build_task, check_resume,
+from .training.trainer import (CHECKPOINT_EVERY, LOSSES, Trainer, TrainConfig, build_model, build_task, check_resume,
                       check_run_dir, read_metrics, read_run_config)
 
 DEFAULTS = TrainConfig()
@@ -91,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(sub)
     _add_bench(sub)
     _add_diagnose(sub)
-    experiments.add_commands(sub)  # reproduce, tune
+    pipeline.add_commands(sub)  # reproduce, tune
     fetch.add_commands(sub)  # data fetch, data list
     return parser
 
@@ -415,7 +421,7 @@ def _compare(args, parser) -> int:
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     plot = args.plot or (out / table["plot"] if table.get("plot") else None)
     if plot:
-        from .plotting import plot_runs
+        from .experiments.plotting import plot_runs
 
         print(f"curves: {plot_runs([out / m for m in summaries], plot, title=_title(trainers))}")
     stopped = [t.stop_signal for m, t in trainers.items() if summaries.get(m, {}).get("status") == "interrupted"]
@@ -444,7 +450,7 @@ def _outcome(s: dict) -> str:
 
 def runs_table(paths) -> str:
     """A Markdown table of finished (or stopped) runs: one row per run directory under ``paths``."""
-    from .plotting import find_runs
+    from .experiments.plotting import find_runs
 
     lines = ["| run | settings | status | iterations | final test accuracy | best (at iteration) "
              "| iterations to 100% | train time | wall time | threads |",
@@ -510,7 +516,7 @@ def _table(args, parser) -> int:
 
 
 def _plot(args, parser) -> int:
-    from .plotting import plot_runs
+    from .experiments.plotting import plot_runs
 
     if args.output.suffix.lower() != ".png":
         parser.error(f"the output must be a .png file, got {args.output}")

@@ -8,7 +8,7 @@ all-reduce and gradient accumulation see nothing special). Both passes run with 
 floats flushed on the calling thread, the caller's mode restored after (:mod:`targetprop.fpmode`).
 Half-precision layers (float16, bfloat16) compute in float32 and cast their results back.
 
-A *cell* is a module (``targetprop.elman``, ``targetprop.gru``) with ``forward(...)``,
+A *cell* is a module (``targetprop.cells.elman``, ``targetprop.cells.gru``) with ``forward(...)``,
 ``Tape`` and ``select_kernels(backend, *tensors)``; a cell that keeps more than the hidden
 states for its backward (the GRU: its gates) also has ``forward_for_backward(...) -> (out, *extra)``,
 used when a backward can follow, and its ``Tape`` takes the extras last.

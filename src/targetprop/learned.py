@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .elman import CELL, ElmanTape
+from .cells.elman import CELL, ElmanTape
 from .rules import propagate, register
 
 

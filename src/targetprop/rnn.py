@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _validation as check
-from . import elman, gru, learned, rules
+from .cells import elman, gru
+from . import learned, rules
 from .activations import get_activation
 from .engine import TPConfig, Workspace
 from .function import TPFunction
@@ -351,7 +352,7 @@ class TPGRU(_TPRecurrent):
         rules="""``"linearized"`` (the authors' GRU rule, default) or ``"bp"`` (exact gradient).""",
         extra="") + """
 
-    Gate rows ``(r, z, n)`` as ``torch.nn.GRU``; the rule is written out in :mod:`targetprop.gru`.
+    Gate rows ``(r, z, n)`` as ``torch.nn.GRU``; the rule is written out in :mod:`targetprop.cells.gru`.
     """
 
     cell_module = gru

@@ -2,7 +2,7 @@
 Fashion-MNIST and CIFAR-10 read as sequences.
 
 This module owns turning images into sequences and serving them as a
-:class:`~targetprop.tasks.base.Task`; reading the files is :mod:`targetprop.datasets`' job.
+:class:`~targetprop.tasks.base.Task`; reading the files is :mod:`targetprop.tasks.datasets`' job.
 
 An image is flattened in row-major order; a CIFAR-10 image channel by channel (its 1024 red
 values, then green, then blue: 3072 steps). ``k`` consecutive values make one step, so a
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import _validation as check
-from ..datasets import ImageData, load_cifar10, load_fashion_mnist, load_mnist
+from .datasets import ImageData, load_cifar10, load_fashion_mnist, load_mnist
 from .base import Batch
 
 Normalize = Literal["none", "scale", "standardize"]
@@ -52,7 +52,7 @@ class PixelSequenceTask:
     """Classify an image read ``k`` values per step (a :class:`~targetprop.tasks.base.Task`).
 
     Args:
-        data: the images and labels (:mod:`targetprop.datasets`).
+        data: the images and labels (:mod:`targetprop.tasks.datasets`).
         name: the task's name (defaults to ``data.name``).
         k: values per step; must divide the values per image (784, or 3072 for CIFAR-10).
         seed: seeds the order of the training batches.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import diagnose
-from .trainer import TrainConfig, read_metrics
+from .. import diagnose
+from ..training.trainer import TrainConfig, read_metrics
 
 PANELS = (("iteration", "train_loss"), ("iteration", "test_accuracy"),
           ("time", "train_loss"), ("time", "test_accuracy"))

@@ -2,8 +2,8 @@
 
 This module owns the experiment files (``targetprop/configs/fig*.toml`` and
 ``linearized-vs-difference.toml``, one per figure panel), running them and their grids; the
-``tune`` command is :mod:`targetprop.tuning`'s.
-Training is :mod:`targetprop.trainer`'s; drawing is :mod:`targetprop.plotting`'s.
+``tune`` command is :mod:`targetprop.experiments.tuning`'s.
+Training is :mod:`targetprop.training.trainer`'s; drawing is :mod:`targetprop.experiments.plotting`'s.
 
 A panel file is a comparison file (see :mod:`targetprop.cli`) with a few more keys::
 
@@ -51,10 +51,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from . import rundir, threads
-from .datasets import DatasetError
-from .tasks.registry import task_options
-from .trainer import Trainer, TrainConfig, build_task, read_metrics
+from ..training import rundir, threads
+from ..tasks.datasets import DatasetError
+from ..tasks.registry import task_options
+from ..training.trainer import Trainer, TrainConfig, build_task, read_metrics
 
 FIGURES = ("fig3", "fig4", "fig6a", "fig6b", "linearized-vs-difference")
 BUDGETS = ("full", "short")

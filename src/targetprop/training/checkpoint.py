@@ -1,7 +1,7 @@
 """Checkpoint files of a run: their format, atomic writing, checksums, and choosing one to resume.
 
 This module owns the bytes on disk; *what* a checkpoint holds is the trainer's
-(:meth:`targetprop.trainer.Trainer.state_dict`). A run directory keeps its checkpoints in
+(:meth:`targetprop.training.trainer.Trainer.state_dict`). A run directory keeps its checkpoints in
 ``OUT/checkpoints/iteration-NNNNNNNN.pt``, the last :data:`KEEP` of them.
 
 File format: ``MAGIC`` (8 bytes), the payload's length (8 bytes, little-endian), its SHA-256

@@ -17,7 +17,7 @@ Where the files are looked for (:func:`search_dirs`; the first folder holding th
 
 ``data_dir`` defaults to :func:`default_data_dir`: ``$TARGETPROP_DATA`` (:data:`DATA_ENV`) when
 set, else ``targetprop/data`` in the user's cache folder (``$XDG_CACHE_HOME``, else
-``~/.cache``), where ``targetprop data fetch`` (:mod:`targetprop.fetch`) puts the files. Images
+``~/.cache``), where ``targetprop data fetch`` (:mod:`targetprop.tasks.fetch`) puts the files. Images
 come back as ``uint8`` tensors, ``(N, 28, 28)`` for the MNISTs and ``(N, 3, 32, 32)`` (channels
 first) for CIFAR-10; labels as ``int64`` in ``[0, 10)``.
 

@@ -12,8 +12,8 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from .init import orthogonal_, orthogonal_init_
-from .rnn import TPGRU, TPRNN
+from ..init import orthogonal_, orthogonal_init_
+from ..rnn import TPGRU, TPRNN
 
 MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN, "gru": TPGRU}
 

@@ -18,7 +18,7 @@ the cell computed here (the authors' code writes it for the other convention,
 
 Both are "per-gate scale, then one (B×3p)·(3p×p) product, plus z⊙λ" per step. When a backward
 will follow, the forward pass keeps every step's gates ``[r, z, q, n]`` (T, B, 4, p); the
-compiled loop (``csrc/kernels.cpp``) then computes the scales on the fly and, as each ``λ_t``
+compiled loop (``kernels/kernels.cpp``) then computes the scales on the fly and, as each ``λ_t``
 becomes final, writes the cell's pre-activation adjoints ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``,
 from which the parameter directions (eq. 3, cotangent −λ_t on h_t) are a few matrix products.
 The pure-PyTorch path computes the same from the kept gates with batched tensor operations.
@@ -31,11 +31,11 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from . import kernels as _kernels
-from .activations import Activation
-from .engine import Workspace
-from .inverse import inverse_operator
-from .rules import Recursion, propagate, register
+from .. import kernels as _kernels
+from ..activations import Activation
+from ..engine import Workspace
+from ..inverse import inverse_operator
+from ..rules import Recursion, propagate, register
 
 CELL = "gru"
 #: widest hidden size for which backend="auto" picks the compiled loop (a 4-row block's

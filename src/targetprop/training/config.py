@@ -1,7 +1,7 @@
 """Every setting of a training run, validated: :class:`TrainConfig` (saved as ``config.json``).
 
 This module owns what a run's settings may be and how they are checked; running them is
-:mod:`targetprop.trainer`'s.
+:mod:`targetprop.training.trainer`'s.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _validation as check
+from .. import _validation as check
 from .models import MODELS
-from .tasks.images import IMAGE_TASKS
-from .tasks.registry import TASKS, _factory
+from ..tasks.images import IMAGE_TASKS
+from ..tasks.registry import TASKS, _factory
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -33,8 +33,8 @@ class TrainConfig:
         test_size: size of the fixed test set (``None``: the task's default).
         task_options: further options of the task's factory (e.g. ``{"criterion": "absolute"}``
             for adding).
-    Model (a recurrent layer and a linear head on its last state, :mod:`targetprop.models`):
-        cell: a key of :data:`targetprop.models.MODELS` (``rnn``).
+    Model (a recurrent layer and a linear head on its last state, :mod:`targetprop.training.models`):
+        cell: a key of :data:`targetprop.training.models.MODELS` (``rnn``).
         hidden_size: ``p``.
         nonlinearity: the recurrent activation (``None``: the cell's own, ``tanh`` as in the paper).
         rule: ``bp``, ``linearized`` (eq. 2, the paper's TP), ``difference``, ``direct``, ``learned``.

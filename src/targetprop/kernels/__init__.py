@@ -1,4 +1,4 @@
-"""The compiled CPU loops (``csrc/kernels.cpp``), built on first use, with a pure-PyTorch fallback.
+"""The compiled CPU loops (``kernels/kernels.cpp``), built on first use, with a pure-PyTorch fallback.
 
 ``load()`` compiles the extension with ``torch.utils.cpp_extension`` (needs a C++ compiler and
 ``ninja``; about a minute, once per environment and source version; cached in PyTorch's extension
@@ -19,10 +19,10 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import fpmode
+from .. import fpmode
 
 BACKENDS = ("auto", "cpp", "torch")
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "kernels.cpp")
+_SOURCE = os.path.join(os.path.dirname(__file__), "kernels.cpp")
 
 
 class KernelUnavailableError(RuntimeError):

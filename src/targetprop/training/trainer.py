@@ -3,9 +3,9 @@
 This module owns :class:`Trainer` (model, optimizer and the iteration counter; :meth:`Trainer.step`
 trains on one mini-batch, :meth:`Trainer.evaluate` measures the fixed evaluation sets,
 :meth:`Trainer.run` loops, saves checkpoints and resumes; :meth:`Trainer.state_dict` is what a
-checkpoint holds). The settings are :class:`~targetprop.settings.TrainConfig`'s (re-exported
-here); the run directory's files are :mod:`targetprop.rundir`'s (``config.json``,
-``metrics.csv``, ``summary.json``) and :mod:`targetprop.checkpoint`'s
+checkpoint holds). The settings are :class:`~targetprop.training.config.TrainConfig`'s (re-exported
+here); the run directory's files are :mod:`targetprop.training.rundir`'s (``config.json``,
+``metrics.csv``, ``summary.json``) and :mod:`targetprop.training.checkpoint`'s
 (``checkpoints/iteration-NNNNNNNN.pt``: every ``checkpoint_every`` iterations, 1000 by default,
 at the end, and when SIGINT or SIGTERM stops the run; the last two are kept).
 
@@ -14,13 +14,13 @@ the task's seed and ``i``, so the data order needs no saved state. A run is stop
 ``diverged`` when a mini-batch loss is NaN or inf, or when the loss on the fixed training sample
 exceeds ``divergence_factor`` (2 by default) times its value at iteration 0; ``failed`` when a
 mini-batch or the training direction (``.grad`` after backward) holds NaN or inf
-(:mod:`targetprop.guard`), or when the backward raises
+(:mod:`targetprop.training.guard`), or when the backward raises
 :class:`~targetprop.RegularizedInverseError` (e.g. diverged weights) or ``FloatingPointError``.
 A diverged or failed run writes no checkpoint after the last good one.
 
 Progress is never discarded unless asked (``overwrite``): :meth:`Trainer.run` into a directory
 holding the same run continues it if it is unfinished and returns its summary if it is finished
-(:func:`targetprop.rundir.inspect`). Resuming (continuing, ``run(out, resume=True)``,
+(:func:`targetprop.training.rundir.inspect`). Resuming (continuing, ``run(out, resume=True)``,
 ``targetprop train --resume OUT``) loads the newest valid checkpoint: model, optimizer, the global
 torch generators (the ``learned`` rule draws its noise there; a run seeds them from ``(seed,
 "global")`` and restores the caller's state when it returns), the iteration, the running statistics and the number of metrics rows, cutting
@@ -34,13 +34,13 @@ interrupts at once (``KeyboardInterrupt``), without a checkpoint.
 
 Host syncs in :meth:`Trainer.step`: on the CPU the loss and the direction's norm are read at
 every step (free there). On CUDA the trainer adds none: the checks wait on the device until the
-next evaluation point or checkpoint (:mod:`targetprop.guard`), the mini-batch is checked on the
+next evaluation point or checkpoint (:mod:`targetprop.training.guard`), the mini-batch is checked on the
 CPU where the task makes it, and mini-batch losses are summed on the device. The TP layer's own
 checks remain (its ``check_finite`` input check and the inverse's factorization status, one
 each per step; see :mod:`targetprop.inverse`).
 
-Data-parallel runs (``torchrun``): pass a :class:`~targetprop.distributed.World`; see
-:mod:`targetprop.distributed`. A lost process (its peers' collectives fail) ends the run on every
+Data-parallel runs (``torchrun``): pass a :class:`~targetprop.training.distributed.World`; see
+:mod:`targetprop.training.distributed`. A lost process (its peers' collectives fail) ends the run on every
 surviving process as ``failed``, the summary naming the lost ranks (``lost_ranks``); such a run
 counts as unfinished and is continued by the same command.
 """
@@ -57,17 +57,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from . import checkpoint, diagnose, environment, rundir
+from .. import __version__
+from . import checkpoint, environment, rundir
+from .. import diagnose
 from .distributed import World, lost_peer, resolve_device
 from .guard import FiniteGuard, NonFinite, direction_norm
-from .inverse import RegularizedInverseError
+from ..inverse import RegularizedInverseError
 from .models import SequenceModel
 from .rundir import METRICS, RESUMABLE, RUN_FILES, STATUSES, read_metrics, read_run_config  # noqa: F401
-from .settings import DTYPES, OPTIMIZERS, TrainConfig  # noqa: F401
-from .tasks.base import Task
-from .tasks.registry import make_task
-from .tasks.synthetic import derived_generator
+from .config import DTYPES, OPTIMIZERS, TrainConfig  # noqa: F401
+from ..tasks.base import Task
+from ..tasks.registry import make_task
+from ..tasks.synthetic import derived_generator
 
 CHECKPOINT_EVERY = 1000
 CHECKPOINT_FORMAT = 1
@@ -82,7 +83,7 @@ class Interrupted(Exception):
 
 
 class Trainer:
-    """Trains a :class:`~targetprop.models.SequenceModel` on a task, as set by a :class:`TrainConfig`.
+    """Trains a :class:`~targetprop.training.models.SequenceModel` on a task, as set by a :class:`TrainConfig`.
 
     State: ``model``, ``optimizer``, ``iteration`` (iterations done), ``initial_loss`` (loss on
     the fixed training sample at iteration 0), ``reached_at`` (first logged iteration with 100%
@@ -146,7 +147,7 @@ class Trainer:
         """Train on the mini-batch of ``iteration``: forward, backward, checks, clip, optimizer step.
 
         Returns this process's mini-batch loss (before the step) as a 0-d float64 tensor on the
-        device, without waiting for it. Raises :class:`~targetprop.guard.NonFinite` for a
+        device, without waiting for it. Raises :class:`~targetprop.training.guard.NonFinite` for a
         NaN/inf batch, loss or direction (before the parameters move, on the CPU).
         """
         self.model.train()
@@ -200,7 +201,7 @@ class Trainer:
         ``overwrite``, which starts the run over. The same run there is continued if unfinished,
         and returned as it is if finished (``reused`` is then True; nothing is trained or written).
         With ``resume``, the run in ``out`` must exist and continues from its newest valid
-        checkpoint (a corrupt one is reported as a :class:`~targetprop.checkpoint.CheckpointWarning`,
+        checkpoint (a corrupt one is reported as a :class:`~targetprop.training.checkpoint.CheckpointWarning`,
         set aside as ``*.corrupt`` and the one before it used); a ValueError lists the settings that
         differ from the run's, other than the iteration budget. ``checkpoint_every``: iterations
         between checkpoints (0: only at the end and on SIGINT/SIGTERM; None: the run's own when it
@@ -592,7 +593,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 
 def check_run_dir(out: str | Path, config: TrainConfig, *, overwrite: bool) -> rundir.Existing | None:
-    """What ``out`` holds for ``config`` (:func:`targetprop.rundir.inspect`; None with ``overwrite``);
+    """What ``out`` holds for ``config`` (:func:`targetprop.training.rundir.inspect`; None with ``overwrite``);
     a ValueError if the run may not go there."""
     if overwrite:
         if Path(out).exists() and not Path(out).is_dir():

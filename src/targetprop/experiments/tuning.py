@@ -2,7 +2,7 @@
 the training-loss curve (as the paper does for Fig. 6a).
 
 This module owns the grid's axes, the search and its outputs (``best.json``, ``tune.md``, a heat
-map); running the grid's runs is :mod:`targetprop.experiments`' (:func:`~targetprop.experiments.run_grid`).
+map); running the grid's runs is :mod:`targetprop.experiments.pipeline` (:func:`~targetprop.experiments.pipeline.run_grid`).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import math
 import sys
 from pathlib import Path
 
-from . import threads
-from .experiments import (BUDGETS, EXIT_HELP, EXIT_INCOMPLETE, Stopped, _json_or_text, best_by_auc, grid_matrix,
+from ..training import threads
+from .pipeline import (BUDGETS, EXIT_HELP, EXIT_INCOMPLETE, Stopped, _json_or_text, best_by_auc, grid_matrix,
                           load_panel, method_settings, parse_setting, run_grid, set_value)
-from .trainer import TrainConfig
+from ..training.trainer import TrainConfig
 
 
 def add_tune(sub) -> None:

@@ -1,10 +1,10 @@
 """The files of a run directory: writing them, reading them, and what an existing one allows.
 
 This module owns the run directory's files other than the checkpoints (those are
-:mod:`targetprop.checkpoint`'s) and the rule that progress is never discarded unless asked:
+:mod:`targetprop.training.checkpoint`'s) and the rule that progress is never discarded unless asked:
 
 * ``config.json``: ``{"version", "config": {...every setting...}, "run": {"checkpoint_every": N},
-  "environment": {...}}`` (the conditions of the latest session, :mod:`targetprop.environment`);
+  "environment": {...}}`` (the conditions of the latest session, :mod:`targetprop.training.environment`);
 * ``metrics.csv``: one row per evaluation point, flushed row by row (:class:`MetricsLog`);
 * ``summary.json``: the outcome, written when the run ends however it ends (status in
   :data:`STATUSES`).
@@ -27,7 +27,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, checkpoint
+from .. import __version__
+
+from . import checkpoint
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 EXIT_CODES = {"completed": 0, "diverged": 3, "failed": 4}

@@ -25,16 +25,16 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from . import kernels as _kernels
-from .activations import Activation
-from .engine import Workspace
-from .inverse import inverse_operator
-from .rules import Recursion, propagate, register
+from .. import kernels as _kernels
+from ..activations import Activation
+from ..engine import Workspace
+from ..inverse import inverse_operator
+from ..rules import Recursion, propagate, register
 
 CELL = "elman"
 
 
-_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # csrc/kernels.cpp
+_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # kernels/kernels.cpp
 #: widest hidden size for which backend="auto" picks the compiled loops: they hold a 4-row
 #: block's outputs in registers and stream W_hh / Mᵀ from cache. Measured (docs/BENCHMARKS.md,
 #: "Compiled loops or BLAS"): faster than one BLAS product per step for every p ≤ 512 and

@@ -1,9 +1,9 @@
 """``targetprop data fetch NAME`` and ``targetprop data list``: getting the image data sets and checking them.
 
 This module owns where each data set can come from, the checksums pinned for its files, and
-putting verified files into the data directory (the one :mod:`targetprop.datasets` reads: its
-:func:`~targetprop.datasets.default_data_dir` unless ``--dir`` names another, in the sub-folder
-:data:`~targetprop.datasets.FOLDERS` gives). Reading the files is :mod:`targetprop.datasets`' job.
+putting verified files into the data directory (the one :mod:`targetprop.tasks.datasets` reads: its
+:func:`~targetprop.tasks.datasets.default_data_dir` unless ``--dir`` names another, in the sub-folder
+:data:`~targetprop.tasks.datasets.FOLDERS` gives). Reading the files is :mod:`targetprop.tasks.datasets`' job.
 
 Sources are tried in order until one yields every file of the data set:
 
@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
 from .datasets import DATA_ENV, FASHION_MNIST_DIR, FOLDERS, default_data_dir, search_dirs
 
 #: MD5 of each file as the loaders read it (IDX files decompressed), by data set; file order is
@@ -367,7 +367,7 @@ BY_HAND = {
 def fetch(name: str, data_dir: str | os.PathLike | None = None, *, progress: bool = False,
           log=print) -> Path:
     """Put the verified files of data set ``name`` into ``<data_dir>/<FOLDERS[name]>/`` (default
-    folder: :func:`~targetprop.datasets.default_data_dir`); returns that folder. Nothing to do
+    folder: :func:`~targetprop.tasks.datasets.default_data_dir`); returns that folder. Nothing to do
     when the files already there match. Tries :data:`SOURCES` in order (``log`` reports each
     failure); raises :class:`FetchError` naming every failure and how to place the files by hand."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -1,0 +1,1 @@
+"""Experiments: comparison and reproduction pipelines, tuning sweeps and plots."""
