@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from targetprop.training import checkpoint
-from targetprop.cli import builtin_configs, load_comparison, main, method_configs
+from targetprop.cli import main
+from targetprop.experiments.commands import builtin_configs, load_comparison, method_configs
 from targetprop.training.trainer import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",

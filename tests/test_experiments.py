@@ -273,7 +273,7 @@ def test_tune_refuses_three_axes_and_unknown_settings(capsys):
 
 
 def test_panel_files_are_not_offered_as_comparisons():
-    from targetprop.cli import builtin_configs
+    from targetprop.experiments.commands import builtin_configs
 
     names = builtin_configs()
     assert "demo" in names and "temporal-order-60" in names

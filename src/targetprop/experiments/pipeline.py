@@ -5,7 +5,7 @@ This module owns the experiment files (``targetprop/configs/fig*.toml`` and
 ``tune`` command is :mod:`targetprop.experiments.tuning`'s.
 Training is :mod:`targetprop.training.trainer`'s; drawing is :mod:`targetprop.experiments.plotting`'s.
 
-A panel file is a comparison file (see :mod:`targetprop.cli`) with a few more keys::
+A panel file is a comparison file (see :mod:`targetprop.experiments.commands`) with a few more keys::
 
     figure = "fig3"                # the figure it belongs to (``reproduce fig3`` runs all fig3 panels)
     title = "Temporal order, T = 60"
