@@ -1,7 +1,9 @@
 """Comparison helpers; the worst float64 relative error seen is reported at the end of the run."""
 from __future__ import annotations
 
+import pytest
 import torch
+
 
 WORST = {"rel": 0.0, "where": ""}
 
@@ -38,3 +40,17 @@ def train_to_full_accuracy(rnn, head, optimizer, task, budget: int, every: int =
             if acc == 1.0:
                 break
     return it, acc
+
+
+def cli_fails(argv, capsys, *needles):
+    """Run ``argv``: it must exit with code 2 and a one-line error containing ``needles``."""
+    from targetprop.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

@@ -1,4 +1,4 @@
-"""The ``targetprop`` command end to end: train, compare, plot; bad input is a one-line error, exit 2."""
+"""The ``targetprop train`` command end to end; bad input is a one-line error, exit 2."""
 import json
 import os
 import platform
@@ -9,50 +9,14 @@ import time
 
 import pytest
 import torch
+from helpers import cli_fails as fails
 
 from targetprop.training import checkpoint
 from targetprop.cli import main
-from targetprop.experiments.commands import builtin_configs, load_comparison, method_configs
 from targetprop.training.trainer import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",
         "--hidden-size", "8", "--quiet"]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-COMPARISON = """
-description = "tiny"
-plot = "c.png"
-[common]
-task = "temporal-order"
-length = 10
-hidden_size = 8
-iterations = 20
-eval_every = 10
-test_size = 50
-seed = 3
-[methods.tp]
-rule = "linearized"
-lr = 0.1
-reg = 10.0
-[methods.bp]
-rule = "bp"
-lr = 1e-2
-momentum = 0.9
-nesterov = true
-"""
-
-
-def fails(argv, capsys, *needles):
-    """Run ``argv``: it must exit with code 2 and a one-line error containing ``needles``."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
 
 # ---------------------------------------------------------------------------- train
 
@@ -188,125 +152,6 @@ def test_ctrl_c_exits_130_with_valid_files(tmp_path):
     assert f"continue with: targetprop train --resume {out}" in stdout
     saved = [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))]
     assert saved[-1] == summary["iterations"]  # a checkpoint where Ctrl-C stopped it
-
-
-# ---------------------------------------------------------------------------- compare
-
-
-def test_compare_runs_methods_prints_table_and_plots(tmp_path, capsys):
-    config = tmp_path / "tiny.toml"
-    config.write_text(COMPARISON)
-    png = tmp_path / "curves.png"
-    assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--plot", str(png), "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("tiny\n")
-    assert ("| method | settings | status | iterations | final test accuracy | best (at iteration) "
-            "| iterations to 100% | wall time |") in printed
-    rows = [line for line in printed.splitlines() if line.startswith("| tp ") or line.startswith("| bp ")]
-    assert len(rows) == 2 and all("| completed | 20 |" in r for r in rows)
-    assert "linearized γh=0.01 r=10, sgd lr=0.1" in rows[0] and "bp, sgd lr=0.01 nesterov=0.9" in rows[1]
-    for method in ("tp", "bp"):
-        saved = json.loads((tmp_path / "runs" / method / "config.json").read_text())["config"]
-        assert saved["label"] == method and saved["seed"] == 3 and saved["hidden_size"] == 8
-    assert (tmp_path / "runs" / "comparison.md").read_text().count("\n") == 4
-    assert png.read_bytes()[:8] == PNG_MAGIC and not (tmp_path / "runs" / "c.png").exists()
-
-
-def test_compare_iterations_override(tmp_path, capsys):
-    config = tmp_path / "tiny.toml"
-    config.write_text(COMPARISON)
-    assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--iterations", "5", "--quiet"]) == 0
-    assert read_metrics(tmp_path / "runs" / "bp")["iteration"] == [0, 5]
-    assert (tmp_path / "runs" / "c.png").read_bytes()[:8] == PNG_MAGIC  # the file's plot, inside --out
-
-
-def test_compare_again_reuses_its_runs_and_lists_diverged_ones(tmp_path, capsys):
-    config = tmp_path / "tiny.toml"
-    config.write_text(COMPARISON.replace("lr = 1e-2", "lr = 1e6"))  # bp diverges
-    argv = ["compare", str(config), "--out", str(tmp_path / "runs"), "--quiet"]
-    assert main(argv) == 0  # its job done: a table, with the failed run listed
-    first = capsys.readouterr().out
-    assert "| bp | bp, sgd lr=1e+06 nesterov=0.9 | diverged | 10 |" in first
-    assert "\nnot completed: bp (diverged)\n" in first
-    before = {p: p.read_bytes() for p in sorted((tmp_path / "runs").rglob("*.pt"))}
-    assert main(argv) == 0
-    again = capsys.readouterr().out
-    assert f"{tmp_path / 'runs' / 'tp'} already holds this run, completed after 20 iterations" in again
-    assert {p: p.read_bytes() for p in sorted((tmp_path / "runs").rglob("*.pt"))} == before  # nothing trained
-    fails([*argv, "--iterations", "5"], capsys, "holds a run with different settings (differs in iterations: 20 → 5)",
-          "--overwrite")
-
-
-@pytest.mark.parametrize("edit,needles", [
-    (lambda s: "extra = 1\n" + s, ["unknown key(s) extra"]),
-    (lambda s: s.replace("lr = 0.1", "lr = 0.1\nspeed = 2"), ["methods.tp", "unknown setting(s): speed"]),
-    (lambda s: s.replace("lr = 1e-2", "lr = -1.0"), ["methods.bp", "lr must be"]),
-    (lambda s: s.replace('rule = "bp"', 'rule = "nope"'), ["methods.bp", "rule must be one of"]),
-    (lambda s: s.split("[methods.tp]")[0], ["needs at least one [methods.NAME] table"]),
-    (lambda s: s + "\n[[broken", ["not valid TOML"]),
-])
-def test_bad_comparison_file(edit, needles, tmp_path, capsys):
-    config = tmp_path / "bad.toml"
-    config.write_text(edit(COMPARISON))
-    fails(["compare", str(config), "--out", str(tmp_path / "runs")], capsys, *needles)
-    assert not (tmp_path / "runs").exists()  # every method is checked before any runs
-
-
-def test_builtin_comparisons_are_valid():
-    assert {"demo", "temporal-order-60"} <= set(builtin_configs())
-    name, table = load_comparison("demo")
-    configs = method_configs(name, table)
-    assert list(configs) == ["tp", "tp-through-time", "bp"]
-    tp, tt, bp = configs.values()
-    assert ((tp.rule, tp.lr, tp.target_step, tp.reg, tp.through_time, tp.optimizer)
-            == ("linearized", 0.1, 0.01, 10.0, False, "sgd"))
-    assert tt.through_time and (tt.lr, tt.target_step, tt.reg) == (0.1, 0.01, 10.0)
-    assert (bp.rule, bp.lr, bp.momentum, bp.nesterov) == ("bp", 1e-5, 0.9, True)
-    assert all((c.task, c.length, c.hidden_size, c.seed) == ("temporal-order", 60, 100, 1) for c in configs.values())
-    assert all(c.divergence_factor is None for c in configs.values())  # "none" in the file
-    full = method_configs("temporal-order-60", load_comparison("temporal-order-60")[1])
-    assert all(c.iterations == 40000 and c.stop_at_accuracy == 1.0 for c in full.values())
-
-
-# ---------------------------------------------------------------------------- plot
-
-
-def test_plot_writes_a_png(tmp_path, capsys):
-    for rule in ("bp", "linearized"):
-        assert main(["train", *TINY, "--rule", rule, "--out", str(tmp_path / rule)]) == 0
-    png = tmp_path / "figs" / "curves.png"
-    assert main(["plot", str(tmp_path / "bp"), str(tmp_path / "linearized"), "-o", str(png), "--title", "t"]) == 0
-    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
-    png2 = tmp_path / "all.png"  # a directory of runs stands for its runs
-    assert main(["plot", str(tmp_path), "-o", str(png2)]) == 0 and png2.read_bytes()[:8] == PNG_MAGIC
-
-
-def test_table_lists_finished_and_unfinished_runs(tmp_path, capsys):
-    assert main(["train", *TINY, "--rule", "bp", "--lr", "0.01", "--out", str(tmp_path / "bp")]) == 0
-    assert main(["train", *TINY, "--rule", "linearized", "--out", str(tmp_path / "tp")]) == 0
-    summary = json.loads((tmp_path / "bp" / "summary.json").read_text())
-    (tmp_path / "tp" / "summary.json").unlink()  # as while a run is still going
-    last = (tmp_path / "tp" / "metrics.csv").read_text().splitlines()[-1].split(",")
-    capsys.readouterr()
-    assert main(["table", str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("| train time | wall time | threads |")
-    rows = [r.split(" | ") for r in lines[2:]]
-    assert [r[0] for r in rows] == [f"| {tmp_path / 'bp'}", f"| {tmp_path / 'tp'}"]
-    assert [r[-1] for r in rows] == ["1 |", "1 |"]  # from the summary, and from config.json while running
-    assert rows[0][1:5] == ["bp, sgd lr=0.01", "completed", "20", f"{summary['final_test_accuracy']:.1%}"]
-    assert rows[1][2:5] == ["no summary (running?)", "20", f"{float(last[-1]):.1%}"]
-    old = {k: v for k, v in summary.items() if k not in ("best_test_accuracy", "best_at")}  # version 0.1.0's
-    (tmp_path / "bp" / "summary.json").write_text(json.dumps(old))
-    assert main(["table", str(tmp_path / "bp")]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split(" | ")[5] == "—"
-    fails(["table", str(tmp_path / "nothing")], capsys, "not a run directory")
-
-
-def test_plot_bad_input(tmp_path, capsys):
-    fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")], capsys, "not a run directory")
-    fails(["plot", str(tmp_path), "-o", str(tmp_path / "x.pdf")], capsys, ".png")
-    assert not (tmp_path / "x.png").exists()
 
 
 def test_threads_default_to_one_for_small_steps_and_to_torchs_otherwise(tmp_path, monkeypatch):
