@@ -16,6 +16,11 @@ it is continued from its newest valid checkpoint) or ``finished`` (``completed``
 refused (ValueError) unless the caller overwrites; nothing here deletes a checkpoint or a
 ``*.corrupt`` file except when asked to overwrite.
 
+Reading runs (for tables, plots and experiments): :func:`is_run`, :func:`find_runs`,
+:func:`read_config`, :func:`read_options`, :func:`read_summary`, :func:`read_metrics`, and the
+paths of a run's files (:func:`metrics_path`, :func:`checkpoint_dir`, …): no other module spells
+the files' names.
+
 Exit codes of a run's outcome (:data:`EXIT_CODES`): 0 completed, 3 diverged, 4 failed.
 """
 from __future__ import annotations
@@ -31,12 +36,106 @@ from .. import __version__
 
 from . import checkpoint
 
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.csv", "summary.json"
+DIAGNOSTICS_FILE, CHECKPOINT_FOLDER = "diagnostics.csv", "checkpoints"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 EXIT_CODES = {"completed": 0, "diverged": 3, "failed": 4}
 METRICS = ("iteration", "time", "wall_time", "batch_loss", "train_loss", "train_accuracy",
            "test_loss", "test_accuracy")
-RUN_FILES = ("config.json", "metrics.csv", "summary.json")
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 RESUMABLE = ("iterations",)  # the settings a resumed run may change
+
+
+# ---------------------------------------------------------------------------- reading runs
+
+
+def config_path(run: str | Path) -> Path:
+    return Path(run) / CONFIG_FILE
+
+
+def metrics_path(run: str | Path) -> Path:
+    return Path(run) / METRICS_FILE
+
+
+def summary_path(run: str | Path) -> Path:
+    return Path(run) / SUMMARY_FILE
+
+
+def diagnostics_path(run: str | Path) -> Path:
+    """``diagnostics.csv`` (``train --diagnose-every``; :mod:`targetprop.diagnose` writes and reads its rows)."""
+    return Path(run) / DIAGNOSTICS_FILE
+
+
+def checkpoint_dir(run: str | Path) -> Path:
+    """Where the checkpoints of ``run`` live (:mod:`targetprop.training.checkpoint` names the files)."""
+    return Path(run) / CHECKPOINT_FOLDER
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run's folder: one a run has started in (it holds ``metrics.csv``)."""
+    return metrics_path(path).is_file()
+
+
+def find_runs(paths) -> list[Path]:
+    """The runs among ``paths``: a run's folder stands for itself, a folder of runs (e.g. the
+    output of ``targetprop compare``) for the runs directly inside it, in name order. A
+    ValueError names a path that is neither."""
+    runs = []
+    for path in map(Path, paths):
+        if is_run(path):
+            runs.append(path)
+            continue
+        inner = sorted(p for p in path.iterdir() if is_run(p)) if path.is_dir() else []
+        if not inner:
+            raise ValueError(f"{path} is not a run directory (no {METRICS_FILE} in it or in its subdirectories)")
+        runs.extend(inner)
+    return runs
+
+
+def read_config(run: str | Path) -> dict:
+    """The settings saved in the run's ``config.json``; a ValueError if ``run`` holds no readable run."""
+    path = config_path(run)
+    if not path.is_file():
+        raise ValueError(f"{run} holds no run (no {CONFIG_FILE})")
+    saved = (_read_json(path) or {}).get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is unreadable")
+    return saved
+
+
+def read_options(run: str | Path) -> dict:
+    """What the run's ``config.json`` records besides the settings: ``checkpoint_every``,
+    ``diagnose_every`` and ``threads`` (each absent when not recorded, as in runs of targetprop 0.1.0)."""
+    saved = _read_json(config_path(run)) or {}
+    options = {}
+    for key in ("checkpoint_every", "diagnose_every"):
+        every = (saved.get("run") or {}).get(key)
+        if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
+            options[key] = every
+    threads = (saved.get("environment") or {}).get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
+        options["threads"] = threads
+    return options
+
+
+def read_summary(run: str | Path) -> dict | None:
+    """The run's ``summary.json``, or None when there is none (yet: the run is going or was
+    killed) or it is unreadable."""
+    summary = _read_json(summary_path(run))
+    return summary if summary is not None and summary.get("status") in STATUSES else None
+
+
+def read_metrics(run: str | Path) -> dict[str, list[float]]:
+    """The columns of the run's ``metrics.csv`` as lists of floats (empty cells become NaN)."""
+    with open(metrics_path(run), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in METRICS}
+
+
+read_run_config, read_run_options = read_config, read_options  # the earlier names
+
+
+# ---------------------------------------------------------------------------- writing runs
 
 
 class MetricsLog:
@@ -82,13 +181,6 @@ class MetricsLog:
         self._file.close()
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """The columns of a run's ``metrics.csv`` as lists of floats (empty cells become NaN)."""
-    with open(Path(run_dir) / "metrics.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in METRICS}
-
-
 # ---------------------------------------------------------------------------- config.json, summary.json
 
 
@@ -115,38 +207,6 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def read_run_config(out: str | Path) -> dict:
-    """The settings saved in ``out/config.json``; a ValueError if ``out`` holds no readable run."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{out} holds no run (no config.json)")
-    saved = (_read_json(path) or {}).get("config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} is unreadable")
-    return saved
-
-
-def read_run_options(out: str | Path) -> dict:
-    """What ``out/config.json`` records besides the settings: ``checkpoint_every``, ``diagnose_every`` and ``threads``
-    (absent when not recorded, as in runs of targetprop 0.1.0)."""
-    saved = _read_json(Path(out) / "config.json") or {}
-    options = {}
-    for key in ("checkpoint_every", "diagnose_every"):
-        every = (saved.get("run") or {}).get(key)
-        if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
-            options[key] = every
-    threads = (saved.get("environment") or {}).get("threads")
-    if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
-        options["threads"] = threads
-    return options
-
-
-def read_summary(out: str | Path) -> dict | None:
-    """``out/summary.json``, or None when there is none (yet) or it is unreadable."""
-    summary = _read_json(Path(out) / "summary.json")
-    return summary if summary is not None and summary.get("status") in STATUSES else None
 
 
 # ---------------------------------------------------------------------------- what a directory allows
