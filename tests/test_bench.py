@@ -15,9 +15,9 @@ def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
     assert "Command: `targetprop bench --grid tiny" in text and "Machine:" in text
     assert "compiled loops: " + kernels.load().widest_isa() in text
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| 12 |")]
-    assert [r[7].strip() for r in rows] == ["native-bptt", "naive-tp", "tp-linearized", "engine-bp"]
-    assert {r[6].strip() for r in rows} == {"orthogonal"}
-    assert rows[0][11].strip() == "1.00" and all(float(r[8]) > 0 for r in rows)
+    assert [r[8].strip() for r in rows] == ["native-bptt", "naive-tp", "tp-linearized", "engine-bp"]
+    assert {r[7].strip() for r in rows} == {"orthogonal"}
+    assert rows[0][12].strip() == "1.00" and all(float(r[9]) > 0 for r in rows)
     assert png.stat().st_size > 1000
 
 
@@ -26,9 +26,9 @@ def test_every_regime_is_timed_by_default_each_against_its_own_native_run(tmp_pa
     assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--methods",
                        "native-bptt", "tp-linearized", "--loops", "cpp:base", "--output", str(out)]) == 0
     rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
-    assert [(r[6].strip(), r[7].strip()) for r in rows] == [
+    assert [(r[7].strip(), r[8].strip()) for r in rows] == [
         (regime, m) for regime in bench.REGIMES for m in ("native-bptt", "tp-linearized")]
-    assert [r[11].strip() for r in rows][::2] == ["1.00"] * len(bench.REGIMES)
+    assert [r[12].strip() for r in rows][::2] == ["1.00"] * len(bench.REGIMES)
     assert kernels.load().isa() == kernels.load().widest_isa()  # the narrowed loops are undone after the run
 
 
@@ -38,7 +38,7 @@ def test_loop_variants_are_timed_side_by_side(tmp_path):
                        "--methods", "native-bptt", "tp-linearized", "--loops", "torch", "cpp:base",
                        "--output", str(out)]) == 0
     rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
-    assert [r[7].strip() for r in rows] == ["native-bptt", "tp-linearized [torch]", "tp-linearized [cpp:base]"]
+    assert [r[8].strip() for r in rows] == ["native-bptt", "tp-linearized [torch]", "tp-linearized [cpp:base]"]
     assert kernels.load().isa() == kernels.load().widest_isa()
     with pytest.raises(ValueError, match="loops must be one of"):
         bench.check_loops("cpp:sse9")
@@ -63,9 +63,9 @@ def test_gru_methods_are_compared_with_the_native_gru(tmp_path):
     assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1", "--methods",
                        "gru-native-bptt", "gru-tp-linearized", "gru-engine-bp", "native-bptt", "--regime", "default",
                        "--output", str(out)]) == 0
-    rows = {r[7].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
-    assert rows["gru-native-bptt"][11].strip() == "1.00" and rows["gru-engine-bp"][12].strip() == "1.00"
-    assert rows["native-bptt"][11].strip() == "1.00" and rows["native-bptt"][12].strip() == "–"
+    rows = {r[8].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
+    assert rows["gru-native-bptt"][12].strip() == "1.00" and rows["gru-engine-bp"][13].strip() == "1.00"
+    assert rows["native-bptt"][12].strip() == "1.00" and rows["native-bptt"][13].strip() == "–"
     assert "gru-tp-linearized" not in bench.DEFAULT_METHODS
 
 
