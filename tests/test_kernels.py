@@ -85,14 +85,12 @@ def test_bad_backend_name():
 
 
 def test_auto_uses_compiled_loops_only_where_they_pay():
-    from targetprop.cells import elman
-
     x = torch.zeros(2, 3, 1)
-    wide = torch.zeros(elman.MAX_COMPILED_WIDTH + 1, elman.MAX_COMPILED_WIDTH + 1)
-    narrow = torch.zeros(elman.MAX_COMPILED_WIDTH, elman.MAX_COMPILED_WIDTH)
-    assert elman.select_kernels("auto", x, wide) is None
-    assert elman.select_kernels("auto", x, narrow) is kernels.load()
-    assert elman.select_kernels("cpp", x, wide) is kernels.load()  # asked for explicitly
+    wide = torch.zeros(kernels.MAX_COMPILED_WIDTH + 1, kernels.MAX_COMPILED_WIDTH + 1)
+    narrow = torch.zeros(kernels.MAX_COMPILED_WIDTH, kernels.MAX_COMPILED_WIDTH)
+    assert kernels.select_kernels("auto", x, wide) is None
+    assert kernels.select_kernels("auto", x, narrow) is kernels.load()
+    assert kernels.select_kernels("cpp", x, wide) is kernels.load()  # asked for explicitly
 
 
 def _isas():

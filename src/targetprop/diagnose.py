@@ -67,7 +67,7 @@ def _whh_direction(record, keep_from: int) -> Tensor:
     part = lam.clone()
     part[:keep_from].zero_()
     engine.through_time_(tape, part, config)
-    return tape.directions(part, (False, False, False, True, False, False))[3]
+    return tape.directions(part, ("weight_hh",))["weight_hh"]
 
 
 def _shares(record, steps: tuple[int, ...]) -> list[float]:

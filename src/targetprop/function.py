@@ -8,16 +8,16 @@ all-reduce and gradient accumulation see nothing special). Both passes run with 
 floats flushed on the calling thread, the caller's mode restored after (:mod:`targetprop.fpmode`).
 Half-precision layers (float16, bfloat16) compute in float32 and cast their results back.
 
-A *cell* is a module (``targetprop.cells.elman``, ``targetprop.cells.gru``) with ``forward(...)``,
-``Tape`` and ``select_kernels(backend, *tensors)``; a cell that keeps more than the hidden
-states for its backward (the GRU: its gates) also has ``forward_for_backward(...) -> (out, *extra)``,
-used when a backward can follow, and its ``Tape`` takes the extras last.
+The cell is a module following the protocol of :mod:`targetprop.cells`; the compiled kernels
+are chosen by :func:`targetprop.kernels.select_kernels`.
 """
 from __future__ import annotations
 
 import torch
 
 from . import engine, fpmode
+from .cells import GRADIENTS
+from .kernels import select_kernels
 
 
 NO_DOUBLE_BACKWARD = (
@@ -52,7 +52,7 @@ class TPFunction(torch.autograd.Function):
     def _forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not (T, B, p) zeros
         ctx.cell, ctx.config = cell, config
-        ctx.kernels = cell.select_kernels(config.backend, x, w_hh)
+        ctx.kernels = select_kernels(config.backend, x, w_hh)
         keep = getattr(cell, "forward_for_backward", None)
         if keep is not None and grad_enabled and any(ctx.needs_input_grad):
             out, *extra = keep(x, h0, w_ih, w_hh, b_ih, b_hh, config.activation, ctx.kernels)
@@ -76,4 +76,5 @@ class TPFunction(torch.autograd.Function):
         tape = ctx.cell.Tape(*saved[:7], ctx.config.activation, ctx.kernels, *saved[7:])
         tape.workspace = ctx.config.workspace or engine.Workspace()
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
-        return (None, None, None, *tape.directions(lam, ctx.needs_input_grad[3:]))
+        grads = tape.directions(lam, [k for k, need in zip(GRADIENTS, ctx.needs_input_grad[3:]) if need])
+        return (None, None, None, *(grads.get(k) for k in GRADIENTS))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cells.elman import CELL, ElmanTape
+from .cells.elman import NAME, ElmanTape
 from .rules import propagate, register
 
 
@@ -71,7 +71,7 @@ class ReverseLayer:
         return loss.detach()
 
 
-@register(CELL, "learned")
+@register(NAME, "learned")
 class Learned:
     uses_target_step = True
 

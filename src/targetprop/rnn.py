@@ -139,7 +139,7 @@ class _TPRecurrent(nn.Module):
 
     @property
     def cell(self) -> str:
-        return self.cell_module.CELL
+        return self.cell_module.NAME
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -369,7 +369,7 @@ class TPGRU(_TPRecurrent):
 
 
 def _set_rule(self, v):
-    return rules.check_rule_name(self.cell_module.CELL, v)
+    return rules.check_rule_name(self.cell_module.NAME, v)
 
 
 def _nonneg(name):

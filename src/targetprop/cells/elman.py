@@ -25,28 +25,17 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from .. import kernels as _kernels
+from . import GRADIENTS
 from ..activations import Activation
 from ..engine import Workspace
 from ..inverse import inverse_operator
 from ..rules import Recursion, propagate, register
 
-CELL = "elman"
-
+NAME = "rnn"  # as torch.nn.RNN; the rules were registered as "elman" before (cells.get_cell takes both)
+STATES = ("h",)
+GATES = 1
 
 _ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # kernels/kernels.cpp
-#: widest hidden size for which backend="auto" picks the compiled loops: they hold a 4-row
-#: block's outputs in registers and stream W_hh / Mᵀ from cache. Measured (docs/BENCHMARKS.md,
-#: "Compiled loops or BLAS"): faster than one BLAS product per step for every p ≤ 512 and
-#: B ≤ 512 timed; wider matrices outgrow L2 and are left to BLAS (not measured).
-MAX_COMPILED_WIDTH = 512
-
-
-def select_kernels(backend: str, x: Tensor, w_hh: Tensor):
-    """The compiled module where it applies and pays (see :data:`MAX_COMPILED_WIDTH`), else None."""
-    if backend == "auto" and w_hh.shape[-1] > MAX_COMPILED_WIDTH:
-        return None
-    return _kernels.select(backend, x, w_hh)
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -132,12 +121,13 @@ class ElmanTape:
         """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
         return self.scaled_recursion(self.derivative, self.weight_hh, False, 0.0)
 
-    def directions(self, lam: Tensor, needs: tuple[bool, ...]):
-        """Eq. (3) from the displacements: grads of (x, h0, W_ih, W_hh, b_ih, b_hh).
+    def directions(self, lam: Tensor, needs) -> dict[str, Tensor]:
+        """Eq. (3) from the displacements: the directions named in ``needs`` (among
+        ``input, h0, weight_ih, weight_hh, bias_ih, bias_hh``), keyed by name.
 
         ``lam`` (T+1, B, p) is consumed (overwritten in place).
         """
-        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
+        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = (k in needs for k in GRADIENTS)
         T, B, p = self.out.shape
         d = self.x.shape[-1]
         grad_h0 = lam[0].neg() if need_h0 else None
@@ -155,10 +145,15 @@ class ElmanTape:
         grad_b = flat.sum(0).neg_() if (need_bih or need_bhh) else None
         grad_bih = grad_b if need_bih else None
         grad_bhh = (grad_b.clone() if need_bih else grad_b) if need_bhh else None
-        return grad_x, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh
+        return _named(grad_x, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh)
 
 
-@register(CELL, "bp")
+def _named(*grads) -> dict[str, Tensor]:
+    """``{name: grad}`` for the gradients in :data:`GRADIENTS` order that were computed."""
+    return {k: g for k, g in zip(GRADIENTS, grads) if g is not None}
+
+
+@register(NAME, "bp")
 class BP:
     uses_target_step = False
 
@@ -166,7 +161,7 @@ class BP:
         return tape.adjoint_recursion()
 
 
-@register(CELL, "linearized")
+@register(NAME, "linearized")
 class Linearized:
     uses_target_step = True
 
@@ -191,7 +186,7 @@ def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Ten
     return act.inverse_(act.project_(buf, tol))
 
 
-@register(CELL, "difference")
+@register(NAME, "difference")
 class Difference(_StepwiseInverseRule):
     def _step(self, tape, config, mt, buf):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
@@ -204,7 +199,7 @@ class Difference(_StepwiseInverseRule):
         return step
 
 
-@register(CELL, "direct")
+@register(NAME, "direct")
 class Direct(_StepwiseInverseRule):
     def _step(self, tape, config, mt, buf):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)

@@ -31,24 +31,16 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from .. import kernels as _kernels
+from . import GRADIENTS
+from .elman import _named
 from ..activations import Activation
 from ..engine import Workspace
 from ..inverse import inverse_operator
 from ..rules import Recursion, propagate, register
 
-CELL = "gru"
-#: widest hidden size for which backend="auto" picks the compiled loop (a 4-row block's
-#: outputs held in registers while the 3p×p matrix streams from cache; as for the Elman cell)
-MAX_COMPILED_WIDTH = 512
-
-
-def select_kernels(backend: str, x: Tensor, w_hh: Tensor):
-    """The compiled module where it applies (CPU float32/float64, p ≤ :data:`MAX_COMPILED_WIDTH`
-    for ``auto``), else None."""
-    if backend == "auto" and w_hh.shape[-1] > MAX_COMPILED_WIDTH:
-        return None
-    return _kernels.select(backend, x, w_hh)
+NAME = "gru"
+STATES = ("h",)
+GATES = 3
 
 
 def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -175,12 +167,13 @@ class GRUTape:
             return self._adjoints[1]
         return self._bp_factors * lam[1:].unsqueeze(2)
 
-    def directions(self, lam: Tensor, needs: tuple[bool, ...]):
+    def directions(self, lam: Tensor, needs) -> dict[str, Tensor]:
         """Eq. (3): the cell's vector-Jacobian product over all rows with cotangent −λ_t on h_t
         (hence the negations); ``h0`` receives −λ_0. With ``G`` the pre-activation adjoints, the
         hidden side ``h W_hhᵀ + b_hh`` receives ``[G_r, G_z, G_n]`` (n's through r⊙q), the input
-        side ``x W_ihᵀ + b_ih`` receives ``[G_r, G_z, (1−n²)(1−z)⊙λ]``."""
-        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
+        side ``x W_ihᵀ + b_ih`` receives ``[G_r, G_z, (1−n²)(1−z)⊙λ]``. Keyed by name, for the
+        names in ``needs`` (as the Elman tape's)."""
+        need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = (k in needs for k in GRADIENTS)
         T, B, p = self.out.shape
         rows = self._preactivation_adjoints(lam).reshape(T * B, 4 * p)  # contiguous: a view
         # column blocks of the rows, as strided views (BLAS reads them in place; no copies)
@@ -199,13 +192,13 @@ class GRUTape:
             grad_whh = torch.addmm(hidden[:B].T @ self.h0, hidden[B:].T, prev).neg_()
         if need_bhh and self.bias_hh is not None:
             grad_bhh = hidden.sum(0).neg_()
-        return grad_x, lam[0].neg() if need_h0 else None, grad_wih, grad_whh, grad_bih, grad_bhh
+        return _named(grad_x, lam[0].neg() if need_h0 else None, grad_wih, grad_whh, grad_bih, grad_bhh)
 
 
 Tape = GRUTape
 
 
-@register(CELL, "bp")
+@register(NAME, "bp")
 class BP:
     uses_target_step = False
 
@@ -213,7 +206,7 @@ class BP:
         return tape.adjoint_recursion()
 
 
-@register(CELL, "linearized")
+@register(NAME, "linearized")
 class Linearized:
     uses_target_step = True
 

@@ -22,6 +22,11 @@ from torch import Tensor
 from .. import fpmode
 
 BACKENDS = ("auto", "cpp", "torch")
+#: widest hidden size for which backend="auto" picks the compiled loops, for every cell: they hold
+#: a 4-row block's outputs in registers and stream the (gates·p)×p matrix from cache. Measured
+#: (docs/BENCHMARKS.md, "Compiled loops or BLAS"): faster than one BLAS product per step for every
+#: p ≤ 512 and B ≤ 512 timed; wider matrices outgrow L2 and are left to BLAS (not measured).
+MAX_COMPILED_WIDTH = 512
 _SOURCE = os.path.join(os.path.dirname(__file__), "kernels.cpp")
 
 
@@ -103,3 +108,11 @@ def select(backend: str, *tensors: Tensor):
             raise KernelUnavailableError("backend='cpp' needs float32/float64 CPU tensors")
         return load(required=True)
     return load() if applies else None
+
+
+def select_kernels(backend: str, x: Tensor, w_hh: Tensor):
+    """The one kernel choice of every cell: the compiled module where it applies and pays
+    (hidden size ``w_hh.shape[-1]`` ≤ :data:`MAX_COMPILED_WIDTH` for ``"auto"``), else None."""
+    if backend == "auto" and w_hh.shape[-1] > MAX_COMPILED_WIDTH:
+        return None
+    return select(backend, x, w_hh)
