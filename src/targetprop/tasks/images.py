@@ -21,7 +21,6 @@ subsets (the same for every seed, so runs compare on the same images).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from typing import Literal
@@ -32,6 +31,7 @@ from torch import Tensor
 from .. import _validation as check
 from .datasets import ImageData, load_cifar10, load_fashion_mnist, load_mnist
 from .base import Batch
+from .seeding import derived_generator
 
 Normalize = Literal["none", "scale", "standardize"]
 NORMALIZE = ("none", "scale", "standardize")
@@ -40,12 +40,6 @@ OPTION = {  # how a run sets each size (command line, then config file)
     "test_size": "--test-size N (test_size)",
     "train_eval_size": "--task-option train_eval_size=N (task_options.train_eval_size)",
 }
-
-
-def derived_generator(seed: int, *tags) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and ``tags`` (distinct tuples, independent streams)."""
-    digest = hashlib.blake2b(repr((seed, *tags)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 class PixelSequenceTask:

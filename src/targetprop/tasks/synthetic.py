@@ -21,14 +21,14 @@ Positions are counted from 1 as in the paper (``t ∈ {1, …, T}``); the tensor
   ``criterion="absolute"`` when its absolute error is (the authors' public code).
 
 Batches are a pure function of ``(seed, iteration)``: each is drawn from its own generator,
-seeded by hashing ``(seed, "train", iteration)``. The evaluation sets are fixed: the test set
+seeded by hashing ``(seed, "train", iteration)``
+(:func:`~targetprop.tasks.seeding.derived_generator`). The evaluation sets are fixed: the test set
 is drawn from ``test_seed`` (the same for every run by default, so runs compare on the same
 sequences), the training sample from ``(seed, "train-eval")``.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from typing import Literal
 
@@ -37,17 +37,12 @@ from torch import Tensor
 
 from .. import _validation as check
 from .base import Batch
+from .seeding import derived_generator
 
 SYMBOLS = ("a", "b", "c", "d", "X", "Y")
 TEMPORAL_ORDER_RANGES = ((0.1, 0.2), (0.4, 0.5), (0.6, 0.7))  # of T, one per marker
 ERROR_THRESHOLD = 0.04
 CRITERIA = ("squared", "absolute")
-
-
-def derived_generator(seed: int, *tags) -> torch.Generator:
-    """A CPU generator seeded by hashing ``(seed, *tags)``: distinct tags, independent streams."""
-    digest = hashlib.blake2b(repr((seed, *tags)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
 def position_range(length: int, low: float, high: float) -> tuple[int, int]:
