@@ -1,35 +1,12 @@
-"""TPGRU: bp against torch.nn.GRU autograd, the authors' GRU rule against a straightforward loop,
-the through-time variant, the pinned-gate reduction, the forward that keeps the gates, and
-training; each exact check on both backends (the compiled loop and the pure-PyTorch path)."""
+"""TPGRU beyond the problem table (tests/test_rules.py checks its rules against tests/reference/gru.py):
+bp against torch.nn.GRU autograd, the pinned-gate reduction, the forward that keeps the gates,
+state dicts, bad input and training; each exact check on both backends."""
 import pytest
 import torch
 
 from helpers import assert_rel, train_to_full_accuracy
+from problems import BACKENDS, D64, make_gru, run_layer
 from targetprop import TPGRU, orthogonal_, orthogonal_init_
-
-D64 = torch.float64
-BACKENDS = ["torch", "cpp"]
-
-
-def make_gru(B=3, T=6, d=2, p=4, seed=0, scale=0.6, bias=True, backend="auto"):
-    g = torch.Generator().manual_seed(seed)
-    layer = TPGRU(d, p, bias=bias, batch_first=True, dtype=D64, backend=backend)
-    with torch.no_grad():
-        for w in layer.parameters():
-            w.copy_(torch.randn(w.shape, generator=g, dtype=D64) * scale / w.shape[-1] ** 0.5)
-    x = torch.randn(B, T, d, generator=g, dtype=D64)
-    h0 = 0.3 * torch.randn(1, B, p, generator=g, dtype=D64)
-    C = torch.randn(B, T, p, generator=g, dtype=D64)
-    Cn = torch.randn(1, B, p, generator=g, dtype=D64)
-    return layer, x, h0, C, Cn
-
-
-def run(layer, x, h0, C, Cn):
-    layer.zero_grad(set_to_none=True)
-    xg, hg = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
-    out, hn = layer(xg, hg)
-    ((out * C).sum() + (hn * Cn).sum()).backward()
-    return {k: w.grad for k, w in layer.named_parameters()}, xg.grad, hg.grad, out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -39,7 +16,7 @@ def test_bp_equals_torch_gru_autograd(bias, p, backend):
     layer.rule = "bp"
     ref = torch.nn.GRU(2, p, batch_first=True, dtype=D64, bias=bias)
     ref.load_state_dict(layer.state_dict())
-    g, gx, gh, out = run(layer, x, h0, C, Cn)
+    g, gx, gh, out, _ = run_layer(layer, x, h0, C, Cn)
     xg, hg = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
     rout, rhn = ref(xg, hg)
     ((rout * C).sum() + (rhn * Cn).sum()).backward()
@@ -48,82 +25,6 @@ def test_bp_equals_torch_gru_autograd(bias, p, backend):
         assert_rel(a, b.grad, where=f"gru bp {k}")
     assert_rel(gx, xg.grad, where="gru bp input grad")
     assert_rel(gh, hg.grad, where="gru bp h0 grad")
-
-
-def reference_gru_tp(layer, x, h0, C, Cn):
-    """Straightforward loop of the authors' GRU rule (docs/maths.md, "GRU"), one step and one sample at a
-    time in column form, explicit M_g = solve(W_gᵀW_g + rI, W_gᵀ); directions by autograd of the
-    local losses through PyTorch's own ``torch.gru_cell`` with h_{t-1} and v_t held fixed."""
-    P = {k: w.detach() for k, w in layer.named_parameters()}
-    p, T, B = layer.hidden_size, x.shape[1], x.shape[0]
-    tol, gamma, reg = layer.tol, layer.target_step, layer.reg
-    Wr, Wz, Wn = P["weight_hh_l0"].split(p)
-    Ir, Iz, In = P["weight_ih_l0"].split(p)
-    bir, biz, bin_ = P["bias_ih_l0"].split(p)
-    bhr, bhz, bhn = P["bias_hh_l0"].split(p)
-    M = {k: torch.linalg.solve(W.T @ W + reg * torch.eye(p, dtype=D64), W.T) for k, W in (("r", Wr), ("z", Wz), ("n", Wn))}
-    hs = [h0[0]]
-    for t in range(T):
-        hs.append(torch.gru_cell(x[:, t], hs[-1], P["weight_ih_l0"], P["weight_hh_l0"], P["bias_ih_l0"], P["bias_hh_l0"]))
-    g = [None] + [C[:, t] for t in range(T)]
-    g[T] = g[T] + Cn[0]
-    lam = [None] * (T + 1)
-    lam[T] = -gamma * g[T]
-    for t in range(T, 0, -1):
-        rows = []
-        for b in range(B):
-            xb, h, l = x[b, t - 1], hs[t - 1][b], lam[t][b]
-            r = torch.sigmoid(Ir @ xb + bir + Wr @ h + bhr)
-            z = torch.sigmoid(Iz @ xb + biz + Wz @ h + bhz)
-            q = Wn @ h + bhn
-            n = torch.tanh(In @ xb + bin_ + r * q)
-            rc, zc = r.clamp(tol, 1 - tol), z.clamp(tol, 1 - tol)
-            rows.append(z * l + M["z"] @ ((h - n) * l / (zc * (1 - zc)))
-                        + M["r"] @ (q * (1 - n**2) * (1 - z) * l / (rc * (1 - rc)))
-                        + M["n"] @ (r * (1 - n**2) * (1 - z) * l))
-        lam[t - 1] = torch.stack(rows) - (gamma * g[t - 1] if t - 1 >= 1 else 0)
-    Pg = {k: w.clone().requires_grad_(True) for k, w in P.items()}
-    xg = x.clone().requires_grad_(True)
-    loss = 0
-    for t in range(1, T + 1):
-        h_t = torch.gru_cell(xg[:, t - 1], hs[t - 1], Pg["weight_ih_l0"], Pg["weight_hh_l0"], Pg["bias_ih_l0"], Pg["bias_hh_l0"])
-        loss = loss + 0.5 * ((h_t - (hs[t] + lam[t])) ** 2).sum()
-    loss.backward()
-    return {k: w.grad for k, w in Pg.items()}, xg.grad, -lam[0], [hs[t] + lam[t] for t in range(1, T + 1)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_linearized_rule_matches_reference_loop(seed, backend):
-    layer, x, h0, C, Cn = make_gru(T=7, seed=10 + seed, scale=1.5, backend=backend)
-    layer.reg, layer.target_step = 0.5 + seed, 0.05
-    g, gx, gh, _ = run(layer, x, h0, C, Cn)
-    rg, rgx, rgh, _ = reference_gru_tp(layer, x, h0, C, Cn)
-    for k in g:
-        assert_rel(g[k], rg[k], where=f"gru linearized {k}")
-    assert_rel(gx, rgx, where="gru linearized input grad")
-    assert_rel(gh[0], rgh, where="gru linearized h0 grad")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_through_time_is_bp_of_the_target_losses(seed, backend):
-    """through_time=True: the reference loop's targets v_t, then ∇ Σ_t ½‖h_t(θ) − v_t‖² by autograd
-    of nn.GRU through the whole recurrence (parameters, input and h0)."""
-    layer, x, h0, C, Cn = make_gru(T=7, seed=20 + seed, scale=1.5, backend=backend)
-    layer.reg, layer.target_step = 0.7, 0.05
-    layer.through_time = True
-    g, gx, gh, _ = run(layer, x, h0, C, Cn)
-    *_, targets = reference_gru_tp(layer, x, h0, C, Cn)
-    ref = torch.nn.GRU(2, 4, batch_first=True, dtype=D64)
-    ref.load_state_dict(layer.state_dict())
-    xg, hg = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
-    out, _ = ref(xg, hg)
-    (0.5 * ((out - torch.stack(targets, 1)) ** 2).sum()).backward()
-    for (k, a), b in zip(g.items(), ref.parameters()):
-        assert_rel(a, b.grad, where=f"gru through_time {k}")
-    assert_rel(gx, xg.grad, where="gru through_time input grad")
-    assert_rel(gh, hg.grad, where="gru through_time h0 grad")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -158,11 +59,11 @@ def test_pinned_gates_reduce_to_the_algebra(backend):
     g = Cn[0]
     c = 1e-3 * (1 - 1e-3)
     layer.rule = "linearized"
-    tp_h0 = run(layer, x, h0, C, Cn)[2][0]
+    tp_h0 = run_layer(layer, x, h0, C, Cn)[2][0]
     expect = 0.01 * (((1 - n**2) * g) @ Wn + (((h - n) * g) @ Wz + (q * (1 - n**2) * g) @ Wr) / c)
     assert_rel(tp_h0, expect, tol=1e-12, where="pinned-gate GRU rule")
     layer.rule = "bp"
-    bp_h0 = run(layer, x, h0, C, Cn)[2][0]
+    bp_h0 = run_layer(layer, x, h0, C, Cn)[2][0]
     assert_rel(bp_h0, ((1 - n**2) * g) @ Wn, tol=1e-12, where="pinned-gate GRU adjoint")
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from helpers import assert_rel
+from problems import make_gru, make_problem, run_layer
 from targetprop import TPRNN, kernels
-from test_rules import make_problem, run_layer
 
 
 def test_compiled_kernels_build_and_are_selected_automatically():
@@ -40,21 +40,14 @@ def test_compiled_threads_agree(cell):
     """Rows are independent through the forward and the backward recursions: split across two
     threads (T·p² large enough for several rows per chunk), the forward is bit-identical and the
     directions agree to rounding (BLAS sums the stacked products per thread count)."""
-    from test_gru import make_gru, run
-
-    if cell == "rnn":
-        layer, x, h0, C, Cn = make_problem("tanh", B=9, T=120, d=2, p=100, seed=22)
-        go = run_layer
-    else:
-        layer, x, h0, C, Cn = make_gru(B=9, T=120, p=100, seed=22)
-        go = run
-    layer.backend = "cpp"
+    layer, x, h0, C, Cn = make_problem("tanh" if cell == "rnn" else None, B=9, T=120, d=2, p=100, seed=22,
+                                       cell=cell, backend="cpp")
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        r1 = go(layer, x, h0, C, Cn)
+        r1 = run_layer(layer, x, h0, C, Cn)
         torch.set_num_threads(2)
-        r2 = go(layer, x, h0, C, Cn)
+        r2 = run_layer(layer, x, h0, C, Cn)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(r1[3], r2[3])  # the forward: our loops only, bit-identical
@@ -130,14 +123,12 @@ def test_every_instruction_set_equals_pure_pytorch(isa, rule, B, p):
 
 @pytest.mark.parametrize("rule", ["bp", "linearized"])
 def test_every_instruction_set_equals_pure_pytorch_gru(isa, rule):
-    from test_gru import make_gru, run
-
     results = {}
     for backend in ("torch", "cpp"):
         layer, x, h0, C, Cn = make_gru(B=6, T=30, p=37, seed=25, backend=backend)
         layer.rule = rule
-        results[backend] = run(layer, x, h0, C, Cn)
-    (g1, x1, h1, o1), (g2, x2, h2, o2) = results["torch"], results["cpp"]
+        results[backend] = run_layer(layer, x, h0, C, Cn)
+    (g1, x1, h1, o1, _), (g2, x2, h2, o2, _) = results["torch"], results["cpp"]
     assert_rel(o2, o1, where=f"{isa} gru forward")
     for k in g1:
         assert_rel(g2[k], g1[k], where=f"{isa} gru {rule} {k}")
