@@ -156,8 +156,6 @@ def test_mode_of_the_other_activations():
     ({"dropout": -0.1}, ValueError, "dropout should be a number in range"),
     ({"dropout": True}, ValueError, "dropout should be a number in range"),
     ({"dropout": "0.1"}, ValueError, "dropout should be a number in range"),
-    ({"num_layers": 2}, ValueError, "num_layers=2 is not supported yet"),
-    ({"bidirectional": True}, ValueError, "bidirectional=True is not supported yet"),
     ({"through_time": 1}, TypeError, "through_time should be of type bool"),
     ({"check_finite": "no"}, TypeError, "check_finite should be of type bool"),
 ])
@@ -207,13 +205,28 @@ def test_dropout_with_one_layer_warns_and_changes_nothing(cls):
         warnings.simplefilter("error")
         cls(3, 5, dropout=0)
         cls(3, 5, dropout=0.0)
+        cls(3, 5, 2, dropout=0.5)
 
 
-@pytest.mark.parametrize("cls", [TPRNN, TPGRU])
-def test_packed_sequences_are_refused_clearly(cls):
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
-    with pytest.raises(ValueError, match="PackedSequence input is not supported yet"):
-        cls(3, 5)(packed)
+@pytest.mark.parametrize("tp_cls,nn_cls,kwargs", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_stacked_bidirectional_unbatched_and_packed_inputs_give_torch_nn_shapes_and_values(tp_cls, nn_cls, kwargs,
+                                                                                         batch_first):
+    """Two layers, both directions, dropout in eval mode: an unbatched sequence (h_n (L·D, p)) and a
+    PackedSequence (batch_first does not apply to it, as in torch.nn) give what torch.nn gives."""
+    torch.manual_seed(4)
+    layer, ref = _pair(tp_cls, nn_cls, kwargs, num_layers=2, bidirectional=True, dropout=0.3,
+                       batch_first=batch_first, dtype=D64)
+    layer.eval(), ref.eval()
+    x = torch.randn(5, 3, dtype=D64)
+    for a, b in zip(layer(x), ref(x), strict=True):
+        assert a.shape == b.shape
+        assert_rel(a, b, where="unbatched stacked")
+    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(n, 3, dtype=D64) for n in (4, 6, 2)], enforce_sorted=False)
+    (o1, n1), (o2, n2) = layer(packed), ref(packed)
+    assert isinstance(o1, torch.nn.utils.rnn.PackedSequence) and torch.equal(o1.batch_sizes, o2.batch_sizes)
+    assert_rel(o1.data, o2.data, where="packed output")
+    assert_rel(n1, n2, where="packed h_n")
 
 
 def test_hx_shape_is_checked():

@@ -33,6 +33,7 @@ class Workspace:
 
     def __init__(self):
         self._buffers: dict[str, Tensor] = {}
+        self._parts: dict = {}
 
     def empty(self, name: str, shape, like: Tensor) -> Tensor:
         """An uninitialized buffer ``name`` of ``shape`` with ``like``'s dtype and device."""
@@ -42,14 +43,24 @@ class Workspace:
             self._buffers[name] = buf = like.new_empty(shape)
         return buf
 
+    def part(self, key) -> "Workspace":
+        """The workspace of one part of a backward (a stack's layer and direction: each needs its own)."""
+        if key not in self._parts:
+            self._parts[key] = Workspace()
+        return self._parts[key]
+
     def clear(self) -> None:
         self._buffers.clear()
+        self._parts.clear()
 
     def __deepcopy__(self, memo):
         return Workspace()
 
     def __getstate__(self):
-        return {"_buffers": {}}
+        return {"_buffers": {}, "_parts": {}}
+
+    def __setstate__(self, state):  # a layer pickled before parts existed comes back with them
+        self.__init__()
 
 
 @dataclass(frozen=True)

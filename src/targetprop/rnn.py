@@ -5,9 +5,10 @@ After ``loss.backward()`` their parameters' ``.grad`` hold the target-propagatio
 eq. (3) (or the exact gradient with ``rule="bp"``), so any ``torch.optim`` optimizer applies
 the paper's update. See ``docs/maths.md``.
 
-For now a module has one layer and one direction: ``num_layers > 1`` and ``bidirectional=True``
-are refused with a ValueError, ``dropout`` is accepted and, as in ``torch.nn``, has no effect on
-a single layer (with a warning when positive), and ``PackedSequence`` input is refused.
+Stacks (``num_layers > 1``), ``bidirectional=True``, ``dropout`` between layers and
+``PackedSequence`` input run as in ``torch.nn``; their backward hands targets, not gradients, down
+the stack (:mod:`targetprop.stack`, docs/maths.md "Stacks"). A one-layer, one-direction module on
+a tensor runs the single-layer path (:mod:`targetprop.function`).
 """
 from __future__ import annotations
 
@@ -20,24 +21,27 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _validation as check
-from .cells import elman, gru
 from . import learned, rules
 from .activations import get_activation
+from .cells import PARAMETERS, elman, gru
 from .engine import TPConfig, Workspace
 from .function import TPFunction
 from .init import orthogonal_
+from .inputs import check_input
 from .kernels import BACKENDS
+from .stack import StackFunction, StackSpec
 
 _NN_ARGS = """
         input_size: features per step ``d``.
         hidden_size: hidden units ``p``.
-        num_layers: recurrent layers stacked; only 1 for now (other values: a ValueError).{nonlinearity}
-        bias: with ``bias_ih_l0`` and ``bias_hh_l0``.
+        num_layers: recurrent layers stacked; targets go down the stack (docs/maths.md, "Stacks").{nonlinearity}
+        bias: with ``bias_ih_l{{k}}`` and ``bias_hh_l{{k}}``.
         batch_first: input ``(B, T, d)`` and output ``(B, T, p)`` if True, else ``(T, B, d)`` and
-            ``(T, B, p)`` (the default, as ``torch.nn``).
-        dropout: as ``torch.nn``, dropout between stacked layers: with one layer it has no effect
-            (a warning when positive); a number in ``[0, 1]``.
-        bidirectional: only False for now (True: a ValueError).
+            ``(T, B, p)`` (the default, as ``torch.nn``); ``p`` doubles with ``bidirectional``.
+        dropout: as ``torch.nn``, dropout on each layer's output but the last, in training mode; the
+            backward uses the forward's mask. With one layer it has no effect (a warning when
+            positive); a number in ``[0, 1]``.
+        bidirectional: a second direction per layer, run on each sequence reversed within its length.
         device, dtype: where and in which dtype the parameters are made.
 
     Keyword-only (target propagation):
@@ -53,7 +57,11 @@ _NN_ARGS = """
             pure PyTorch), ``"cpp"`` (compiled or an error) or ``"torch"`` (pure PyTorch).{extra}
 
     ``forward(input, hx=None) -> (output, h_n)`` with ``torch.nn``'s shapes: ``hx`` and ``h_n``
-    are ``(1, B, p)`` (``(1, p)`` for unbatched ``(T, d)`` input). The backward cannot build a
+    are ``(L·D, B, p)`` in ``torch.nn``'s order (``(L·D, p)`` for unbatched ``(T, d)`` input), ``D``
+    the directions; a ``PackedSequence`` input (sorted or not) gives a ``PackedSequence`` output
+    with the same packing, each sequence run to its own length, ``h_n`` its last valid state in
+    the caller's order. ``rule="learned"`` needs one layer, one direction and a tensor input.
+    The backward cannot build a
     graph: ``create_graph=True`` through the layer (a penalty on a gradient, a Hessian-vector
     product) raises a RuntimeError instead of silently leaving out the layer's second-order terms."""
 
@@ -80,8 +88,7 @@ class _TPRecurrent(nn.Module):
     """Parameters, validation and forward shared by the TP layers; subclasses name the cell.
 
     The parameters are made per layer and direction with ``torch.nn``'s names and shapes
-    (``weight_ih_l{k}``, ``…_reverse``), listed in ``_all_weights`` as ``torch.nn`` does; the
-    forward and backward run layer 0 only, which is all the constructor accepts for now."""
+    (``weight_ih_l{k}``, ``…_reverse``), listed in ``_all_weights`` as ``torch.nn`` does."""
 
     cell_module = None  # elman or gru
     gates = 1
@@ -103,12 +110,7 @@ class _TPRecurrent(nn.Module):
             raise ValueError("dropout should be a number in range [0, 1], the probability of an element "
                              f"being zeroed, got {dropout!r}")
         self.dropout = float(dropout)
-        if num_layers != 1:
-            raise ValueError(f"{name}: num_layers={num_layers} is not supported yet; {name} has one layer "
-                             "(target propagation down a stack of layers is not implemented)")
-        if bidirectional:
-            raise ValueError(f"{name}: bidirectional=True is not supported yet; {name} runs forward in time only")
-        if dropout > 0:
+        if dropout > 0 and num_layers == 1:
             warnings.warn(f"dropout applies between stacked layers, so with num_layers=1 dropout={dropout} "
                           "has no effect (as in torch.nn)", stacklevel=3)
         kw = {"device": device, "dtype": dtype}
@@ -197,56 +199,34 @@ class _TPRecurrent(nn.Module):
         return TPConfig(self.cell, self.rule, self._activation(), self.reg, self.target_step, self.tol,
                         self.through_time, self.backend, self._inverse(), self.workspace)
 
-    def _check_input(self, x, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
-        """Validate; return time-major ``x`` (T, B, d), ``hx`` as (B, p) or None, and batched-ness."""
-        if isinstance(x, PackedSequence):
-            raise ValueError(f"{type(self).__name__}: PackedSequence input is not supported yet; pass a "
-                             "padded tensor (every sequence then runs to the full length)")
-        if not isinstance(x, Tensor):
-            raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() not in (2, 3):
-            raise ValueError(
-                f"input must be 3-D ({'B, T, d' if self.batch_first else 'T, B, d'}) or 2-D unbatched "
-                f"(T, d), got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"input has {x.shape[-1]} features per step, expected input_size={self.input_size}")
-        if x.dtype != self.weight_hh_l0.dtype:
-            raise ValueError(f"input dtype {x.dtype} does not match the layer's {self.weight_hh_l0.dtype}")
-        batched = x.dim() == 3
-        x = (x.transpose(0, 1) if self.batch_first else x) if batched else x.unsqueeze(1)
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"input must have at least one step and one sequence, got shape {tuple(x.shape)}")
-        if self.check_finite:
-            check.finite("input", x)
-        if hx is not None:
-            if not isinstance(hx, Tensor):
-                raise ValueError(f"hx must be a torch.Tensor or None, got {type(hx).__name__}")
-            states = self.num_layers * (2 if self.bidirectional else 1)
-            want = (states, x.shape[1], self.hidden_size) if batched else (states, self.hidden_size)
-            if tuple(hx.shape) != want:
-                raise ValueError(f"hx must have shape {want}, got {tuple(hx.shape)}")
-            if hx.dtype != x.dtype:
-                raise ValueError(f"hx dtype {hx.dtype} does not match the input's {x.dtype}")
-            if self.check_finite:
-                check.finite("hx", hx)
-            hx = hx[0] if batched else hx
-        return x, hx, batched
-
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
         if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
             # Under autocast the layer runs in its parameters' dtype (float32 for a float32 layer),
             # like the ops autocast keeps in full precision; its outputs come in that dtype.
             dtype = self.weight_hh_l0.dtype
             with torch.autocast(input.device.type, enabled=False):
                 return self.forward(input.to(dtype), hx.to(dtype) if isinstance(hx, Tensor) else hx)
-        x, h0, batched = self._check_input(input, hx)
-        if h0 is None:
-            h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        out, h_n = TPFunction.apply(self.cell_module, self._config(), torch.is_grad_enabled(), x, h0,
+        x, h0, batched, packing = check_input(self, input, hx)
+        directions = 2 if self.bidirectional else 1
+        grad_enabled = torch.is_grad_enabled()
+        if packing is None and self.num_layers == 1 and directions == 1:  # one layer: no stack machinery
+            h0 = x.new_zeros(x.shape[1], self.hidden_size) if h0 is None else h0[0]
+            out, h_n = TPFunction.apply(self.cell_module, self._config(), grad_enabled, x, h0,
                                         self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+            h_n = h_n.unsqueeze(0)
+        else:
+            if h0 is None:
+                h0 = x.new_zeros(self.num_layers * directions, x.shape[1], self.hidden_size)
+            spec = StackSpec(self.num_layers, directions, self.dropout, self.training)
+            weights = [getattr(self, f"{k}_l{layer}{suffix}") for layer in range(self.num_layers)
+                       for suffix in ("", "_reverse")[:directions] for k in PARAMETERS]
+            out, h_n = StackFunction.apply(self.cell_module, self._config(), spec, grad_enabled,
+                                           None if packing is None else packing.lengths, x, h0, *weights)
+        if packing is not None:
+            return packing.pack(out), h_n
         if not batched:
-            return out.squeeze(1), h_n
-        return (out.transpose(0, 1) if self.batch_first else out), h_n.unsqueeze(0)
+            return out.squeeze(1), h_n.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
 
 
 class TPRNN(_TPRecurrent):
@@ -332,9 +312,8 @@ class TPRNN(_TPRecurrent):
         (no noise), how far the learned reverse layer is from inverting the forward step."""
         if self.rule != "learned":
             raise ValueError("inverse_reconstruction_error needs rule='learned'")
-        xt, h0, _ = self._check_input(input, hx)
-        if h0 is None:
-            h0 = xt.new_zeros(xt.shape[1], self.hidden_size)
+        xt, h0, _, _ = check_input(self, input, hx)
+        h0 = xt.new_zeros(xt.shape[1], self.hidden_size) if h0 is None else h0[0]
         with torch.no_grad():
             out = elman.forward(xt, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
                                 self.bias_hh_l0, self._activation())
@@ -369,7 +348,11 @@ class TPGRU(_TPRecurrent):
 
 
 def _set_rule(self, v):
-    return rules.check_rule_name(self.cell_module.NAME, v)
+    v = rules.check_rule_name(self.cell_module.NAME, v)
+    if (self.num_layers > 1 or self.bidirectional) and not rules.stackable(rules.get_rule(self.cell, v)):
+        raise ValueError(f"rule={v!r} needs num_layers=1 and bidirectional=False (it defines no step down a "
+                         "stack: its reverse layer is trained for one layer and one direction)")
+    return v
 
 
 def _nonneg(name):

@@ -12,7 +12,13 @@ A registered rule is an object with
   once, for all steps at once; ``recursion(lam)`` then runs, in place on the (T+1, B, p)
   buffer that already holds the injected ``−γ_h g_t``, ``λ_{t-1} += R(λ_t, t)`` for t = T..1
   (a compiled loop, or :func:`propagate` over a per-step ``step(t, lam_t, out)`` that adds
-  ``R(λ_t, t)`` into ``out`` without allocating).
+  ``R(λ_t, t)`` into ``out`` without allocating);
+* for stacks (:mod:`targetprop.stack`; a rule without them is one-layer only):
+  ``input_displacement(tape, lam, config) -> y`` (T, B, gates·p), the input side's pre-activation
+  displacement from the final ``λ``, and ``input_map``, how the layer below gets its displacement
+  ``z`` from ``y``: ``"adjoint"`` (``z = y W_ih``, ``bp``), ``"inverse"`` (the ridge solve of
+  ``z W_ihᵀ ≈ y``) or ``"direct"`` (``y`` is a target, not a difference: the solve minus ``x``);
+  docs/maths.md, "Stacks".
 """
 from __future__ import annotations
 
@@ -31,6 +37,11 @@ class Rule(Protocol):
     uses_target_step: bool
 
     def prepare(self, tape, config) -> Recursion: ...
+
+
+def stackable(rule) -> bool:
+    """Whether ``rule`` can run in a stack or a bidirectional layer (it defines the step down)."""
+    return hasattr(rule, "input_displacement")
 
 
 _REGISTRY: dict[str, dict[str, Rule]] = {}

@@ -19,7 +19,10 @@ A *cell* is a module registered here under its name (:func:`get_cell`) that prov
   - ``directions(lam, needs) -> {name: tensor}``: eq. (3) from the displacements ``lam``
     (T+1, B, p), consumed, for the names in ``needs`` among :data:`GRADIENTS`;
 
-* its rules, registered with :func:`targetprop.rules.register` under ``NAME``.
+  and a ``valid`` attribute (None, or (T, B, 1) with 1 at each sequence's valid steps of a packed
+  batch: a rule whose step is not zero at ``λ = 0`` masks the padded steps with it);
+* its rules, registered with :func:`targetprop.rules.register` under ``NAME`` (for stacks, with
+  ``input_displacement`` and ``input_map``, :mod:`targetprop.rules`).
 
 Which compiled kernels a cell runs is chosen once for all cells by
 :func:`targetprop.kernels.select_kernels`.

@@ -85,6 +85,7 @@ class ElmanTape:
     activation: Activation
     kernels: object = None  # the compiled module, or None for the pure-PyTorch path
     workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    valid: Tensor | None = None  # (T, B, 1): 1 at each sequence's valid steps (packed input), else None
 
     def h_prev(self, t: int) -> Tensor:
         """``h_{t-1}`` for t = 1..T."""
@@ -153,27 +154,40 @@ def _named(*grads) -> dict[str, Tensor]:
     return {k: g for k, g in zip(GRADIENTS, grads) if g is not None}
 
 
+# Down a stack (docs/maths.md, "Stacks"), each rule also gives the input side's pre-activation
+# displacement y (T, B, p) from the final λ; ``input_map`` says how the layer below gets z from it.
+
 @register(NAME, "bp")
 class BP:
     uses_target_step = False
+    input_map = "adjoint"
 
     def prepare(self, tape: ElmanTape, config):
         return tape.adjoint_recursion()
+
+    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
+        return lam[1:] * tape.derivative
 
 
 @register(NAME, "linearized")
 class Linearized:
     uses_target_step = True
+    input_map = "inverse"
 
     def prepare(self, tape: ElmanTape, config):
         factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
         return tape.scaled_recursion(factor, inverse_operator(tape.weight_hh, config.reg).T, divide, floor)
+
+    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
+        factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
+        return lam[1:] / torch.clamp_min(factor, floor) if divide else lam[1:] * factor
 
 
 class _StepwiseInverseRule:
     """Rules whose step is not a scaled product: a Python loop of in-place ops per step."""
 
     uses_target_step = True
+    input_map = "inverse"
 
     def prepare(self, tape: ElmanTape, config):
         step = self._step(tape, config, inverse_operator(tape.weight_hh, config.reg).T, tape.work_buffer())
@@ -198,6 +212,15 @@ class Difference(_StepwiseInverseRule):
 
         return step
 
+    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
+        act = tape.activation
+        return _preimages(tape, lam, config).sub_(act.inverse_(act.project(tape.out, config.tol)))
+
+
+def _preimages(tape: ElmanTape, lam: Tensor, config) -> Tensor:
+    """``a⁻¹(π(h_t + λ_t))`` for all t: (T, B, p), a new tensor."""
+    return tape.activation.inverse_(tape.activation.project_(tape.out + lam[1:], config.tol))
+
 
 @register(NAME, "direct")
 class Direct(_StepwiseInverseRule):
@@ -205,11 +228,27 @@ class Direct(_StepwiseInverseRule):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
         proj = tape.input_projection.unbind(0)
 
+        valid = tape.valid
+
         def step(t, lam_t, out):
             _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(proj[t - 1])
-            out.sub_(tape.h_prev(t)).addmm_(buf, mt)
+            if valid is None:
+                out.sub_(tape.h_prev(t)).addmm_(buf, mt)
+            else:  # R(0) ≠ 0 for this rule: a padded step must hand nothing back
+                out.addcmul_(torch.mm(buf, mt).sub_(tape.h_prev(t)), valid[t - 1])
 
         return step
+
+    input_map = "direct"
+
+    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
+        """``a⁻¹(π(h_t + λ_t)) − h_{t-1} W_hhᵀ − b``: the target of ``x_t W_ihᵀ`` (a target, not a difference)."""
+        T, B, p = tape.out.shape
+        h_prev = torch.cat([tape.h0.unsqueeze(0), tape.out[:-1]]).view(T * B, p)
+        y = _preimages(tape, lam, config).view(T * B, p).sub_(h_prev @ tape.weight_hh.T)
+        if tape.bias_ih is not None:
+            y.sub_(tape.bias_ih + tape.bias_hh)
+        return y.view(T, B, p)
 
 
 Tape = ElmanTape  # the name the autograd glue looks up on a cell module

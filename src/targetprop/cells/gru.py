@@ -99,6 +99,7 @@ class GRUTape:
     kernels: object = None
     gates: Tensor = None  # (T, B, 4, p): r, z, q, n
     workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    valid: Tensor | None = None  # (T, B, 1) valid steps of a packed batch (unused: every rule is linear)
 
     def __post_init__(self):
         if self.gates is None:
@@ -135,10 +136,7 @@ class GRUTape:
             return run
         f = self._bp_factors
         if linearized:
-            r, z, q, n = self.gates.unbind(2)
-            dn = f[:, :, 3]
-            scales = torch.stack([q * dn / torch.clamp_min(r * (1 - r), floor),
-                                  (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor), f[:, :, 2]], dim=2)
+            scales = torch.stack([*self._divided_gate_scales(floor), f[:, :, 2]], dim=2)
         else:
             scales = f[:, :, :3]
         z = self.gates[:, :, 1].unbind(0)
@@ -152,6 +150,23 @@ class GRUTape:
             out.addmm_(flat, mat).addcmul_(z[t - 1], lam_t)
 
         return lambda lam: propagate(step, lam)
+
+    def _divided_gate_scales(self, floor: float) -> tuple[Tensor, Tensor]:
+        """The linearized rule's r and z scales, ``q(1−n²)(1−z) ⊘ max(r(1−r), f)`` and
+        ``(h−n) ⊘ max(z(1−z), f)``: (T, B, p) each."""
+        r, z, q, n = self.gates.unbind(2)
+        dn = self._bp_factors[:, :, 3]
+        return q * dn / torch.clamp_min(r * (1 - r), floor), (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor)
+
+    def input_displacement(self, lam: Tensor, linearized: bool, tol: float) -> Tensor:
+        """(T, B, 3p): the input side's pre-activation displacements (docs/maths.md, "Stacks"):
+        BP's adjoints ``[c_r, c_z, (1−n²)(1−z)]⊙λ_t``, or with ``linearized`` the rule's
+        ``[q(1−n²)(1−z)⊘max(r(1−r),f), (h−n)⊘max(z(1−z),f), (1−n²)(1−z)]⊙λ_t`` (no r on n's input path)."""
+        T, B, p = self.out.shape
+        if not linearized:
+            return self._preactivation_adjoints(lam)[:, :, [0, 1, 3]].reshape(T, B, 3 * p)
+        scales = torch.stack([*self._divided_gate_scales(tol * (1 - tol)), self._bp_factors[:, :, 3]], dim=2)
+        return scales.mul_(lam[1:].unsqueeze(2)).view(T, B, 3 * p)
 
     def adjoint_recursion(self) -> Recursion:
         return self._recursion(False, self.weight_hh, 0.0)
@@ -201,14 +216,22 @@ Tape = GRUTape
 @register(NAME, "bp")
 class BP:
     uses_target_step = False
+    input_map = "adjoint"  # down a stack: z = y W_ih (docs/maths.md, "Stacks")
 
     def prepare(self, tape: GRUTape, config):
         return tape.adjoint_recursion()
+
+    def input_displacement(self, tape: GRUTape, lam: Tensor, config) -> Tensor:
+        return tape.input_displacement(lam, False, 0.0)
 
 
 @register(NAME, "linearized")
 class Linearized:
     uses_target_step = True
+    input_map = "inverse"  # down a stack: the ridge solve of y against W_ih (docs/maths.md, "Stacks")
+
+    def input_displacement(self, tape: GRUTape, lam: Tensor, config) -> Tensor:
+        return tape.input_displacement(lam, True, config.tol)
 
     def prepare(self, tape: GRUTape, config):
         return tape.linearized_recursion(config.reg, config.tol, keep_adjoints=not config.through_time)

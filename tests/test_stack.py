@@ -1,0 +1,167 @@
+"""Stacked and bidirectional layers: rule="bp" equals torch.nn's autograd for every configuration,
+the TP rules equal the float64 straight-loop reference (tests/reference_stack.py), dropout's mask is
+the forward's, and state dicts load both ways."""
+import itertools
+
+import pytest
+import torch
+
+import reference_stack as ref
+from helpers import assert_rel
+from targetprop import TPGRU, TPRNN
+
+D64 = torch.float64
+T, B, d, p = 5, 3, 3, 4
+
+
+def _grads(module, x, hx, seed=1):
+    """Run ``module`` on (x, hx) with the linear loss ⟨C, out⟩ + ⟨Cn, h_n⟩; return
+    (out, h_n, x.grad, hx.grad, {name: grad}, C, Cn)."""
+    module.zero_grad(set_to_none=True)
+    xg, hg = x.clone().requires_grad_(True), hx.clone().requires_grad_(True)
+    out, h_n = module(xg, hg)
+    g = torch.Generator().manual_seed(seed)
+    c, cn = torch.randn(out.shape, generator=g, dtype=D64), torch.randn(h_n.shape, generator=g, dtype=D64)
+    ((out * c).sum() + (h_n * cn).sum()).backward()
+    return out, h_n, xg.grad, hg.grad, {k: w.grad for k, w in module.named_parameters()}, c, cn
+
+
+CONFIGS = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True], [0.0, 0.5]))
+
+
+@pytest.mark.parametrize("cls,nn_cls", [(TPRNN, torch.nn.RNN), (TPGRU, torch.nn.GRU)], ids=["rnn", "gru"])
+@pytest.mark.parametrize("layers,bidirectional,bias,batch_first,dropout", CONFIGS)
+def test_bp_stack_is_torch_nn_autograd(cls, nn_cls, layers, bidirectional, bias, batch_first, dropout):
+    """Same weights, same seed (hence the same dropout mask, drawn as torch.nn draws it): the same
+    outputs and gradients for x, every h0 and every parameter."""
+    if dropout and layers == 1:
+        pytest.skip("dropout acts between layers (one layer: tested in test_dropin.py)")
+    torch.manual_seed(0)
+    kw = dict(bias=bias, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, dtype=D64)
+    theirs = nn_cls(d, p, layers, **kw)
+    ours = cls(d, p, layers, **kw, rule="bp")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn((B, T, d) if batch_first else (T, B, d), dtype=D64)
+    hx = 0.5 * torch.randn(layers * (1 + bidirectional), B, p, dtype=D64)
+    results = []
+    for m in (ours, theirs):
+        torch.manual_seed(7)
+        results.append(_grads(m, x, hx))
+    (o1, n1, x1, h1, g1, *_), (o2, n2, x2, h2, g2, *_) = results
+    where = f"{cls.__name__} L={layers} bi={bidirectional} bias={bias} bf={batch_first} dropout={dropout}"
+    assert o1.shape == o2.shape and n1.shape == n2.shape
+    for a, b, what in ((o1, o2, "output"), (n1, n2, "h_n"), (x1, x2, "x grad"), (h1, h2, "hx grad")):
+        assert_rel(a, b, where=f"{where} {what}")
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        assert_rel(g1[k], g2[k], where=f"{where} {k}")
+
+
+def _tp_case(cls, layers, bidirectional, bias, seed, **kw):
+    torch.manual_seed(seed)
+    m = cls(d, p, layers, bias=bias, bidirectional=bidirectional, dtype=D64, **kw)
+    with torch.no_grad():
+        for w in m.parameters():
+            w.mul_(1.5)
+    x = torch.randn(T, B, d, dtype=D64)
+    hx = 0.5 * torch.randn(layers * (1 + bidirectional), B, p, dtype=D64)
+    return m, x, hx
+
+
+def _params(m, layers, D):
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    return {(l, k): tuple(getattr(m, f"{n}_l{l}{'_reverse' if k else ''}") for n in names)
+            for l in range(layers) for k in range(D)}
+
+
+def _check_against_reference(m, x, hx, layers, D, cell, act, rule, through_time=False, masks=None, q=0.0):
+    _, _, gx, gh, grads, c, cn = _grads(m, x, hx)
+    with torch.no_grad():
+        params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, D).items()}
+    want = ref.stack_tp(cell, act, rule, x, hx, params, layers, D, c, cn, m.reg, m.target_step, m.tol,
+                        through_time=through_time, masks=masks, q=q)
+    where = f"{cell} {rule} L={layers} D={D} tt={through_time} q={q}"
+    assert_rel(gx, want["x"], where=where + " x")
+    assert_rel(gh, want["h0"], where=where + " h0")
+    for (l, k), ws in [(key, v) for key, v in want.items() if isinstance(key, tuple)]:
+        suffix = "_reverse" if k else ""
+        for n, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), ws):
+            if w is not None:
+                assert_rel(grads[f"{n}_l{l}{suffix}"], w, where=f"{where} {n}_l{l}{suffix}")
+    assert gx.abs().max() > 0 and all(g.abs().max() > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize("rule", ["linearized", "difference", "direct"])
+@pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True), (3, False)])
+@pytest.mark.parametrize("through_time", [False, True])
+def test_elman_tp_stack_equals_the_reference(rule, layers, bidirectional, through_time):
+    m, x, hx = _tp_case(TPRNN, layers, bidirectional, True, seed=3, rule=rule, through_time=through_time,
+                        target_step=0.3, reg=0.5, tol=1e-3)
+    _check_against_reference(m, x, hx, layers, 1 + bidirectional, "rnn", "tanh", rule, through_time)
+
+
+def test_elman_sigmoid_without_bias_equals_the_reference():
+    m, x, hx = _tp_case(TPRNN, 2, True, False, seed=4, nonlinearity="sigmoid", target_step=0.2)
+    _check_against_reference(m, x, hx, 2, 2, "rnn", "sigmoid", "linearized")
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("through_time", [False, True])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_gru_tp_stack_equals_the_reference(layers, bidirectional, through_time, backend):
+    m, x, hx = _tp_case(TPGRU, layers, bidirectional, True, seed=5, through_time=through_time, target_step=0.3,
+                        reg=0.5, backend=backend)
+    _check_against_reference(m, x, hx, layers, 1 + bidirectional, "gru", None, "linearized", through_time)
+
+
+@pytest.mark.parametrize("cls,cell,act", [(TPRNN, "rnn", "tanh"), (TPGRU, "gru", None)])
+def test_dropout_mask_is_the_forwards_and_tp_inverts_it(cls, cell, act):
+    """The backward uses the mask drawn in the forward (random numbers drawn in between change
+    nothing), and TP hands down m ⊙ z·(1−q) (the reference, with the mask redrawn from the seed)."""
+    layers, q = 3, 0.4
+    m, x, hx = _tp_case(cls, layers, True, True, seed=6, dropout=q, target_step=0.3)
+    torch.manual_seed(11)
+    masks = [torch.empty(T, B, 2 * p, dtype=D64).bernoulli_(1 - q) for _ in range(layers - 1)] + [None]
+    m.zero_grad()
+    torch.manual_seed(11)
+    xg, hg = x.clone().requires_grad_(True), hx.clone().requires_grad_(True)
+    out, h_n = m(xg, hg)
+    torch.rand(100)  # the global generator moves on before the backward
+    g = torch.Generator().manual_seed(1)
+    c, cn = torch.randn(out.shape, generator=g, dtype=D64), torch.randn(h_n.shape, generator=g, dtype=D64)
+    ((out * c).sum() + (h_n * cn).sum()).backward()
+    params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, 2).items()}
+    want = ref.stack_tp(cell, act, "linearized", x, hx, params, layers, 2, c, cn, m.reg, m.target_step, m.tol,
+                        masks=masks, q=q)
+    assert_rel(xg.grad, want["x"], where="dropout x")
+    assert_rel(m.weight_ih_l1.grad, want[(1, 0)][0], where="dropout weight_ih_l1")
+    assert_rel(m.weight_hh_l0_reverse.grad, want[(0, 1)][1], where="dropout weight_hh_l0_reverse")
+    # in eval mode no mask: the same as a module without dropout
+    m.eval()
+    plain = cls(d, p, layers, bidirectional=True, dtype=D64)
+    plain.load_state_dict(m.state_dict())
+    assert torch.equal(m(x, hx)[0], plain(x, hx)[0])
+
+
+@pytest.mark.parametrize("cls,nn_cls", [(TPRNN, torch.nn.RNN), (TPGRU, torch.nn.GRU)], ids=["rnn", "gru"])
+@pytest.mark.parametrize("layers,bidirectional,bias", [(2, True, True), (3, False, False), (1, True, False)])
+def test_state_dicts_load_both_ways(cls, nn_cls, layers, bidirectional, bias):
+    theirs = nn_cls(d, p, layers, bias=bias, bidirectional=bidirectional)
+    ours = cls(d, p, layers, bias=bias, bidirectional=bidirectional)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    back = nn_cls(d, p, layers, bias=bias, bidirectional=bidirectional)
+    back.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, d)
+    for a, b in zip(ours(x), back(x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert a.shape == b.shape
+    assert ours(x)[1].shape == (layers * (1 + bidirectional), B, p)
+
+
+def test_learned_rule_is_refused_for_stacks():
+    with pytest.raises(ValueError, match="rule='learned' needs num_layers=1 and bidirectional=False"):
+        TPRNN(d, p, 2, rule="learned")
+    layer = TPRNN(d, p, bidirectional=True)
+    with pytest.raises(ValueError, match="rule='learned' needs num_layers=1"):
+        layer.rule = "learned"
