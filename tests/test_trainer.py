@@ -229,7 +229,7 @@ def test_bad_config(values, match):
                                           ({"nonlinearity": "gelu"}, "gelu"),
                                           ({"task_options": {"k": 2}}, "does not take option"),
                                           ({"layer_options": {"proj_size": 2}}, "does not take option.*proj_size"),
-                                          ({"layer_options": {"num_layers": 2}}, "num_layers=2 is not supported yet")])
+                                          ({"layer_options": {"num_layers": 0}}, "num_layers")])
 def test_bad_settings_found_when_building(values, match):
     with pytest.raises(ValueError, match=match):
         Trainer(TrainConfig.from_dict({**SMALL, **values}))

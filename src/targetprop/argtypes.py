@@ -1,9 +1,11 @@
 """Argument types of the command line (``argparse`` ``type=`` callables): each turns a string into
-a value or raises ``argparse.ArgumentTypeError`` naming what is wrong."""
+a value or raises ``argparse.ArgumentTypeError`` naming what is wrong; :func:`for_setting` picks
+the one of a kind of run setting (:class:`targetprop.training.config.Setting`)."""
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 
 
 def positive_int(text: str) -> int:
@@ -27,7 +29,7 @@ def non_negative_int(text: str) -> int:
 
 
 def factor(text: str) -> float | str:
-    """A number, or ``none`` (kept as the string "none": no such check)."""
+    """A number, or ``none`` (kept as the string "none": the setting unset)."""
     if text.lower() == "none":
         return "none"
     try:
@@ -46,3 +48,32 @@ def key_value(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         value = raw
     return key.replace("-", "_"), value
+
+
+def one_of(name: str, choices: Callable[[], Sequence[str]], optional: bool = False) -> Callable[[str], str]:
+    """A name among ``choices()`` (or ``none`` when ``optional``)."""
+
+    def choice(text: str) -> str:
+        allowed = list(choices())
+        if text in allowed or optional and text.lower() == "none":
+            return text
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({name} must be one of {allowed})")
+
+    return choice
+
+
+def for_setting(name: str, kind: str, *, choices=None, optional: bool = False) -> Callable[[str], object]:
+    """The argument type of a setting of ``kind`` (see :class:`targetprop.training.config.Setting`);
+    an optional setting also takes ``none`` (kept as the string, which the settings read as unset)."""
+    if kind == "choice":
+        return one_of(name, choices, optional)
+    if kind == "real":
+        return factor if optional else float
+    parse = {"count": positive_int, "integer": non_negative_int, "text": str}[kind]
+    if not optional:
+        return parse
+
+    def or_none(text: str):
+        return "none" if text.lower() == "none" else parse(text)
+
+    return or_none

@@ -15,13 +15,13 @@ same command, or ``train --resume RUN``, continues).
 
 ``compare``, ``plot`` and ``table`` are :mod:`targetprop.experiments.commands`'s.
 
-Settings are the fields of :class:`targetprop.training.trainer.TrainConfig` (``targetprop train --help``
-lists them with the command-line spelling, dashes for underscores).
+Settings are the fields of :class:`targetprop.training.config.TrainConfig`: ``train`` and ``diagnose``
+generate one option per field from it (dashes for underscores; ``--config FILE.toml`` reads the
+same fields from a file, which the options override).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -29,19 +29,19 @@ from pathlib import Path
 import torch
 
 from . import __version__, diagnose
-from .argtypes import factor, key_value, non_negative_int, positive_int
+from .argtypes import for_setting, key_value, non_negative_int, positive_int
 
-from .training import checkpoint, distributed, threads
+from .training import checkpoint, config, distributed, threads
 
 from .experiments import commands, pipeline
 
 from .tasks import fetch
-from .training.rundir import EXIT_CODES, read_run_options
-from .tasks.registry import TASKS
-from .training.trainer import (CHECKPOINT_EVERY, LOSSES, Trainer, TrainConfig, build_model, build_task, check_resume,
-                      check_run_dir, read_run_config)
-
-DEFAULTS = TrainConfig()
+from .training import rundir
+from .training.files import RunFolderError
+from .training.rundir import EXIT_CODES, read_run_config
+from .training.build import LOSSES, build_model, build_task
+from .training.loop import CHECKPOINT_EVERY
+from .training.trainer import Trainer, TrainConfig
 
 EXIT_INTERRUPTED = 130
 EXIT_HELP = ("exit codes: 0 completed (or already finished), 3 diverged, 4 failed (a NaN/inf direction, a "
@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model on one task",
-                       description="Train one model on one task; write OUT/config.json, OUT/metrics.csv "
-                                   "(as it goes), OUT/checkpoints/ and OUT/summary.json. SIGINT or SIGTERM "
+                       description=f"Train one model on one task; write OUT/{rundir.CONFIG_FILE}, "
+                                   f"OUT/{rundir.METRICS_FILE} (as it goes), OUT/{rundir.CHECKPOINT_FOLDER}/ and "
+                                   f"OUT/{rundir.SUMMARY_FILE}. SIGINT or SIGTERM "
                                    "saves a checkpoint and stops; --resume OUT continues. Under torchrun "
                                    "(torchrun --nproc-per-node N -m targetprop train ...) the processes train "
                                    "data-parallel, each on its shard of every batch.")
@@ -106,7 +107,7 @@ def _add_train(sub) -> None:
                         f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
     g.add_argument("--diagnose-every", type=non_negative_int, metavar="N",
                    help="every N iterations (at evaluations), append TP's diagnostics of one fixed batch "
-                        "(targetprop diagnose: cosines with BP, horizons, shares) to OUT/diagnostics.csv; "
+                        f"(targetprop diagnose: cosines with BP, horizons, shares) to OUT/{rundir.DIAGNOSTICS_FILE}; "
                         "targetprop plot draws them (default: the run's own when it continues, else never)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=positive_int,
@@ -117,94 +118,86 @@ def _add_train(sub) -> None:
 
 
 def _add_settings(p) -> None:
-    """The options of a run's settings (task, model, optimizer, schedule), as ``train`` takes them."""
-    _default = lambda name: f"(default: {getattr(DEFAULTS, name)})"  # noqa: E731
-    g = p.add_argument_group("task")
-    g.add_argument("--task", choices=sorted(TASKS), help=f"the task {_default('task')}")
-    g.add_argument("--length", type=positive_int, help="steps per sequence T (default: the task's)")
-    g.add_argument("--batch-size", type=positive_int, help="training mini-batch size (default: the task's)")
-    g.add_argument("--test-size", type=positive_int, help="size of the fixed test set (default: the task's)")
-    g.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA; "
-                                      "Fashion-MNIST: the Debian package's folder)")
-    g.add_argument("--task-option", action="append", metavar="KEY=VALUE", type=key_value,
-                   help="a further option of the task, e.g. criterion=absolute for adding (repeatable)")
-    g = p.add_argument_group("model")
-    g.add_argument("--cell", "--model", dest="cell", help=f"recurrent layer: rnn or gru {_default('cell')}")
-    g.add_argument("--hidden-size", type=positive_int, help=f"hidden units p {_default('hidden_size')}")
-    g.add_argument("--nonlinearity", help="tanh, sigmoid, identity or relu (default: the cell's own, tanh)")
-    g.add_argument("--rule", help=f"bp, linearized (eq. 2), difference, direct or learned {_default('rule')}")
-    g.add_argument("--reg", type=float, help=f"r, regularization of the inverse {_default('reg')}")
-    g.add_argument("--target-step", type=float, help=f"γ_h, eq. 1 {_default('target_step')}")
-    g.add_argument("--tol", type=float, help=f"τ, margin of the projection {_default('tol')}")
-    g.add_argument("--through-time", action="store_true", default=None,
-                   help="the authors' public-code variant: back-propagate the target losses through time")
-    g.add_argument("--init", help=f"orthogonal or default {_default('init')}")
-    g.add_argument("--inverse-lr", type=float, help="learned rule: step size of the reverse layer (layer default 1e-3)")
-    g.add_argument("--inverse-noise", type=float, help="learned rule: noise σ of its reconstruction loss (default 0.1)")
-    g.add_argument("--layer-option", action="append", metavar="KEY=VALUE", type=key_value,
-                   help="a further option of the recurrent layer, e.g. inverse_lr=1e-3 for the learned rule "
-                        "(repeatable)")
-    g = p.add_argument_group("optimizer")
-    g.add_argument("--optimizer", help=f"sgd or adam {_default('optimizer')}")
-    g.add_argument("--lr", type=float, help=f"step size (γ_θ for TP) {_default('lr')}")
-    g.add_argument("--momentum", type=float, help=f"SGD momentum {_default('momentum')}")
-    g.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
-    g.add_argument("--clip", type=float, help="clip the direction's norm to this value (default: no clipping)")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--iterations", type=positive_int, help=f"training iterations {_default('iterations')}")
-    g.add_argument("--eval-every", type=positive_int, help=f"evaluate every N iterations {_default('eval_every')}")
-    g.add_argument("--stop-at-accuracy", type=float, metavar="FRACTION",
-                   help="stop once the test accuracy reaches this fraction, e.g. 1.0 (default: never)")
-    g.add_argument("--divergence-factor", type=factor, metavar="FACTOR|none",
-                   help="stop as diverged when the training loss exceeds FACTOR times its initial value; "
-                        f"none: only on NaN/inf {_default('divergence_factor')}")
-    g.add_argument("--seed", type=int, help=f"seeds batches and init {_default('seed')}")
-    g.add_argument("--device", help=f"cpu, cuda, cuda:1, … or auto (cuda if available) {_default('device')}")
-    g.add_argument("--dtype", help=f"float32 or float64 {_default('dtype')}")
-    g.add_argument("--label", help="name of the run in tables and legends (default: from the settings)")
+    """The options of a run's settings, one per field of :class:`TrainConfig` (its
+    :class:`~targetprop.training.config.Setting`: help, group, kind, choices), and ``--config``."""
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="read settings from a TOML file (keys: the settings' names, e.g. target_step = 0.01; "
+                        "tables [task_options], [layer_options]; \"none\" unsets); options given here override it")
+    groups: dict = {}
+    for name, (spec, default) in config.settings().items():
+        if spec.group not in groups:
+            groups[spec.group] = p.add_argument_group(spec.group)
+        g, option = groups[spec.group], "--" + name.replace("_", "-")
+        if spec.kind == "table":
+            g.add_argument(option.removesuffix("s"), dest=name, action="append", metavar="KEY=VALUE", type=key_value,
+                           help=f"{spec.help} (repeatable)")
+            for entry in spec.entries:
+                g.add_argument("--" + entry.key.replace("_", "-"), dest=f"{name}.{entry.key}", help=entry.help, metavar=entry.key.upper(),
+                               type=for_setting(entry.key, entry.kind))
+        elif spec.kind == "switch":
+            g.add_argument(option, *spec.aliases, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=spec.help)
+        else:
+            shown = spec.default_help or ("" if default is None else default)
+            metavar = "{" + ",".join(spec.choices()) + "}" if spec.kind == "choice" else spec.metavar
+            g.add_argument(option, *spec.aliases, dest=name, metavar=metavar, help=f"{spec.help} (default: {shown})",
+                           type=for_setting(name, spec.kind, choices=spec.choices, optional=spec.optional))
+
+
+def _given_settings(args, parser) -> dict:
+    """The settings of ``--config`` and the options (options over the file; options left out
+    are absent, not defaults); a one-line error for a bad settings file."""
+    values = {}
+    for name, (spec, _) in config.settings().items():
+        if spec.kind == "table":
+            table = dict(getattr(args, name) or [])
+            table.update({e.key: v for e in spec.entries if (v := getattr(args, f"{name}.{e.key}")) is not None})
+            if table:
+                values[name] = table
+        elif getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.config is None:
+        return values
+    try:
+        return config.merge(config.read_settings_file(args.config), values)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _train(args, parser) -> int:
-    values = _given_settings(args)
+    values = _given_settings(args, parser)
     if args.resume is not None:
-        values = {**_saved_settings(args, parser), **values}
-    config = _config(parser, values)
-    name = f"{config.task}-{config.rule}{'-tt' * config.through_time}-s{config.seed}"
+        values = config.merge(_saved_settings(args, parser), values)
+    settings = _config(parser, values)
+    name = f"{settings.task}-{settings.rule}{'-tt' * settings.through_time}-s{settings.seed}"
     out = args.resume or args.out or Path("runs") / name
     try:  # everything every process can check alone, before they wait for one another
-        task = build_task(config)
-        distributed.check_environment(config.device, getattr(task, "batch_size", None))
-    except (ValueError, TypeError, OSError) as err:
-        parser.error(str(err))
-    with distributed.launch(config.device) as world:
-        return _train_in(args, parser, config, task, out, world)
-
-
-def _train_in(args, parser, config: TrainConfig, task, out: Path, world: distributed.World) -> int:
-    """Check the run directory, train (on every process of ``world``), print the summary (process 0)."""
-    try:
-        trainer = Trainer(config, task, world=world)
-    except (ValueError, TypeError, OSError) as err:
-        parser.error(str(err))
-    try:
-        existing = None
-        if args.resume is not None:
-            check_resume(out, config)
-        else:
-            existing = check_run_dir(out, config, overwrite=args.overwrite)
+        task = build_task(settings)
+        distributed.check_environment(settings.device, getattr(task, "batch_size", None))
     except ValueError as err:
         parser.error(str(err))
-    if existing is not None and existing.state != "empty" and world.main:
-        print(existing.describe(out), flush=True)
-    if args.threads is None and (args.resume is not None or getattr(existing, "state", "") == "unfinished"):
-        torch.set_num_threads(read_run_options(out).get("threads", torch.get_num_threads()))
-    else:
-        threads.apply(task, config)
+    with distributed.launch(settings.device) as world:
+        return _train_in(args, parser, settings, task, out, world)
+
+
+def _train_in(args, parser, settings: TrainConfig, task, out: Path, world: distributed.World) -> int:
+    """Decide what the run does with its folder (once), train (on every process of ``world``),
+    print the summary (process 0)."""
     try:
-        summary = trainer.run(out, overwrite=args.overwrite, progress=_progress(args) and world.main,
-                              resume=args.resume is not None, checkpoint_every=args.checkpoint_every,
-                              diagnose_every=args.diagnose_every)
-    except ValueError as err:  # e.g. every checkpoint of the run is corrupt
+        trainer = Trainer(settings, task, world=world)
+        plan = rundir.plan(out, settings.to_dict(), overwrite=args.overwrite, resume=args.resume is not None)
+    except ValueError as err:  # bad settings found when building, or a folder that refuses the run
+        parser.error(str(err))
+    if plan.state != "empty" and args.resume is None and world.main:
+        print(plan.describe(), flush=True)
+    if args.threads is None and plan.state == "unfinished":
+        torch.set_num_threads(plan.options.get("threads", torch.get_num_threads()))
+    else:
+        threads.apply(task, settings)
+    try:
+        summary = trainer.run(plan=plan, progress=_progress(args) and world.main,
+                              checkpoint_every=args.checkpoint_every, diagnose_every=args.diagnose_every)
+    except RunFolderError as err:  # e.g. every checkpoint of the run is corrupt; a bug keeps its own type
         parser.error(str(err))
     if trainer.lost_ranks is not None:  # every surviving process says so, in one line
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stopping the survivors: the run is over anyway
@@ -226,25 +219,6 @@ def _saved_settings(args, parser) -> dict:
         parser.error(str(err))
 
 
-def _given_settings(args) -> dict:
-    """The settings the command line gives (options left out are absent, not defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if not f.name.endswith("_options") and getattr(args, f.name, None) is not None}
-    task_options, layer_options = dict(args.task_option or []), dict(args.layer_option or [])
-    if args.data_dir is not None:
-        task_options["data_dir"] = args.data_dir
-    for name in ("inverse_lr", "inverse_noise"):
-        if getattr(args, name) is not None:
-            layer_options[name] = getattr(args, name)
-    if task_options:
-        values["task_options"] = task_options
-    if layer_options:
-        values["layer_options"] = layer_options
-    if values.get("divergence_factor") == "none":
-        values["divergence_factor"] = None
-    return values
-
-
 # ---------------------------------------------------------------------------- diagnose
 
 
@@ -264,28 +238,28 @@ def _add_diagnose(sub) -> None:
 
 
 def _diagnose(args, parser) -> int:
-    values = _given_settings(args)
+    values = _given_settings(args, parser)
     try:
         if args.run is not None:
-            values = {**read_run_config(args.run), **values}
-        config = TrainConfig.from_dict(values)
-        task = build_task(config)
-        model = build_model(config, task)
+            values = config.merge(read_run_config(args.run), values)
+        cfg = TrainConfig.from_dict(values)
+        task = build_task(cfg)
+        model = build_model(cfg, task)
         if args.run is not None:
-            found = checkpoint.latest(checkpoint.checkpoint_dir(args.run))
+            found = checkpoint.latest(rundir.checkpoint_dir(args.run))
             if found.payload is None:
                 raise ValueError(f"{args.run} has no usable checkpoint")
             model.load_state_dict(found.payload["model"])
         x, y = task.train_batch(0)
-        result = diagnose.diagnose(model, x, y, LOSSES[task.loss], args.rules or diagnose.default_rules(config.rule))
-    except (ValueError, OSError) as err:
+        result = diagnose.diagnose(model, x, y, LOSSES[task.loss], args.rules or diagnose.default_rules(cfg.rule))
+    except ValueError as err:
         parser.error(str(err))
     print(diagnose.table(result))
     if args.output:
         diagnose.write_json(result, args.output)
     if args.plot:
-        diagnose.plot(result, args.plot, f"{config.task} T={getattr(task, 'length', '?')}, r={config.reg:g}, "
-                      f"γ_h={config.target_step:g}")
+        diagnose.plot(result, args.plot, f"{cfg.task} T={getattr(task, 'length', '?')}, r={cfg.reg:g}, "
+                      f"γ_h={cfg.target_step:g}")
     return 0
 
 
@@ -308,7 +282,7 @@ def _config(parser, values: dict) -> TrainConfig:
     """Validated settings, or a one-line error (exit code 2)."""
     try:
         return TrainConfig.from_dict(values)
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         parser.error(str(err))
 
 

@@ -1,18 +1,18 @@
 """Checkpoint files of a run: their format, atomic writing, checksums, and choosing one to resume.
 
 This module owns the bytes on disk; *what* a checkpoint holds is the trainer's
-(:meth:`targetprop.training.trainer.Trainer.state_dict`). A run directory keeps its checkpoints in
-``OUT/checkpoints/iteration-NNNNNNNN.pt``, the last :data:`KEEP` of them.
+(:meth:`targetprop.training.trainer.Trainer.state_dict`). A run keeps its checkpoints in its checkpoint folder
+(:func:`targetprop.training.rundir.checkpoint_dir`) as ``iteration-NNNNNNNN.pt``, the last
+:data:`KEEP` of them.
 
 File format: ``MAGIC`` (8 bytes), the payload's length (8 bytes, little-endian), its SHA-256
 digest (32 bytes), then the payload (``torch.save`` of a dict of tensors and plain values,
 read back with ``weights_only=True``). A file that is truncated, padded or altered fails the
 length or digest check and is reported as corrupt (:class:`CorruptCheckpoint`), never loaded.
 
-Writing is atomic: the bytes go to a temporary file in the same folder, which is flushed,
-``fsync``-ed and renamed over the final name (``os.replace``); the folder is then ``fsync``-ed
-so the rename itself survives a crash. A run killed mid-write leaves its previous checkpoints
-intact and at worst a stray ``*.tmp`` file, which :func:`set_aside` removes.
+Writing is atomic (:func:`targetprop.training.files.atomic_write`): a run killed mid-write
+leaves its previous checkpoints intact and at worst a stray temporary file, which
+:func:`set_aside` removes.
 
 Resuming takes the newest checkpoint that passes its checks (:func:`latest`); a corrupt one is
 reported, renamed to ``*.corrupt`` (kept for inspection, ignored from then on; :func:`set_aside`)
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write, is_temporary
+
 MAGIC = b"TPCKPT1\n"
 HEADER = len(MAGIC) + 8 + 32
 KEEP = 2
-FOLDER = "checkpoints"
 _NAME = re.compile(r"iteration-(\d{8,})\.pt")
 
 
@@ -45,8 +46,11 @@ class CheckpointWarning(UserWarning):
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    """Where the checkpoints of ``run_dir`` live."""
-    return Path(run_dir) / FOLDER
+    """Where the checkpoints of ``run_dir`` live (:func:`targetprop.training.rundir.checkpoint_dir`,
+    kept here under its earlier name)."""
+    from .rundir import checkpoint_dir as in_run
+
+    return in_run(run_dir)
 
 
 def file_name(iteration: int) -> str:
@@ -56,19 +60,10 @@ def file_name(iteration: int) -> str:
 
 def save(path: str | Path, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically, with its length and SHA-256 digest in front."""
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    header = MAGIC + len(data).to_bytes(8, "little") + hashlib.sha256(data).digest()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, MAGIC + len(data).to_bytes(8, "little") + hashlib.sha256(data).digest(), data)
 
 
 def load(path: str | Path, map_location=None) -> dict:
@@ -145,7 +140,7 @@ def set_aside(folder: str | Path, found: Found) -> None:
         if path.exists():
             os.replace(path, path.with_name(path.name + ".corrupt"))
     if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
+        for tmp in filter(is_temporary, folder.iterdir()):
             tmp.unlink(missing_ok=True)
 
 
@@ -156,18 +151,7 @@ def clear(folder: str | Path) -> None:
         return
     for path in folder.iterdir():
         ours = _NAME.fullmatch(path.name.removesuffix(".corrupt"))
-        if ours or (path.name.startswith(".") and path.suffix == ".tmp"):
+        if ours or is_temporary(path):
             path.unlink(missing_ok=True)
     if not any(folder.iterdir()):
         folder.rmdir()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

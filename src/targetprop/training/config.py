@@ -1,111 +1,187 @@
 """Every setting of a training run, validated: :class:`TrainConfig` (saved as ``config.json``).
 
-This module owns what a run's settings may be and how they are checked; running them is
-:mod:`targetprop.training.trainer`'s.
+This module owns what a run's settings may be: each field of :class:`TrainConfig` carries its
+:class:`Setting` (help text, group, kind, choices, bounds), from which the checks here, the
+command line's options (:mod:`targetprop.cli`) and the reading of settings files
+(:func:`read_settings_file`) all follow. Running the settings is :mod:`targetprop.training.trainer`'s.
+
+Settings files are TOML, with the fields' names as keys (``target_step = 0.01``), the two option
+tables as tables (``[task_options]``), and ``"none"`` for a setting that may be unset (TOML has
+no null), as ``config.json`` writes ``null``.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
+import math
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .. import _validation as check
+from .. import rules
+from ..activations import ACTIVATIONS
 from .models import MODELS
 from ..tasks.images import IMAGE_TASKS
 from ..tasks.registry import TASKS, _factory
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: the kinds of setting: how a value is written on the command line and checked
+KINDS = ("choice", "count", "integer", "real", "switch", "text", "table")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A command-line shortcut to one entry of an option table (``--data-dir`` for
+    ``task_options["data_dir"]``)."""
+
+    key: str
+    kind: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one field of :class:`TrainConfig` may be, and how the command line shows it.
+
+    ``kind``: ``choice`` (one of ``choices()``), ``count`` (a positive integer), ``integer`` (a
+    non-negative one), ``real`` (a number in ``bounds``: low, high, low open, high open),
+    ``switch`` (true or false), ``text`` or ``table`` (named options, ``KEY=VALUE`` on the
+    command line). ``optional``: the setting may be unset (None; ``"none"`` in files and on the
+    command line). ``default_help``: how the help states a default that is not a plain value.
+    """
+
+    help: str
+    group: str
+    kind: str
+    choices: Callable[[], Sequence[str]] | None = None
+    bounds: tuple[float, float, bool, bool] = (-math.inf, math.inf, True, True)
+    optional: bool = False
+    default_help: str = ""
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+    entries: tuple[Entry, ...] = ()
+
+    def validate(self, name: str, value):
+        """``value`` checked (and normalized: ints to floats for reals, ``"none"`` to None), or a
+        ValueError naming ``name``."""
+        if self.optional and (value is None or isinstance(value, str) and value.lower() == "none"):
+            return None
+        if self.kind == "choice":
+            return check.choice(name, value, list(self.choices()))
+        if self.kind == "count":
+            return check.positive_int(name, value)
+        if self.kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            return value
+        if self.kind == "real":
+            low, high, low_open, high_open = self.bounds
+            return check.real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
+        if self.kind == "switch":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            return value
+        if self.kind == "table":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"{name} must be a table of named options, got {value!r}")
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+
+
+def setting(default, help: str, group: str, kind: str, **spec):
+    """A :class:`TrainConfig` field with its :class:`Setting` in ``metadata["setting"]``."""
+    assert kind in KINDS, kind
+    meta = {"setting": Setting(help, group, kind, **spec)}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _sorted(names) -> Callable[[], list[str]]:
+    return lambda: sorted(names)
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a run (saved as ``config.json``); validated on construction.
 
-    Task:
-        task: a name in :data:`targetprop.tasks.registry.TASKS` (``temporal-order``,
-            ``temporal-order-3bit``, ``adding``, …).
-        length: ``T``, steps per sequence (``None``: the task's default).
-        batch_size: training mini-batch size (``None``: the task's default, 20 for synthetic tasks).
-        test_size: size of the fixed test set (``None``: the task's default).
-        task_options: further options of the task's factory (e.g. ``{"criterion": "absolute"}``
-            for adding).
-    Model (a recurrent layer and a linear head on its last state, :mod:`targetprop.training.models`):
-        cell: a key of :data:`targetprop.training.models.MODELS` (``rnn``).
-        hidden_size: ``p``.
-        nonlinearity: the recurrent activation (``None``: the cell's own, ``tanh`` as in the paper).
-        rule: ``bp``, ``linearized`` (eq. 2, the paper's TP), ``difference``, ``direct``, ``learned``.
-        reg: ``r ≥ 0``, the regularization of the inverse.
-        target_step: ``γ_h > 0`` (eq. 1).
-        tol: ``τ``, margin of the projection onto the activation's range.
-        through_time: the authors' public-code variant of the parameter direction.
-        init: ``orthogonal`` (the paper's) or ``default``.
-        layer_options: further options of the recurrent layer (e.g. ``{"inverse_lr": 1e-3}`` for
-            the ``learned`` rule).
-    Optimizer (from ``torch.optim``; for TP rules ``lr`` is ``γ_θ`` of eq. 3):
-        optimizer: ``sgd`` or ``adam``.
-        lr: step size, > 0.
-        momentum: SGD momentum in [0, 1).
-        nesterov: Nesterov momentum (SGD, needs ``momentum > 0``).
-        clip: if set, clip the norm of all parameters' directions to this value each iteration.
-    Schedule:
-        iterations: training iterations.
-        eval_every: evaluate (and log a metrics row) every this many iterations.
-        stop_at_accuracy: stop early once the test accuracy reaches this fraction (e.g. 1.0).
-        divergence_factor: stop as ``diverged`` once the loss on the fixed training sample exceeds
-            this many times its value at iteration 0 (``None`` or ``"none"``: only on NaN/inf).
-        seed: seeds the training batches and the initialization.
-        device: a torch device string (``cpu``, ``cuda``, ``cuda:1``) or ``auto`` (``cuda`` if
-            available, else ``cpu``); under ``torchrun``, ``cuda`` is each process's ``cuda:LOCAL_RANK``.
-        dtype: ``float32`` or ``float64``.
-        label: a name for the run in tables and plot legends (``""``: made from the settings).
+    Each field's meaning, kind and bounds are its :class:`Setting` (``targetprop train --help``
+    lists them; :func:`settings` gives them by name). The model is a recurrent layer and a linear
+    head on its last state (:mod:`targetprop.training.models`); the optimizer is ``torch.optim``'s,
+    and for TP rules ``lr`` is ``γ_θ`` of eq. 3.
     """
 
-    task: str = "temporal-order"
-    length: int | None = None
-    batch_size: int | None = None
-    test_size: int | None = None
-    task_options: dict = field(default_factory=dict)
-    cell: str = "rnn"
-    hidden_size: int = 100
-    nonlinearity: str | None = None
-    rule: str = "linearized"
-    reg: float = 1.0
-    target_step: float = 1e-2
-    tol: float = 1e-3
-    through_time: bool = False
-    init: str = "orthogonal"
-    layer_options: dict = field(default_factory=dict)
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    clip: float | None = None
-    iterations: int = 40000
-    eval_every: int = 100
-    stop_at_accuracy: float | None = None
-    divergence_factor: float | None = 2.0
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    label: str = ""
+    task: str = setting("temporal-order", "the task", "task", "choice", choices=_sorted(TASKS))
+    length: int | None = setting(None, "steps per sequence T", "task", "count", optional=True,
+                                 default_help="the task's")
+    batch_size: int | None = setting(None, "training mini-batch size", "task", "count", optional=True,
+                                     default_help="the task's")
+    test_size: int | None = setting(None, "size of the fixed test set", "task", "count", optional=True,
+                                    default_help="the task's")
+    task_options: dict = setting({}, "a further option of the task's factory, e.g. criterion=absolute for "
+                                     "adding", "task", "table", entries=(
+        Entry("data_dir", "text", "image tasks: folder of the data files (default: $TARGETPROP_DATA; "
+                                  "Fashion-MNIST: the Debian package's folder)"),))
+    cell: str = setting("rnn", "the recurrent layer", "model", "choice", choices=_sorted(MODELS), aliases=("--model",))
+    hidden_size: int = setting(100, "hidden units p", "model", "count")
+    nonlinearity: str | None = setting(None, "the recurrent activation", "model", "choice", choices=lambda: ACTIVATIONS,
+                                       optional=True, default_help="the cell's own, tanh as in the paper")
+    rule: str = setting("linearized", "how the layer trains: bp, or a TP rule (linearized is eq. 2, the paper's)",
+                        "model", "choice", choices=lambda: rules.RULE_NAMES)
+    reg: float = setting(1.0, "r, regularization of the inverse", "model", "real", bounds=(0.0, math.inf, False, True))
+    target_step: float = setting(1e-2, "γ_h, the target step of eq. 1", "model", "real",
+                                 bounds=(0.0, math.inf, True, True))
+    tol: float = setting(1e-3, "τ, margin of the projection onto the activation's range", "model", "real",
+                         bounds=(0.0, 0.5, True, False))
+    through_time: bool = setting(False, "the authors' public-code variant: back-propagate the target losses "
+                                        "through time", "model", "switch")
+    init: str = setting("orthogonal", "orthogonal (the paper's) or default (the layers' own)", "model", "choice",
+                        choices=lambda: ("orthogonal", "default"))
+    layer_options: dict = setting({}, "a further option of the recurrent layer, e.g. check_finite=false",
+                                  "model", "table", entries=(
+        Entry("inverse_lr", "real", "learned rule: step size of the reverse layer (layer default 1e-3)"),
+        Entry("inverse_noise", "real", "learned rule: noise σ of its reconstruction loss (default 0.1)")))
+    optimizer: str = setting("sgd", "the optimizer", "optimizer", "choice", choices=lambda: OPTIMIZERS)
+    lr: float = setting(0.1, "step size (γ_θ for TP)", "optimizer", "real", bounds=(0.0, math.inf, True, True))
+    momentum: float = setting(0.0, "SGD momentum", "optimizer", "real", bounds=(0.0, 1.0, False, True))
+    nesterov: bool = setting(False, "Nesterov momentum (SGD, with a positive momentum)", "optimizer", "switch")
+    clip: float | None = setting(None, "clip the norm of all parameters' directions to this value each iteration",
+                                 "optimizer", "real", bounds=(0.0, math.inf, True, True), optional=True,
+                                 default_help="no clipping")
+    iterations: int = setting(40000, "training iterations", "schedule", "count")
+    eval_every: int = setting(100, "evaluate (and log a metrics row) every N iterations", "schedule", "count",
+                              metavar="N")
+    stop_at_accuracy: float | None = setting(None, "stop once the test accuracy reaches this fraction, e.g. 1.0",
+                                             "schedule", "real", bounds=(0.0, 1.0, True, False), optional=True,
+                                             metavar="FRACTION", default_help="never")
+    divergence_factor: float | None = setting(
+        2.0, "stop as diverged when the loss on the fixed training sample exceeds FACTOR times its value at "
+             "iteration 0; none: only on NaN/inf", "schedule", "real", bounds=(1.0, math.inf, False, True),
+        optional=True, metavar="FACTOR|none")
+    seed: int = setting(0, "seeds the training batches and the initialization", "schedule", "integer")
+    device: str = setting("cpu", "cpu, cuda, cuda:1, … or auto (cuda if available; under torchrun, cuda is each "
+                                 "process's cuda:LOCAL_RANK)", "schedule", "text")
+    dtype: str = setting("float32", "float32 or float64", "schedule", "choice", choices=_sorted(DTYPES))
+    label: str = setting("", "name of the run in tables and plot legends", "schedule", "text",
+                         default_help="made from the settings")
 
     def __post_init__(self):
-        check.choice("task", self.task, sorted(TASKS))
-        for name in ("length", "batch_size", "test_size"):
-            if getattr(self, name) is not None:
-                check.positive_int(name, getattr(self, name))
-        for name in ("task_options", "layer_options"):
-            options = getattr(self, name)
-            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-                raise ValueError(f"{name} must be a table of named options, got {options!r}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.metadata["setting"].validate(f.name, getattr(self, f.name)))
+        if rules.available(self.cell):
+            rules.check_rule_name(self.cell, self.rule)  # the rules this cell registers
         clash = sorted(set(self.layer_options) & (_FIELDS | {"input_size", "batch_first"}))
         if clash:
             raise ValueError(f"layer_options may not set {', '.join(clash)}: use the setting(s) of that name")
-        check.choice("cell", self.cell, sorted(MODELS))
         _strict_booleans("layer_options", self.layer_options, MODELS[self.cell])
         _strict_booleans("task_options", self.task_options, _factory(self.task))
         if (self.task_options.get("normalize") == "none" and self.task in IMAGE_TASKS and self.rule != "bp"
@@ -113,50 +189,21 @@ class TrainConfig:
             raise ValueError("task_options: normalize='none' feeds raw pixel values (0-255), which saturate the "
                              "activation exactly in the first step, where TP's inverse is undefined (a NaN "
                              "direction at iteration 0); use normalize=scale (the default) or standardize, or rule bp")
-        check.positive_int("hidden_size", self.hidden_size)
-        self.reg = check.real("reg", self.reg, low=0.0, low_open=False)
-        self.target_step = check.real("target_step", self.target_step, low=0.0, low_open=True)
-        self.tol = check.real("tol", self.tol, low=0.0, high=0.5, low_open=True)
-        _boolean("through_time", self.through_time)
-        check.choice("init", self.init, ("orthogonal", "default"))
-        check.choice("optimizer", self.optimizer, OPTIMIZERS)
-        self.lr = check.real("lr", self.lr, low=0.0, low_open=True)
-        self.momentum = check.real("momentum", self.momentum, low=0.0, high=1.0, low_open=False)
-        _boolean("nesterov", self.nesterov)
         if self.optimizer != "sgd" and (self.momentum or self.nesterov):
             raise ValueError(f"momentum and nesterov apply to optimizer 'sgd', not {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs a positive momentum")
-        if self.clip is not None:
-            self.clip = check.real("clip", self.clip, low=0.0, low_open=True)
-        check.positive_int("iterations", self.iterations)
-        check.positive_int("eval_every", self.eval_every)
-        if self.stop_at_accuracy is not None:
-            self.stop_at_accuracy = check.real("stop_at_accuracy", self.stop_at_accuracy, low=0.0, high=1.0,
-                                               low_open=True, high_open=False)
-        if isinstance(self.divergence_factor, str) and self.divergence_factor.lower() == "none":
-            self.divergence_factor = None  # as written in TOML files, which have no null
-        if self.divergence_factor is not None:
-            self.divergence_factor = check.real("divergence_factor", self.divergence_factor, low=1.0,
-                                                low_open=False)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
         try:
             if self.device != "auto":
                 torch.device(self.device)
         except RuntimeError:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', or 'auto', got "
                              f"{self.device!r}") from None
-        check.choice("dtype", self.dtype, sorted(DTYPES))
-        if not isinstance(self.label, str):
-            raise ValueError(f"label must be a string, got {self.label!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from a mapping of field names; a ValueError names any unknown key."""
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        unknown = sorted(set(values) - _FIELDS)
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
@@ -187,9 +234,52 @@ class TrainConfig:
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _boolean(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+def settings() -> dict[str, tuple[Setting, object]]:
+    """Every field of :class:`TrainConfig`, in order: its :class:`Setting` and its default."""
+    defaults = TrainConfig()
+    return {f.name: (f.metadata["setting"], getattr(defaults, f.name)) for f in dataclasses.fields(TrainConfig)}
+
+
+def check_names(values: dict, where: str) -> None:
+    """A ValueError naming the first key of ``values`` that is not a setting (with the nearest
+    setting's name when one is close)."""
+    for key in values:
+        if key not in _FIELDS:
+            near = difflib.get_close_matches(str(key).replace("-", "_"), sorted(_FIELDS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def merge(*layers: dict) -> dict:
+    """The settings of ``layers``, each over the ones before it; the option tables are merged
+    entry by entry (``--task-option`` adds to a file's ``[task_options]``)."""
+    merged: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            table = isinstance(value, dict) and isinstance(merged.get(key), dict)
+            merged[key] = {**merged[key], **value} if table else value
+    return merged
+
+
+def read_settings_file(path: str | Path) -> dict:
+    """The settings in the TOML file ``path`` (only the keys it gives), each checked alone; a
+    ValueError names the file and the key that is unknown or holds a bad value."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as err:
+        raise ValueError(f"cannot read the settings file {path}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from None
+    check_names(values, str(path))
+    fields = settings()
+    for key, value in values.items():
+        try:
+            values[key] = fields[key][0].validate(key, value)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    return values
 
 
 def _strict_booleans(name: str, options: dict, target) -> None:

@@ -1,20 +1,24 @@
-"""The files of a run directory: writing them, reading them, and what an existing one allows.
-
-This module owns the run directory's files other than the checkpoints (those are
-:mod:`targetprop.training.checkpoint`'s) and the rule that progress is never discarded unless asked:
+"""A run's folder: the one place that names, writes, reads and checks its files.
 
 * ``config.json``: ``{"version", "config": {...every setting...}, "run": {"checkpoint_every": N},
   "environment": {...}}`` (the conditions of the latest session, :mod:`targetprop.training.environment`);
-* ``metrics.csv``: one row per evaluation point, flushed row by row (:class:`MetricsLog`);
+* ``metrics.csv``: one row per evaluation point, flushed row by row
+  (:class:`~targetprop.training.metrics.MetricsLog`);
 * ``summary.json``: the outcome, written when the run ends however it ends (status in
-  :data:`STATUSES`).
+  :data:`STATUSES`);
+* ``checkpoints/``: the checkpoint files (their format is :mod:`targetprop.training.checkpoint`'s);
+* ``diagnostics.csv``: ``train --diagnose-every``'s rows (:mod:`targetprop.diagnose`'s format).
 
-What a directory holds for a run of given settings (:func:`inspect`): nothing (``empty``), the
-same run ``unfinished`` (no summary, ``interrupted``, or ``failed`` because a process was lost:
-it is continued from its newest valid checkpoint) or ``finished`` (``completed``, ``diverged`` or
-``failed``: reused as it is). A run with other settings, or files that are not a run's, are
-refused (ValueError) unless the caller overwrites; nothing here deletes a checkpoint or a
-``*.corrupt`` file except when asked to overwrite.
+Every file is written atomically (:func:`targetprop.training.files.atomic_write`) but the two
+logs, which are appended row by row and cut back atomically when a run continues.
+
+What a run does with its folder is decided once, before anything is written (:func:`plan`):
+start there (``empty``), continue the same run (``unfinished``: no summary, ``interrupted``, or
+``failed`` because a process was lost) from its newest valid checkpoint, or reuse it
+(``finished``: ``completed``, ``diverged`` or ``failed``). A run with other settings, or files
+that are not a run's, are refused (:class:`~targetprop.training.files.RunFolderError`) unless
+the caller overwrites; nothing here deletes a checkpoint or a ``*.corrupt`` file except when
+asked to overwrite.
 
 Reading runs (for tables, plots and experiments): :func:`is_run`, :func:`find_runs`,
 :func:`read_config`, :func:`read_options`, :func:`read_summary`, :func:`read_metrics`, and the
@@ -28,20 +32,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-
 from . import checkpoint
+from .files import RunFolderError, atomic_write
+from .metrics import METRICS, MetricsLog
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.csv", "summary.json"
 DIAGNOSTICS_FILE, CHECKPOINT_FOLDER = "diagnostics.csv", "checkpoints"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 EXIT_CODES = {"completed": 0, "diverged": 3, "failed": 4}
-METRICS = ("iteration", "time", "wall_time", "batch_loss", "train_loss", "train_accuracy",
-           "test_loss", "test_accuracy")
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 RESUMABLE = ("iterations",)  # the settings a resumed run may change
 
@@ -87,7 +89,7 @@ def find_runs(paths) -> list[Path]:
             continue
         inner = sorted(p for p in path.iterdir() if is_run(p)) if path.is_dir() else []
         if not inner:
-            raise ValueError(f"{path} is not a run directory (no {METRICS_FILE} in it or in its subdirectories)")
+            raise RunFolderError(f"{path} is not a run directory (no {METRICS_FILE} in it or in its subdirectories)")
         runs.extend(inner)
     return runs
 
@@ -96,17 +98,20 @@ def read_config(run: str | Path) -> dict:
     """The settings saved in the run's ``config.json``; a ValueError if ``run`` holds no readable run."""
     path = config_path(run)
     if not path.is_file():
-        raise ValueError(f"{run} holds no run (no {CONFIG_FILE})")
+        raise RunFolderError(f"{run} holds no run (no {CONFIG_FILE})")
     saved = (_read_json(path) or {}).get("config")
     if not isinstance(saved, dict):
-        raise ValueError(f"{path} is unreadable")
+        raise RunFolderError(f"{path} is unreadable")
     return saved
 
 
 def read_options(run: str | Path) -> dict:
     """What the run's ``config.json`` records besides the settings: ``checkpoint_every``,
     ``diagnose_every`` and ``threads`` (each absent when not recorded, as in runs of targetprop 0.1.0)."""
-    saved = _read_json(config_path(run)) or {}
+    return _options(_read_json(config_path(run)) or {})
+
+
+def _options(saved: dict) -> dict:
     options = {}
     for key in ("checkpoint_every", "diagnose_every"):
         every = (saved.get("run") or {}).get(key)
@@ -138,66 +143,33 @@ read_run_config, read_run_options = read_config, read_options  # the earlier nam
 # ---------------------------------------------------------------------------- writing runs
 
 
-class MetricsLog:
-    """``metrics.csv``: a header, then one row per evaluation point, flushed row by row.
-
-    A new log writes the header (replacing any file); with ``keep``, the existing file is cut
-    back to its header and first ``keep`` rows (a resumed run), and rows are appended after them.
-    """
-
-    def __init__(self, path: Path, keep: int | None = None):
-        self.path = Path(path)
-        if keep is None:
-            with open(self.path, "w", newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=METRICS).writeheader()
-        else:
-            self._cut(keep)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
-        self.rows = keep or 0
-
-    def _cut(self, keep: int) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
-        if not lines or lines[0].rstrip("\r\n") != ",".join(METRICS):
-            raise ValueError(f"{self.path} is missing or is not a metrics file (its header is not "
-                             f"{','.join(METRICS)})")
-        if len(lines) - 1 < keep:
-            raise ValueError(f"{self.path} holds {len(lines) - 1} rows, fewer than the {keep} of the checkpoint")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(lines[:keep + 1]), encoding="utf-8", newline="")
-        tmp.replace(self.path)
-
-    def append(self, row: dict) -> None:
-        self._writer.writerow({k: _csv_value(row[k]) for k in METRICS})
-        self._file.flush()
-        self.rows += 1
-
-    def sync(self) -> None:
-        """Make the rows written so far durable (before a checkpoint counts them)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-# ---------------------------------------------------------------------------- config.json, summary.json
-
-
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write ``data`` to ``path`` atomically (:func:`targetprop.training.files.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
 
 
-def write_config(out: Path, settings: dict, *, checkpoint_every: int, environment: dict,
+def write_config(run: Path, settings: dict, *, checkpoint_every: int, environment: dict,
                  diagnose_every: int = 0) -> None:
-    """``out/config.json``: the settings, the checkpoint and diagnostics cadences and the session's
-    conditions."""
-    run = {"checkpoint_every": checkpoint_every, **({"diagnose_every": diagnose_every} if diagnose_every else {})}
-    write_json(out / "config.json", {"version": __version__, "config": settings, "run": run,
-                                     "environment": environment})
+    """The run's ``config.json``: the settings, the checkpoint and diagnostics cadences and the
+    session's conditions."""
+    cadence = {"checkpoint_every": checkpoint_every, **({"diagnose_every": diagnose_every} if diagnose_every else {})}
+    write_json(config_path(run), {"version": __version__, "config": settings, "run": cadence,
+                                  "environment": environment})
+
+
+def write_summary(run: Path, summary: dict) -> None:
+    """The run's ``summary.json``: its outcome."""
+    write_json(summary_path(run), summary)
+
+
+def remove_summary(run: Path) -> None:
+    """Remove the run's ``summary.json`` (a run that goes on has no outcome yet)."""
+    summary_path(run).unlink(missing_ok=True)
+
+
+def open_metrics(run: Path, keep: int | None = None) -> MetricsLog:
+    """The run's metrics log: new, or cut back to its first ``keep`` rows to continue it."""
+    return MetricsLog(metrics_path(run), keep=keep)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -209,20 +181,30 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-# ---------------------------------------------------------------------------- what a directory allows
+# ---------------------------------------------------------------------------- what a folder allows
 
 
 @dataclass
-class Existing:
-    """What :func:`inspect` found: ``state`` (``empty``, ``unfinished``, ``finished``), the saved
-    summary (if any) and the iteration of the newest checkpoint file (None if there is none)."""
+class Plan:
+    """What a run does with its folder, decided once by :func:`plan` (which reads only):
 
+    ``state``: ``empty`` (the run starts at iteration 0 there; with ``overwrite``, replacing
+    whatever the folder holds), ``unfinished`` (the same run, continued from its newest valid
+    checkpoint) or ``finished`` (the same run, done: reused as it is). ``summary``: the saved
+    summary, if any; ``checkpoint``: the iteration of the newest checkpoint file (None if none);
+    ``options``: what ``config.json`` records besides the settings (:func:`read_options`).
+    """
+
+    path: Path
     state: str
     summary: dict | None = None
     checkpoint: int | None = None
+    options: dict = field(default_factory=dict)
+    overwrite: bool = False
 
-    def describe(self, out: Path) -> str:
-        """One line saying what a run of these settings does with ``out``."""
+    def describe(self, out: Path | None = None) -> str:
+        """One line saying what the run does with its folder ("" when it starts afresh)."""
+        out = self.path if out is None else out
         if self.state == "finished":
             return (f"{out} already holds this run, {self.summary['status']} after {self.summary['iterations']} "
                     f"iterations: nothing to do (--overwrite runs it again)")
@@ -233,73 +215,78 @@ class Existing:
         return ""
 
 
-def inspect(out: str | Path, settings: dict) -> Existing:
-    """What ``out`` holds for a run of ``settings`` (reads only); a ValueError if it holds a run
-    with other settings or files that are not a run's."""
+Existing = Plan  # the earlier name
+
+
+def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bool = False) -> Plan:
+    """What a run of ``settings`` does with the folder ``out`` (see :class:`Plan`); reads only.
+
+    Without ``overwrite`` or ``resume``, the same run there is continued or reused, and a
+    :class:`RunFolderError` refuses a run with other settings or files that are not a run's. With
+    ``resume``, the folder must hold the run, and only the settings in :data:`RESUMABLE` (the
+    iteration budget) may differ; the error lists the others.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return Existing("empty")
-    if not (out / "config.json").exists():
-        raise ValueError(f"output directory {out} is not empty and holds no run; "
-                         f"use --overwrite to write there anyway, or another output directory")
-    previous = (_read_json(out / "config.json") or {}).get("config")
+        raise RunFolderError(f"output path {out} exists and is not a directory")
+    if overwrite:
+        return Plan(out, "empty", overwrite=True)
+    if not resume and (not out.is_dir() or not any(out.iterdir())):
+        return Plan(out, "empty")
+    if not config_path(out).exists():
+        if resume:
+            raise RunFolderError(f"{out} holds no run (no {CONFIG_FILE})")
+        raise RunFolderError(f"output directory {out} is not empty and holds no run; "
+                             f"use --overwrite to write there anyway, or another output directory")
+    saved = _read_json(config_path(out)) or {}
+    previous = saved.get("config")
+    if resume:
+        if not isinstance(previous, dict):
+            raise RunFolderError(f"{config_path(out)} is unreadable")
+        differs = _differences(previous, settings, ignore=RESUMABLE)
+        if differs:
+            raise RunFolderError(f"cannot resume {out} with different settings ({', '.join(differs)}); "
+                                 f"only {', '.join(RESUMABLE)} may change")
     differs = describe_changes(previous, settings)
-    if differs:
+    if differs and not resume:
         hint = ("--resume OUT --iterations N changes a run's budget; " if isinstance(previous, dict)
                 and not _differences(previous, settings, ignore=RESUMABLE) else "")
-        raise ValueError(f"output directory {out} holds a run with different settings ({differs}); {hint}"
-                         f"use --overwrite to replace it, or another output directory")
+        raise RunFolderError(f"output directory {out} holds a run with different settings ({differs}); {hint}"
+                             f"use --overwrite to replace it, or another output directory")
     summary = read_summary(out)
-    listed = checkpoint.listed(checkpoint.checkpoint_dir(out))
+    listed = checkpoint.listed(checkpoint_dir(out))
     newest = listed[-1][0] if listed else None
-    if summary is not None and summary["status"] != "interrupted" and not summary.get("lost_ranks"):
-        return Existing("finished", summary, newest)
-    return Existing("unfinished", summary, newest)
+    done = summary is not None and summary["status"] != "interrupted" and not summary.get("lost_ranks")
+    return Plan(out, "finished" if done and not resume else "unfinished", summary, newest, _options(saved))
 
 
-def check_resume(out: str | Path, settings: dict) -> None:
-    """Raise ValueError unless ``settings`` may continue the run in ``out``: the same settings,
-    except those in :data:`RESUMABLE` (the iteration budget); the message lists the others."""
-    differs = _differences(read_run_config(out), settings, ignore=RESUMABLE)
-    if differs:
-        raise ValueError(f"cannot resume {out} with different settings ({', '.join(differs)}); "
-                         f"only {', '.join(RESUMABLE)} may change")
+def inspect(out: str | Path, settings: dict) -> Plan:
+    """:func:`plan` without overwriting or resuming (the earlier name)."""
+    return plan(out, settings)
 
 
-def prepare(out: Path, *, overwrite: bool) -> None:
-    """Make ``out`` ready for a run starting at iteration 0 (checked by :func:`inspect` first):
-    create it; with ``overwrite``, remove an earlier run's summary and checkpoints. Without it, a
-    directory holding checkpoints (or ``*.corrupt`` files) is refused: they are a run's progress."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    folder = checkpoint.checkpoint_dir(out)
-    if overwrite:
-        (out / "summary.json").unlink(missing_ok=True)
-        (out / "diagnostics.csv").unlink(missing_ok=True)
-        checkpoint.clear(folder)
-    elif checkpoint.listed(folder) or corrupt_files(out):
-        raise ValueError(f"{out} holds a run's checkpoints; continue the run, or use --overwrite to start "
-                         f"it over")
-    else:
-        (out / "summary.json").unlink(missing_ok=True)
+def check_resume(out: str | Path, settings: dict) -> Plan:
+    """:func:`plan` of a resumed run (the earlier name)."""
+    return plan(out, settings, resume=True)
 
 
-def corrupt_files(out: str | Path) -> list[Path]:
-    """The checkpoints of ``out`` set aside as ``*.corrupt``."""
-    folder = checkpoint.checkpoint_dir(out)
+def start(run: Plan) -> None:
+    """Make the folder of ``run`` ready for a run starting at iteration 0: create it; remove an
+    earlier summary and, when overwriting, the earlier diagnostics and checkpoints."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    remove_summary(run.path)
+    if run.overwrite:
+        diagnostics_path(run.path).unlink(missing_ok=True)
+        checkpoint.clear(checkpoint_dir(run.path))
+
+
+def corrupt_files(run: str | Path) -> list[Path]:
+    """The checkpoints of ``run`` set aside as ``*.corrupt``."""
+    folder = checkpoint_dir(run)
     return sorted(folder.glob("*.corrupt")) if folder.is_dir() else []
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _csv_value(value):
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return value
 
 
 def describe_changes(previous, current: dict, ignore=()) -> str:
