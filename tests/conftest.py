@@ -1,12 +1,13 @@
-import os
-import sys
+"""Fixtures and the end-of-run report for the whole suite.
 
+pytest puts this folder on ``sys.path`` (rootdir-relative "prepend" imports: tests/ is not a
+package), so test modules import the shared non-test modules here (helpers, problems,
+processes, datafiles, reference) by name; no test module imports another.
+"""
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from helpers import WORST  # noqa: E402
+from helpers import WORST
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """``targetprop`` under torchrun with one process lost: the process of rank ``$LOST_RANK`` kills
 itself (SIGKILL, no chance to clean up) when it reaches the training step ``$LOST_AT``.
 
-    torchrun --nproc-per-node 2 tests/lost_rank.py train ...   (used by test_ddp_trainer.py)
+    torchrun --nproc-per-node 2 tests/lost_rank.py train ...   (run by test_ddp_trainer.py through processes.torchrun)
 """
 import os
 import signal

@@ -3,21 +3,13 @@ every batch, end with the parameters and the metrics of one process on the whole
 ``linearized`` and ``bp``; ``torchrun -m targetprop train`` does the same from the command line.
 Every spawned process is bounded in time. Plus the pieces: sharding, the torchrun environment,
 devices, batch sizes that do not split."""
-import datetime
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from processes import max_rel_diff, spawn, torchrun
 from targetprop.training import checkpoint, distributed
 from targetprop.cli import main
 from targetprop.training.distributed import World
@@ -27,38 +19,20 @@ RULES = {"linearized": dict(rule="linearized", reg=1.0, target_step=0.1, lr=0.5,
          "bp": dict(rule="bp", lr=0.5, momentum=0.9)}
 DDP = dict(task="temporal-order", length=10, hidden_size=8, batch_size=20, test_size=51, iterations=6,
            eval_every=3, dtype="float64", seed=3, task_options={"train_eval_size": 101})  # odd: uneven eval shards
-LIMIT_S = 150
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def ddp_config(rule: str) -> TrainConfig:
     return TrainConfig(**DDP, **RULES[rule])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, size, port, outs):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=size, timeout=datetime.timedelta(seconds=60))
-    try:
-        world = World(rank, size, rank)
-        for rule, out in outs.items():
-            Trainer(ddp_config(rule), world=world).run(out, checkpoint_every=0)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, size, outs):
+    world = World(rank, size, rank)
+    for rule, out in outs.items():
+        Trainer(ddp_config(rule), world=world).run(out, checkpoint_every=0)
 
 
 def final_model(run) -> dict:
     return checkpoint.latest(checkpoint.checkpoint_dir(run)).payload["model"]
-
-
-def max_rel_diff(a: dict, b: dict) -> float:
-    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-30)).item() for k in b)
 
 
 def assert_same_training(ddp_run, single_run, rule, how="spawned") -> float:
@@ -79,13 +53,7 @@ def assert_same_training(ddp_run, single_run, rule, how="spawned") -> float:
 
 def test_two_processes_train_as_one_on_the_whole_batch(tmp_path):
     outs = {rule: tmp_path / f"ddp-{rule}" for rule in RULES}
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), outs), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + LIMIT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail(f"the two DDP processes did not finish within {LIMIT_S} s")
+    spawn(_worker, outs)
     for rule, out in outs.items():
         single = tmp_path / f"single-{rule}"
         Trainer(ddp_config(rule)).run(single, checkpoint_every=0)
@@ -93,27 +61,12 @@ def test_two_processes_train_as_one_on_the_whole_batch(tmp_path):
         assert_same_training(out, single, rule)
 
 
-def _torchrun(script: list[str], argv: list[str], extra_env: dict) -> tuple[int, str, str]:
-    """``torchrun --standalone --nproc-per-node 2 SCRIPT… ARGV`` (bounded in time): exit code, stdout, stderr."""
-    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([SRC, env.get("PYTHONPATH", "")]), **extra_env)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script, *argv]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"torchrun did not finish within {LIMIT_S} s")
-    return proc.returncode, stdout, stderr
-
-
 def test_torchrun_command_line(tmp_path, capsys):
     """``torchrun --nproc-per-node 2 -m targetprop train …`` against ``targetprop train …``."""
     argv = ["--length", "10", "--hidden-size", "8", "--batch-size", "20", "--test-size", "51", "--iterations", "6",
             "--eval-every", "3", "--dtype", "float64", "--seed", "3", "--task-option", "train_eval_size=101",
             "--rule", "bp", "--lr", "0.5", "--momentum", "0.9", "--quiet", "--threads", "1"]
-    code, stdout, stderr = _torchrun(["-m", "targetprop"], ["train", *argv, "--out", str(tmp_path / "ddp")], {})
+    code, stdout, stderr = torchrun(["-m", "targetprop"], ["train", *argv, "--out", str(tmp_path / "ddp")], {})
     assert code == 0, stderr
     assert stdout.count("completed after 6 iterations") == 1  # printed by process 0 only
     assert main(["train", *argv, "--out", str(tmp_path / "single")]) == 0
@@ -128,7 +81,7 @@ def test_a_lost_process_fails_the_run_naming_it_and_the_same_command_continues(t
     argv = ["train", "--length", "10", "--hidden-size", "8", "--batch-size", "20", "--test-size", "51",
             "--iterations", "30", "--eval-every", "5", "--dtype", "float64", "--seed", "3", "--rule", "bp",
             "--lr", "0.5", "--checkpoint-every", "5", "--quiet", "--threads", "1", "--out", str(out)]
-    code, stdout, stderr = _torchrun([str(Path(__file__).with_name("lost_rank.py"))], argv,
+    code, stdout, stderr = torchrun([str(Path(__file__).with_name("lost_rank.py"))], argv,
                                      {"LOST_RANK": "1", "LOST_AT": "12"})
     assert code != 0 and stdout == ""
     errors = [line for line in stderr.splitlines() if line.startswith("targetprop train: error:")]
@@ -140,7 +93,7 @@ def test_a_lost_process_fails_the_run_naming_it_and_the_same_command_continues(t
     assert summary["status"] == "failed" and summary["lost_ranks"] == [1] and summary["iterations"] == 12
     assert summary["message"] == errors[0].removeprefix("targetprop train: error: ")
     assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [5, 10]
-    code, stdout, stderr = _torchrun(["-m", "targetprop"], argv, {})
+    code, stdout, stderr = torchrun(["-m", "targetprop"], argv, {})
     assert code == 0, stderr
     assert stdout.splitlines()[0] == (f"continuing the unfinished run in {out} from its checkpoint of iteration 10 "
                                       f"(--overwrite starts it over)")

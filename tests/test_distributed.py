@@ -1,25 +1,13 @@
 """DistributedDataParallel on CPU (gloo over loopback): because TP writes its direction into
 ``.grad``, DDP's all-reduce (a mean over ranks) gives the same update as one process on the
 whole batch. Two spawned processes against one, bounded in time."""
-import datetime
-import os
-import socket
-import time
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from processes import max_rel_diff, spawn
 from targetprop import TPRNN, orthogonal_init_
 
 STEPS, B, T, D, P = 5, 8, 12, 3, 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(rule):
@@ -54,35 +42,21 @@ class _Net(torch.nn.Module):
         return self.inner["head"](self.inner["rnn"](x)[1][0])
 
 
-def _worker(rank, world, port, rule, path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
-        xs, ys = _data()
-        shard = slice(rank * B // world, (rank + 1) * B // world)  # disjoint shards of every batch
-        model = _model(rule)
-        params = _train(model, xs[:, shard], ys[:, shard], wrap=torch.nn.parallel.DistributedDataParallel)
-        if rank == 0:
-            torch.save(params, path)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, rule, path):
+    xs, ys = _data()
+    shard = slice(rank * B // world, (rank + 1) * B // world)  # disjoint shards of every batch
+    params = _train(_model(rule), xs[:, shard], ys[:, shard], wrap=torch.nn.parallel.DistributedDataParallel)
+    if rank == 0:
+        torch.save(params, path)
 
 
 @pytest.mark.parametrize("rule", ["linearized", "bp"])
 def test_ddp_two_processes_equal_one_process(rule, tmp_path):
     path = str(tmp_path / "ddp.pt")
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), rule, path), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 150
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("the two DDP processes did not finish within 150 s")
-    ddp = torch.load(path)
+    spawn(_worker, rule, path)
     xs, ys = _data()
     single = _train(_model(rule), xs, ys, wrap=lambda net: net)
-    worst = max(((ddp[k] - single[k]).abs().max() / single[k].abs().max().clamp_min(1e-30)).item() for k in single)
+    worst = max_rel_diff(torch.load(path), single)
     print(f"DDP ({rule}): max relative parameter difference, 2 processes vs 1: {worst:.2e}")
     assert worst < 1e-12, worst
     moved = (single["rnn.weight_hh_l0"] - _model(rule).state_dict()["rnn.weight_hh_l0"]).abs().max()
