@@ -165,3 +165,11 @@ def test_learned_rule_is_refused_for_stacks():
     layer = TPRNN(d, p, bidirectional=True)
     with pytest.raises(ValueError, match="rule='learned' needs num_layers=1"):
         layer.rule = "learned"
+
+
+def test_diagnose_refuses_a_stack_clearly():
+    from targetprop.diagnose import diagnose
+
+    model = torch.nn.ModuleDict({"rnn": TPRNN(d, p, 2)})
+    with pytest.raises(ValueError, match="diagnose needs a one-layer, one-direction TP layer; 'rnn' has num_layers=2"):
+        diagnose(model, torch.randn(T, B, d), None, None, ["linearized"])

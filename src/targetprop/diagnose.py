@@ -27,7 +27,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from . import engine, rules
@@ -101,6 +100,10 @@ def _cosine(a: Tensor, b: Tensor) -> float:
 def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[str], layer: str = "rnn") -> dict:
     """The diagnostics of the module docstring for ``model`` (whose TP layer is the submodule
     ``layer``) on the batch ``(x, y)`` with ``loss_fn(model(x), y)``; ``model`` is not changed."""
+    target = dict(model.named_modules()).get(layer)
+    if target is not None and (getattr(target, "num_layers", 1) != 1 or getattr(target, "bidirectional", False)):
+        raise ValueError(f"diagnose needs a one-layer, one-direction TP layer; {layer!r} has "
+                         f"num_layers={target.num_layers}, bidirectional={target.bidirectional}")
     names = list(dict.fromkeys([*rule_names, "bp"]))
     runs = {name: _run(model, layer, x, y, loss_fn, name) for name in names}
     bp_grads = runs["bp"][0]

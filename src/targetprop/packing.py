@@ -71,7 +71,7 @@ class Steps:
     def last(self, out: Tensor) -> Tensor:
         """Each sequence's last valid state (B, p) of ``out`` (T, B, p)."""
         if self.lengths is None:
-            return out[-1].clone()
+            return out[-1]
         idx = (self.lengths - 1).view(1, -1, 1).expand(1, *out.shape[1:])
         return out.gather(0, idx).squeeze(0)
 

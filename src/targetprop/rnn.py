@@ -99,7 +99,6 @@ class _TPRecurrent(nn.Module):
         super().__init__()
         #: the backward's scratch buffers, kept between calls (not saved, not copied; ``.clear()`` frees them)
         self.workspace = Workspace()
-        name = type(self).__name__
         self.input_size = _size_arg("input_size", input_size)
         self.hidden_size = _size_arg("hidden_size", hidden_size)
         self.num_layers = _size_arg("num_layers", num_layers)
