@@ -119,3 +119,16 @@ def test_learned_rule_takes_padded_tensors_only():
     packed = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
     with pytest.raises(ValueError, match="rule='learned' takes padded tensors only"):
         TPRNN(3, 5, rule="learned")(packed)
+
+
+def test_packed_input_under_autocast_runs_in_the_layers_dtype():
+    """As for a tensor input: under torch.autocast the layer computes in its parameters' dtype."""
+    torch.manual_seed(3)
+    m = TPRNN(d, p, 2, bidirectional=True)
+    theirs = torch.nn.RNN(d, p, 2, bidirectional=True)
+    theirs.load_state_dict(m.state_dict())
+    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(n, d) for n in (4, 6, 2)], enforce_sorted=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = m(packed)
+    assert out.data.dtype == torch.float32 and h_n.dtype == torch.float32
+    torch.testing.assert_close(out.data, theirs(packed)[0].data, rtol=1e-5, atol=1e-6)

@@ -32,7 +32,8 @@ class Packing:
         order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(B)
         order = order.cpu()
         steps = torch.repeat_interleave(torch.arange(T), sizes)
-        rows = torch.cat([order[:int(n)] for n in sizes])
+        first = torch.cumsum(sizes, 0) - sizes  # the packed row where each step starts
+        rows = order[torch.arange(len(steps)) - first[steps]]  # row j of a step is sequence order[j]
         lengths = torch.zeros(B, dtype=torch.int64).index_add_(0, rows, torch.ones_like(rows))
         device = packed.data.device
         return cls(steps.to(device), rows.to(device), lengths, packed)

@@ -199,11 +199,12 @@ class _TPRecurrent(nn.Module):
                         self.through_time, self.backend, self._inverse(), self.workspace)
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
-        if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        data = input.data if isinstance(input, PackedSequence) else input
+        if isinstance(data, Tensor) and torch.is_autocast_enabled(data.device.type):
             # Under autocast the layer runs in its parameters' dtype (float32 for a float32 layer),
             # like the ops autocast keeps in full precision; its outputs come in that dtype.
             dtype = self.weight_hh_l0.dtype
-            with torch.autocast(input.device.type, enabled=False):
+            with torch.autocast(data.device.type, enabled=False):
                 return self.forward(input.to(dtype), hx.to(dtype) if isinstance(hx, Tensor) else hx)
         x, h0, batched, packing = check_input(self, input, hx)
         directions = 2 if self.bidirectional else 1
