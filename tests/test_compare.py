@@ -5,7 +5,8 @@ import pytest
 from helpers import cli_fails as fails
 
 from targetprop.cli import main
-from targetprop.experiments.commands import builtin_configs, load_comparison, method_configs
+from targetprop.experiments import reports, specs
+from targetprop.training import trainer
 from targetprop.training.rundir import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",
@@ -47,7 +48,7 @@ def test_compare_runs_methods_prints_table_and_plots(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("tiny\n")
     assert ("| method | settings | status | iterations | final test accuracy | best (at iteration) "
-            "| iterations to 100% | wall time |") in printed
+            "| iterations to 100% | loss AUC | train time | wall time | threads |") in printed
     rows = [line for line in printed.splitlines() if line.startswith("| tp ") or line.startswith("| bp ")]
     assert len(rows) == 2 and all("| completed | 20 |" in r for r in rows)
     assert "linearized γh=0.01 r=10, sgd lr=0.1" in rows[0] and "bp, sgd lr=0.01 nesterov=0.9" in rows[1]
@@ -99,9 +100,8 @@ def test_bad_comparison_file(edit, needles, tmp_path, capsys):
 
 
 def test_builtin_comparisons_are_valid():
-    assert {"demo", "temporal-order-60"} <= set(builtin_configs())
-    name, table = load_comparison("demo")
-    configs = method_configs(name, table)
+    assert {"demo", "temporal-order-60"} <= set(specs.comparison_names())
+    configs = specs.configs(specs.load_comparison("demo"))
     assert list(configs) == ["tp", "tp-through-time", "bp"]
     tp, tt, bp = configs.values()
     assert ((tp.rule, tp.lr, tp.target_step, tp.reg, tp.through_time, tp.optimizer)
@@ -110,7 +110,7 @@ def test_builtin_comparisons_are_valid():
     assert (bp.rule, bp.lr, bp.momentum, bp.nesterov) == ("bp", 1e-5, 0.9, True)
     assert all((c.task, c.length, c.hidden_size, c.seed) == ("temporal-order", 60, 100, 1) for c in configs.values())
     assert all(c.divergence_factor is None for c in configs.values())  # "none" in the file
-    full = method_configs("temporal-order-60", load_comparison("temporal-order-60")[1])
+    full = specs.configs(specs.load_comparison("temporal-order-60"))
     assert all(c.iterations == 40000 and c.stop_at_accuracy == 1.0 for c in full.values())
 
 
@@ -155,3 +155,56 @@ def test_plot_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+
+
+def test_compare_reuses_finished_runs_and_reruns_a_changed_one_only_with_overwrite(tmp_path, capsys, monkeypatch):
+    from targetprop.experiments import runner
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARISON)
+    built, real = [], runner.Trainer
+    monkeypatch.setattr(runner, "Trainer", lambda cfg, *a, **k: built.append(cfg.label) or real(cfg, *a, **k))
+    argv = ["compare", str(config), "--out", str(tmp_path / "runs"), "--quiet"]
+    runs = tmp_path / "runs"
+
+    def stamps():
+        return {m: (runs / m / "metrics.csv").stat().st_mtime_ns for m in ("tp", "bp")}
+
+    assert main(argv) == 0 and built == ["tp", "bp"]
+    first, before = capsys.readouterr().out, stamps()
+    assert main(argv) == 0 and built == ["tp", "bp"]  # no trainer built: nothing trained again
+    again = capsys.readouterr().out
+    assert stamps() == before
+    assert f"{runs / 'bp'} already holds this run, completed after 20 iterations" in again
+    assert again.split("| method |")[1] == first.split("| method |")[1]  # the same table, read from the runs
+    config.write_text(COMPARISON.replace("lr = 0.1", "lr = 0.2"))
+    fails(argv, capsys, f"{runs / 'tp'} holds a run with different settings (differs in lr: 0.1 → 0.2)", "--overwrite")
+    assert built == ["tp", "bp"] and stamps() == before
+    assert main([*argv, "--overwrite"]) == 0 and built == ["tp", "bp", "tp", "bp"]
+    assert json.loads((runs / "tp" / "config.json").read_text())["config"]["lr"] == 0.2
+
+
+def test_compare_table_and_reproduce_write_one_table(tmp_path, capsys):
+    """A panel is a comparison file with a figure and budgets: reproduce reuses compare's runs, and
+    the three commands' tables have the same result columns after their leading ones."""
+    (tmp_path / "tiny.toml").write_text(COMPARISON.replace('plot = "c.png"\n', ""))
+    panel = tmp_path / "panel" / "tiny.toml"
+    panel.parent.mkdir()
+    panel.write_text('figure = "fig3"\n' + COMPARISON.replace('plot = "c.png"\n', "") + "[budgets.full]\n[budgets.short]\n")
+    assert main(["compare", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "out" / "tiny"), "--quiet"]) == 0
+    compared = capsys.readouterr().out.splitlines()
+    assert main(["table", str(tmp_path / "out" / "tiny")]) == 0
+    tabled = capsys.readouterr().out.splitlines()
+    assert main(["reproduce", "fig3", "--panel", str(panel), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    reproduced = capsys.readouterr().out
+    assert "already holds this run" in reproduced and "completed after 20 iterations, test accuracy" not in reproduced
+    results = (tmp_path / "out" / "results.md").read_text().splitlines()
+    columns = " | ".join(reports.RESULT_COLUMNS) + " |"
+    header = next(line for line in compared if line.startswith("| method |"))
+    assert header == "| method | " + columns
+    assert tabled[0] == "| run | " + columns and results[0] == "| panel | budget | method | " + columns
+    compare_rows = [line for line in compared if line.startswith(("| tp |", "| bp |"))]
+    result_rows = results[2:]
+    assert len(compare_rows) == len(result_rows) == 2
+    for mine, theirs in zip(compare_rows, result_rows):  # the same runs, the same cells
+        assert theirs.endswith(mine.split(" | ", 1)[1]) and theirs.startswith("| tiny | short budget | ")

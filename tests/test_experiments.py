@@ -9,12 +9,11 @@ import signal
 import pytest
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
-from targetprop.experiments import pipeline as ex
-from targetprop.experiments import tuning
+from targetprop.experiments import pipeline, reports, runner, specs, tuning
 from targetprop.cli import main
 from targetprop.training.trainer import Trainer
 
-PANELS = ex.panel_names()
+PANELS = specs.panel_names()
 # The paper's iteration budgets, per panel.
 FULL_ITERATIONS = {"fig3-temporal-order-60": 40000, "fig3-temporal-order-120": 48000, "fig3-adding-30": 24000,
                    "fig4-mnist": 40000, "fig4-permuted-mnist": 40000, "fig4-cifar10": 8000,
@@ -26,23 +25,23 @@ TINY_IMAGES = {"iterations": 2, "eval_every": 1, "batch_size": 2, "test_size": 2
 
 def test_every_figure_has_panels_and_every_panel_file_is_listed():
     assert set(PANELS) == set(FULL_ITERATIONS)
-    assert {ex.load_panel(p)["figure"] for p in PANELS} == set(ex.FIGURES)
-    assert ex.panels_of("fig3") == ["fig3-adding-30", "fig3-temporal-order-120", "fig3-temporal-order-60"]
+    assert {specs.load_panel(p)["figure"] for p in PANELS} == set(specs.FIGURES)
+    assert specs.panels_of("fig3") == ["fig3-adding-30", "fig3-temporal-order-120", "fig3-temporal-order-60"]
 
 
 @pytest.mark.parametrize("name", PANELS)
 def test_panel_parses_into_valid_configs_for_both_budgets(name):
-    panel = ex.load_panel(name)
-    full, short = ex.panel_configs(panel, "full"), ex.panel_configs(panel, "short")
+    panel = specs.load_panel(name)
+    full, short = specs.configs(panel, "full"), specs.configs(panel, "short")
     assert list(full) == list(short) == list(panel["methods"])
     assert {c.iterations for c in full.values()} == {FULL_ITERATIONS[name]}
     assert all(s.iterations < f.iterations for s, f in zip(short.values(), full.values()))
     assert all(c.divergence_factor is None for c in full.values())  # only NaN/inf stop a run
 
 
-@pytest.mark.parametrize("name", [p for p in PANELS if ex.load_panel(p).get("kind") == "curves"])
+@pytest.mark.parametrize("name", [p for p in PANELS if specs.load_panel(p).get("kind") == "curves"])
 def test_curves_panel_runs_bp_tuned_bp_and_the_tp_variants(name):
-    configs = ex.panel_configs(ex.load_panel(name), "full")
+    configs = specs.configs(specs.load_panel(name), "full")
     assert configs["bp"].rule == "bp" and configs["bp-tuned"].rule == "bp"
     tp = configs.get("tp") or configs["tp-linearized"]
     assert (tp.rule, tp.through_time, tp.optimizer) == ("linearized", False, "sgd")
@@ -50,32 +49,32 @@ def test_curves_panel_runs_bp_tuned_bp_and_the_tp_variants(name):
     assert any(c.through_time for c in configs.values())  # the authors' variant, for both cells
 
 
-def test_authors_settings_are_those_of_design_section_5():
-    t60 = ex.panel_configs(ex.load_panel("fig3-temporal-order-60"), "full")
+def test_authors_settings_are_those_of_the_results_doc():
+    t60 = specs.configs(specs.load_panel("fig3-temporal-order-60"), "full")
     assert (t60["tp"].lr, t60["tp"].target_step, t60["tp"].reg) == (0.1, 0.01, 10.0)
     assert (t60["bp"].lr, t60["bp"].momentum, t60["bp"].nesterov) == (1e-5, 0.9, True)
-    adding = ex.panel_configs(ex.load_panel("fig3-adding-30"), "full")
+    adding = specs.configs(specs.load_panel("fig3-adding-30"), "full")
     assert (adding["tp"].lr, adding["tp"].target_step, adding["tp"].reg, adding["bp"].lr) == (0.1, 0.1, 1.0, 1e-3)
-    gru = ex.panel_configs(ex.load_panel("fig4-fashion-mnist-gru"), "full")
+    gru = specs.configs(specs.load_panel("fig4-fashion-mnist-gru"), "full")
     assert (gru["tp"].cell, gru["tp"].target_step, gru["bp"].lr, gru["bp"].momentum) == ("gru", 1e-2, 1e-2, 0.0)
 
 
 def test_budget_layers_merge_task_options_and_none():
-    panel = ex.load_panel("fig4-fashion-mnist-gru")
-    short = ex.panel_configs(panel, "short", {"task.k": 4})["tp"]
+    panel = specs.load_panel("fig4-fashion-mnist-gru")
+    short = specs.configs(panel, "short", {"task.k": 4})["tp"]
     assert short.task_options == {"train_eval_size": 200, "k": 4} and short.test_size == 200
     with pytest.raises(ValueError, match="unknown setting 'nope'"):
-        ex.set_value({}, "nope", 1)
+        specs.set_value({}, "nope", 1)
 
 
 def test_bad_panel_is_refused_naming_the_problem(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('figure = "fig9"\n[methods.a]\nrule = "bp"\n')
     with pytest.raises(ValueError, match="figure must be one of"):
-        ex.load_panel(str(bad))
+        specs.load_panel(str(bad))
     bad.write_text('figure = "fig3"\n[budgets.full]\n[methods.a]\nrule = "bp"\n')
     with pytest.raises(ValueError, match=r"needs \[budgets.short\]"):
-        ex.load_panel(str(bad))
+        specs.load_panel(str(bad))
 
 
 # ---------------------------------------------------------------------------- short budgets, end to end
@@ -92,7 +91,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_overrides(name: str) -> dict:
-    panel = ex.load_panel(name)
+    panel = specs.load_panel(name)
     if panel["common"]["task"] in ("temporal-order", "adding"):
         return TINY_SYNTHETIC
     return {**TINY_IMAGES, **({"task.k": 768} if "cifar" in name else {} if panel["kind"] == "grid" else {"task.k": 196})}
@@ -100,26 +99,26 @@ def tiny_overrides(name: str) -> dict:
 
 @pytest.mark.parametrize("name", PANELS)
 def test_short_budget_runs_end_to_end_and_draws_its_png(name, data_dir, tmp_path):
-    png = ex.reproduce_panel(name, "short", tmp_path, data_dir=data_dir, overrides=tiny_overrides(name))
+    png = pipeline.reproduce_panel(name, "short", tmp_path, data_dir=data_dir, overrides=tiny_overrides(name))
     assert png == tmp_path / name / f"{name}.png" and png.stat().st_size > 10_000
     table = (tmp_path / "results.md").read_text().splitlines()
-    panel = ex.load_panel(name)
+    panel = specs.load_panel(name)
     if panel["kind"] == "curves":
         assert len(table) == 2 + len(panel["methods"])
         summaries = [json.loads((tmp_path / name / m / "summary.json").read_text()) for m in panel["methods"]]
         assert [s["iterations"] for s in summaries] == [tiny_overrides(name)["iterations"]] * len(summaries)
     else:
-        grid = ex.panel_grid(panel, "short")
+        grid = specs.grid_of(panel, "short")
         assert len(table) == 2 + len(panel["methods"]) * len(grid["x_values"]) * len(grid["y_values"])
-    label = ex.budget_label("short", tiny_overrides(name))  # the reduction is named in the table
+    label = reports.budget_label("short", tiny_overrides(name))  # the reduction is named in the table
     assert label.startswith("short budget, iterations=") and all(f"| {name} | {label} |" in row for row in table[2:])
 
 
 def test_budget_labels_name_what_was_changed():
-    assert ex.budget_label("full", None) == "full"
-    assert ex.budget_label("full", {"task.data_dir": "/d"}) == "full"
-    assert ex.budget_label("full", {"iterations": 10000}) == "full budget, iterations=10000"
-    assert ex.budget_label("short", {}) == "short budget"
+    assert reports.budget_label("full", None) == "full"
+    assert reports.budget_label("full", {"task.data_dir": "/d"}) == "full"
+    assert reports.budget_label("full", {"iterations": 10000}) == "full budget, iterations=10000"
+    assert reports.budget_label("short", {}) == "short budget"
 
 
 def test_reproduce_skips_panels_whose_data_is_missing(tmp_path, monkeypatch, capsys):
@@ -147,7 +146,7 @@ def test_method_option_runs_only_the_named_methods_and_plots_what_is_there(tmp_p
     stamp = (out / "tp" / "metrics.csv").stat().st_mtime_ns
     assert main(args) == 0  # the rest of the panel; the finished runs are reused
     assert (out / "tp" / "metrics.csv").stat().st_mtime_ns == stamp
-    assert {p.name for p in out.iterdir() if p.is_dir()} == set(ex.load_panel("fig3-adding-30")["methods"])
+    assert {p.name for p in out.iterdir() if p.is_dir()} == set(specs.load_panel("fig3-adding-30")["methods"])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -168,9 +167,9 @@ def test_method_option_needs_no_panel_for_a_one_panel_figure(tmp_path):
 
 def test_rerun_reuses_finished_runs_with_the_same_settings(tmp_path):
     overrides = TINY_SYNTHETIC
-    ex.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
+    pipeline.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
     stamp = (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns
-    ex.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
+    pipeline.reproduce_panel("fig3-adding-30", "short", tmp_path, overrides=overrides)
     assert (tmp_path / "fig3-adding-30" / "tp" / "metrics.csv").stat().st_mtime_ns == stamp
 
 
@@ -223,19 +222,19 @@ def fake_run(folder, losses, status="completed", every=10):
 
 
 def test_loss_auc_is_the_trapezoid_and_diverged_runs_have_none(tmp_path):
-    assert ex.loss_auc(fake_run(tmp_path / "a", [2.0, 1.0, 0.0])) == pytest.approx(10 * 1.5 + 10 * 0.5)
-    assert ex.loss_auc(fake_run(tmp_path / "b", [2.0, 1.0], status="diverged")) == math.inf
-    assert ex.loss_auc(fake_run(tmp_path / "c", [2.0, float("nan")])) == math.inf
+    assert reports.loss_auc(fake_run(tmp_path / "a", [2.0, 1.0, 0.0])) == pytest.approx(10 * 1.5 + 10 * 0.5)
+    assert reports.loss_auc(fake_run(tmp_path / "b", [2.0, 1.0], status="diverged")) == math.inf
+    assert reports.loss_auc(fake_run(tmp_path / "c", [2.0, float("nan")])) == math.inf
 
 
 def test_selection_is_the_smallest_area_not_the_lowest_final_loss(tmp_path):
     # "fast" drops early and stays at 0.5; "late" ends lower (0.1) but has the larger area.
-    fast = ex.loss_auc(fake_run(tmp_path / "fast", [2.0, 0.5, 0.5, 0.5, 0.5]))
-    late = ex.loss_auc(fake_run(tmp_path / "late", [2.0, 2.0, 2.0, 2.0, 0.1]))
-    gone = ex.loss_auc(fake_run(tmp_path / "gone", [2.0, 0.0], status="diverged"))
+    fast = reports.loss_auc(fake_run(tmp_path / "fast", [2.0, 0.5, 0.5, 0.5, 0.5]))
+    late = reports.loss_auc(fake_run(tmp_path / "late", [2.0, 2.0, 2.0, 2.0, 0.1]))
+    gone = reports.loss_auc(fake_run(tmp_path / "gone", [2.0, 0.0], status="diverged"))
     assert (fast, late) == (pytest.approx(27.5), pytest.approx(70.5))
-    assert ex.best_by_auc({"fast": fast, "late": late, "gone": gone}) == "fast"
-    assert ex.best_by_auc({"gone": gone}) is None
+    assert reports.best_by_auc({"fast": fast, "late": late, "gone": gone}) == "fast"
+    assert reports.best_by_auc({"gone": gone}) is None
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -256,7 +255,7 @@ def test_tune_command_runs_a_two_axis_grid_and_writes_the_smallest_area(tmp_path
                  "--grid", "lr=1e-3:1e-1", "--grid", "reg=0.1,10", "--out", str(out), "--quiet"])
     assert code == 0
     best = json.loads((out / "best.json").read_text())
-    aucs = {(x, y): ex.loss_auc(out / f"lr={x},reg={y}") for x in (1e-3, 1e-2, 1e-1) for y in (0.1, 10)}
+    aucs = {(x, y): reports.loss_auc(out / f"lr={x},reg={y}") for x in (1e-3, 1e-2, 1e-1) for y in (0.1, 10)}
     assert (best["lr"], best["reg"]) == min(aucs, key=aucs.get)
     assert best["auc"] == pytest.approx(min(aucs.values()))
     assert (out / "heatmap.png").stat().st_size > 10_000
@@ -269,21 +268,17 @@ def test_tune_refuses_three_axes_and_unknown_settings(capsys):
         main(["tune", "--grid", "lr=1,2", "--grid", "nope=1,2"])
     assert "unknown setting 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="one or two"):
-        tuning.tune({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
+        tuning.plan({}, [("lr", [1]), ("reg", [1]), ("seed", [1])], None)
 
 
 def test_panel_files_are_not_offered_as_comparisons():
-    from targetprop.experiments.commands import builtin_configs
-
-    names = builtin_configs()
+    names = specs.comparison_names()
     assert "demo" in names and "temporal-order-60" in names
     assert not any(n.startswith("fig") or n == "linearized-vs-difference" for n in names)
 
 
 def test_tune_heat_map_title_leaves_out_the_swept_settings():
-    from targetprop.experiments.tuning import _tune_title
-
-    title = _tune_title({"task": "temporal-order", "rule": "linearized", "lr": 0.1, "reg": 10.0,
+    title = tuning.tune_title({"task": "temporal-order", "rule": "linearized", "lr": 0.1, "reg": 10.0,
                          "target_step": 0.01, "iterations": 500}, ["lr", "reg"])
     assert "γh=0.01" in title and "r=10" not in title and "lr=0.1" not in title
     assert title.endswith("500 iterations; grid: lr × reg (blank: diverged)")

@@ -1,51 +1,88 @@
-"""The ``compare``, ``plot`` and ``table`` commands: a comparison file's methods run one after
-another, and tables and curves of finished runs.
+"""The experiment commands of ``targetprop``: ``compare``, ``plot``, ``table``, ``reproduce`` and ``tune``.
 
-A comparison file (``targetprop compare FILE.toml``, or the name of a built-in one in
-``targetprop/configs``)::
+This module owns their argument parsing, turning a user's bad input into a one-line error (exit
+code 2, through the parser's ``error``), and what they print: it shows the experiments' log
+(run reused, continued, finished; panel skipped) on stdout while a command runs. The files they
+read are :mod:`~targetprop.experiments.specs`' (comparison files and panels share one format);
+running is :mod:`~targetprop.experiments.pipeline`'s and :mod:`~targetprop.experiments.runner`'s,
+tables :mod:`~targetprop.experiments.reports`', pictures :mod:`~targetprop.experiments.plotting`'s.
 
-    description = "what this compares"      # optional, printed first
-    out = "runs/demo"                        # optional: one run per method in OUT/METHOD
-    plot = "curves.png"                      # optional: draw all runs into OUT/curves.png
-    [common]                                 # settings shared by every method
-    task = "temporal-order"
-    length = 60
-    [methods.tp]                             # one table per method, run in this order
-    rule = "linearized"
-    lr = 0.1
-
-Settings are the fields of :class:`targetprop.training.config.TrainConfig`.
+Exit codes: 0 done (runs that diverged or failed are listed), 1 nothing could be done
+(``reproduce``: no panel's data; ``tune``: every run diverged or failed), 2 bad input,
+128 + the signal when a run was interrupted (130 SIGINT, 143 SIGTERM; the same command continues).
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
+import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
+from ..argtypes import key_value, positive_int
+from ..training import distributed, rundir, threads
+from . import pipeline, reports, specs, tuning
+from .runner import RunRefused, Stopped, task_for
 
-from ..argtypes import positive_int
-from ..training import distributed, threads
-from ..training.rundir import read_run_options
-from ..training.trainer import Trainer, TrainConfig, check_run_dir, read_metrics, read_run_config
-
-COMPARE_KEYS = ("description", "out", "plot", "common", "methods")
-EXIT_INTERRUPTED = 130
+EXIT_INCOMPLETE = 1
+REUSE_HELP = ("The same command reuses finished runs in OUT that have the same settings (nothing is trained "
+              "again) and continues unfinished ones from their newest checkpoint; a run with other settings "
+              "is refused unless --overwrite.")
+EXIT_HELP = ("exit codes: 0 done (runs that diverged or failed are listed), 1 nothing could be done (reproduce: "
+             "no panel's data; tune: every run diverged or failed), 2 bad input, 130/143 interrupted by "
+             "SIGINT/SIGTERM (the same command continues). " + REUSE_HELP)
+summary_line = reports.summary_line  # the command line's train prints the same line
 
 
 def add_commands(sub) -> None:
+    """Add ``compare``, ``plot`` and ``table`` to the ``targetprop`` parser's sub-parsers ``sub``."""
     _add_compare(sub)
     _add_plot(sub)
     _add_table(sub)
 
 
+def add_experiment_commands(sub) -> None:
+    """Add ``reproduce`` and ``tune`` to the ``targetprop`` parser's sub-parsers ``sub``."""
+    _add_reproduce(sub)
+    _add_tune(sub)
+
+
+class _Echo(logging.Handler):
+    """Prints the experiments' log records to the current ``sys.stdout`` (the commands' output)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+@contextlib.contextmanager
+def _echo_log():
+    """Show ``targetprop.experiments``'s INFO records on stdout for the duration of a command."""
+    logger, handler = logging.getLogger("targetprop.experiments"), _Echo()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
+
+
+def _common_options(p, out_help: str, overwrite_help: str) -> None:
+    p.add_argument("--out", type=Path, help=out_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=positive_int, help=threads.HELP)
+    p.epilog = EXIT_HELP
+
+
+def _interrupted(parser, err: Stopped) -> int:
+    print(f"{parser.prog}: {err}", file=sys.stderr)
+    return err.code
 
 
 # ---------------------------------------------------------------------------- compare
@@ -54,167 +91,56 @@ def _progress(args) -> bool:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="run several methods on one task and print a table",
                        description="Run the methods of a comparison file one after another, print a table "
-                                   "(final accuracy, iterations to 100%, wall time) and optionally plot.",
-                       epilog=f"Built-in comparisons: {', '.join(builtin_configs())}.")
-    p.add_argument("config", metavar="CONFIG", help="a .toml file, or the name of a built-in comparison")
-    p.add_argument("--out", type=Path, help="directory of the runs (default: the file's `out`, else runs/NAME)")
+                                   "(final accuracy, iterations to 100%%, area under the loss, times) and "
+                                   "optionally plot. Finished runs with the same settings are reused.")
+    p.add_argument("config", metavar="CONFIG", help="a .toml file, or the name of a built-in comparison "
+                                                    f"({', '.join(specs.comparison_names())})")
     p.add_argument("--plot", type=Path, metavar="PNG",
                    help="draw the curves there (default: the file's `plot`, inside the output directory)")
     p.add_argument("--iterations", type=positive_int, help="override every method's iterations")
-    p.add_argument("--overwrite", action="store_true", help="replace runs with different settings")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=positive_int, help=threads.HELP)
+    _common_options(p, "directory of the runs (default: the file's `out`, else runs/NAME)",
+                    "replace runs with different settings, and run finished ones again")
     p.set_defaults(handler=_compare, subparser=p)
-
-
-def builtin_configs() -> list[str]:
-    """Names of the comparison files shipped in ``targetprop/configs`` (figure panels, which
-    ``targetprop reproduce`` runs, have a ``figure`` key and are not comparisons)."""
-    folder = resources.files("targetprop") / "configs"
-    return sorted(f.name[:-5] for f in folder.iterdir()
-                  if f.name.endswith(".toml") and "figure" not in tomllib.loads(f.read_text(encoding="utf-8")))
-
-
-def load_comparison(spec: str) -> tuple[str, dict]:
-    """``(name, table)`` of a comparison file given by path or built-in name; ValueError if bad."""
-    path = Path(spec)
-    if path.is_file():
-        name, text = path.stem, path.read_text(encoding="utf-8")
-    elif spec in builtin_configs():
-        name, text = spec, (resources.files("targetprop") / "configs" / f"{spec}.toml").read_text(encoding="utf-8")
-    else:
-        raise ValueError(f"no comparison file {spec!r} (not a file, nor a built-in: {', '.join(builtin_configs())})")
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{spec}: not valid TOML: {err}") from None
-    unknown = sorted(set(table) - set(COMPARE_KEYS))
-    if unknown:
-        raise ValueError(f"{spec}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(COMPARE_KEYS)})")
-    if not isinstance(table.get("methods"), dict) or not table["methods"]:
-        raise ValueError(f"{spec}: needs at least one [methods.NAME] table")
-    return name, table
-
-
-def method_configs(spec: str, table: dict, iterations: int | None = None) -> dict[str, TrainConfig]:
-    """One validated config per method: ``[common]`` updated by ``[methods.NAME]``."""
-    common = table.get("common", {})
-    if not isinstance(common, dict):
-        raise ValueError(f"{spec}: [common] must be a table")
-    configs = {}
-    for name, settings in table["methods"].items():
-        if not isinstance(settings, dict):
-            raise ValueError(f"{spec}: methods.{name} must be a table")
-        values = {**common, **settings, **({"iterations": iterations} if iterations else {})}
-        values.setdefault("label", name)
-        try:
-            configs[name] = TrainConfig.from_dict(values)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{spec}: methods.{name}: {err}") from None
-    return configs
 
 
 def _compare(args, parser) -> int:
     if distributed.environment() is not None:
         parser.error("compare runs in one process; under torchrun, train one run at a time with train")
+    overrides = {"iterations": args.iterations} if args.iterations else {}
     try:
-        name, table = load_comparison(args.config)
-        configs = method_configs(args.config, table, args.iterations)
+        table = specs.load_comparison(args.config)
+        configs = specs.configs(table, None, overrides)
+        out = args.out or Path(table.get("out", Path("runs") / table["name"]))
+        planned = pipeline.plan(table, None, out, overrides=overrides, overwrite=args.overwrite)
+        missing = pipeline.missing_data(table, None, overrides)
+        if missing:
+            raise ValueError(f"data not available ({missing})")
     except ValueError as err:
         parser.error(str(err))
-    out = args.out or Path(table.get("out", Path("runs") / name))
-    trainers = {m: build_trainer(parser, dataclasses.asdict(c), where=f"methods.{m}: ") for m, c in configs.items()}
-    existing = {}
-    for method, trainer in trainers.items():
-        try:
-            existing[method] = check_run_dir(out / method, trainer.config, overwrite=args.overwrite)
-        except ValueError as err:
-            parser.error(str(err))
     if table.get("description"):
         print(table["description"])
-    summaries = {}
-    for method, trainer in trainers.items():
-        if existing[method] is not None and existing[method].state != "empty":
-            print(existing[method].describe(out / method), flush=True)
-        threads.apply(trainer.task, trainer.config)
-        summaries[method] = summary = trainer.run(out / method, overwrite=args.overwrite, progress=_progress(args))
-        print(summary_line(out / method, summary))
-        if summary["status"] == "interrupted":
-            break
-    text = comparison_table(summaries, trainers)
+    with _echo_log():
+        try:
+            outcome = pipeline.execute(planned, overwrite=args.overwrite, progress=_progress(args))
+        except Stopped as err:
+            return _interrupted(parser, err)
+        except RunRefused as err:
+            parser.error(str(err))
+    text = reports.results_table(["method"], [([name], run) for name, run in outcome.rows])
     print(text)
-    bad = [f"{m} ({s['status']})" for m, s in summaries.items() if s["status"] in ("diverged", "failed")]
+    bad = reports.not_completed(outcome.summaries.items())
     if bad:
-        print(f"not completed: {', '.join(bad)}")
+        print(bad)
     (out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     plot = args.plot or (out / table["plot"] if table.get("plot") else None)
     if plot:
-        from .plotting import plot_runs
-
-        print(f"curves: {plot_runs([out / m for m in summaries], plot, title=_title(trainers))}")
-    stopped = [t.stop_signal for m, t in trainers.items() if summaries.get(m, {}).get("status") == "interrupted"]
-    return (128 + stopped[0] if stopped[0] else EXIT_INTERRUPTED) if stopped else 0
-
-
-def comparison_table(summaries: dict[str, dict], trainers: dict[str, Trainer]) -> str:
-    """A Markdown table: one row per method."""
-    lines = ["| method | settings | status | iterations | final test accuracy | best (at iteration) "
-             "| iterations to 100% | wall time |",
-             "|---|---|---|---|---|---|---|---|"]
-    for method, s in summaries.items():
-        lines.append(f"| {method} | {trainers[method].config.method()} | {_outcome(s)} | {s['wall_time']:.1f} s |")
-    return "\n".join(lines)
+        first = next(iter(configs.values()))
+        title = table.get("title") or f"{first.task}, T={task_for(first).length}, seed {first.seed}"
+        print(f"curves: {pipeline.draw(table, None, out, outcome, plot, title=title, detailed=True)}")
+    return 0
 
 
-def _outcome(s: dict) -> str:
-    """The summary's status, iterations, final and best test accuracy and iterations to 100%, as table cells."""
-    if "best_test_accuracy" not in s:  # written by targetprop 0.1.0 before the best was recorded
-        best = "—"
-    else:
-        best = "n/a" if s["best_test_accuracy"] is None else f"{s['best_test_accuracy']:.1%} ({s['best_at']})"
-    reached = "not reached" if s["iteration_to_100"] is None else str(s["iteration_to_100"])
-    return f"{s['status']} | {s['iterations']} | {_percent(s['final_test_accuracy'])} | {best} | {reached}"
-
-
-def runs_table(paths) -> str:
-    """A Markdown table of finished (or stopped) runs: one row per run directory under ``paths``."""
-    from .plotting import find_runs
-
-    lines = ["| run | settings | status | iterations | final test accuracy | best (at iteration) "
-             "| iterations to 100% | train time | wall time | threads |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for run in find_runs(paths):
-        try:
-            settings = TrainConfig.from_dict(read_run_config(run)).method()
-            summary = run / "summary.json"
-            s = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else _partial_summary(run)
-            threads = (s.get("environment") or {}).get("threads") or read_run_options(run).get("threads", "?")
-            lines.append(f"| {run} | {settings} | {_outcome(s)} | {s['train_time']:.0f} s | {s['wall_time']:.0f} s "
-                         f"| {threads} |")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{run}: unreadable run files ({err})") from None
-    return "\n".join(lines)
-
-
-def _partial_summary(run: Path) -> dict:
-    """A summary-like dict from the metrics of a run that has no summary yet (running or killed)."""
-    m = read_metrics(run)
-    its, acc = [int(i) for i in m["iteration"]], m["test_accuracy"]
-    s = {"status": "no summary (running?)", "iterations": 0, "final_test_accuracy": None, "best_test_accuracy": None,
-         "best_at": None, "iteration_to_100": None, "train_time": 0.0, "wall_time": 0.0}
-    if its:
-        best = max(range(len(acc)), key=acc.__getitem__)
-        s.update(iterations=its[-1], final_test_accuracy=acc[-1], best_test_accuracy=acc[best], best_at=its[best],
-                 iteration_to_100=next((i for i, a in zip(its, acc) if a >= 1.0), None),
-                 train_time=m["time"][-1], wall_time=m["wall_time"][-1])
-    return s
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-# ---------------------------------------------------------------------------- plot
+# ---------------------------------------------------------------------------- plot, table
 
 
 def _add_plot(sub) -> None:
@@ -227,52 +153,145 @@ def _add_plot(sub) -> None:
     p.set_defaults(handler=_plot, subparser=p)
 
 
-def _add_table(sub) -> None:
-    p = sub.add_parser("table", help="print a Markdown table of runs (settings, status, accuracy, times)",
-                       description="One row per run: its settings, status, iterations, final and best test "
-                                   "accuracy, iterations to 100%%, training and wall time.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or directories of runs)")
-    p.set_defaults(handler=_table, subparser=p)
-
-
-def _table(args, parser) -> int:
-    try:
-        print(runs_table(args.runs))
-    except ValueError as err:
-        parser.error(str(err))
-    return 0
-
-
 def _plot(args, parser) -> int:
     from .plotting import plot_runs
 
     if args.output.suffix.lower() != ".png":
         parser.error(f"the output must be a .png file, got {args.output}")
     try:
-        print(plot_runs(args.runs, args.output, title=args.title))
+        runs = rundir.find_runs(args.runs)
     except ValueError as err:
+        parser.error(str(err))
+    print(plot_runs(runs, args.output, title=args.title))
+    return 0
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="print a Markdown table of runs (settings, status, accuracy, times)",
+                       description="One row per run: its settings, status, iterations, final and best test "
+                                   "accuracy, iterations to 100%%, area under the training loss, training "
+                                   "and wall time, threads.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or directories of runs)")
+    p.set_defaults(handler=_table, subparser=p)
+
+
+def _table(args, parser) -> int:
+    try:
+        print(reports.results_table(["run"], [([run], run) for run in rundir.find_runs(args.runs)]))
+    except ValueError as err:  # not a run, or a run's files unreadable
         parser.error(str(err))
     return 0
 
 
-def build_trainer(parser, values: dict, where: str = "") -> Trainer:
-    """A validated trainer, or a one-line error (exit code 2) naming what is wrong."""
+# ---------------------------------------------------------------------------- reproduce
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="run a figure of the paper (its panels' methods), plot it, tabulate it",
+                       description="Run every panel of a figure (files in targetprop/configs), draw a PNG per "
+                                   "panel, append to OUT/results.md. Panels whose data is missing are skipped.")
+    p.add_argument("figure", choices=specs.FIGURES)
+    p.add_argument("--panel", help="run only this panel (a built-in name or a panel file)")
+    p.add_argument("--method", action="append", default=[], metavar="NAME",
+                   help="run only this method of the panel (needs --panel where the figure has several; "
+                        "repeatable; runs in the order given; the plot shows every method already run in OUT)")
+    p.add_argument("--budget", choices=specs.BUDGETS, default="short",
+                   help="full: the paper's; short: minutes (default)")
+    p.add_argument("--data-dir", help="image tasks: folder of the data files (default: $TARGETPROP_DATA)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], type=key_value,
+                   help="override a setting of every method (e.g. iterations=100, task.k=4; none for off; "
+                        "repeatable)")
+    _common_options(p, "output folder (default runs/reproduce)",
+                    "replace runs in OUT that have other settings, and run finished ones again")
+    p.set_defaults(handler=_reproduce, subparser=p, out=None)
+
+
+def _reproduce(args, parser) -> int:
+    out = args.out or Path("runs/reproduce")
+    overrides = dict(args.set)
     try:
-        return Trainer(TrainConfig.from_dict(values))
-    except (ValueError, TypeError, OSError) as err:
-        parser.error(f"{where}{err}")
+        names = [args.panel] if args.panel else specs.panels_of(args.figure)
+        for name in names:
+            if specs.load_panel(name)["figure"] != args.figure:
+                raise ValueError(f"panel {name!r} is not part of {args.figure}")
+        if args.method:
+            if len(names) != 1:
+                raise ValueError(f"--method needs --panel ({args.figure} has {len(names)} panels)")
+            specs.check_methods(specs.load_panel(names[0]), args.method)
+    except ValueError as err:
+        parser.error(str(err))
+    with _echo_log():
+        try:  # every panel's folders checked before any run
+            plans = [pipeline.plan_panel(name, args.budget, out, data_dir=args.data_dir, overrides=overrides,
+                                         methods=args.method, overwrite=args.overwrite) for name in names]
+        except ValueError as err:
+            parser.error(str(err))
+        try:
+            for planned in filter(None, plans):
+                pipeline.reproduce(planned, out / "results.md", overwrite=args.overwrite, progress=_progress(args))
+        except Stopped as err:
+            return _interrupted(parser, err)
+        except RunRefused as err:
+            parser.error(str(err))
+    print(f"results: {out / 'results.md'}")
+    return 0 if any(plans) else EXIT_INCOMPLETE
 
 
-def summary_line(out: Path, s: dict) -> str:
-    acc = _percent(s["final_test_accuracy"])
-    reached = ("100% not reached" if s["iteration_to_100"] is None
-               else f"100% first at iteration {s['iteration_to_100']}")
-    why = f" ({s['message']})" if s["message"] else ""
-    return (f"{s['label']}: {s['status']}{why} after {s['iterations']} iterations, test accuracy {acc}, "
-            f"{reached}, {s['wall_time']:.1f} s -> {out}")
+# ---------------------------------------------------------------------------- tune
 
 
-def _title(trainers: dict[str, Trainer]) -> str:
-    cfg = next(iter(trainers.values())).config
-    task = next(iter(trainers.values())).task
-    return f"{cfg.task}, T={task.length}, seed {cfg.seed}"
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="grid search over one or two settings, selected by area under the loss",
+                       description="Run a one- or two-axis grid over settings, print the table of areas under "
+                                   "the training-loss curve, write OUT/best.json (the selected settings), "
+                                   "OUT/tune.md and, for two axes, a heat map OUT/heatmap.png (Fig. 6a).")
+    p.add_argument("--panel", help="start from this panel's settings (default: the task defaults)")
+    p.add_argument("--method", help="the panel's method to start from (default: its first)")
+    p.add_argument("--budget", choices=specs.BUDGETS, default="short")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], type=key_value,
+                   help="a base setting (repeatable)")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=LO:HI[:N]|KEY=V1,V2,…",
+                   type=tuning.parse_axis,
+                   help="an axis: a log grid from LO to HI (one point per decade, or N points) or a list")
+    p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
+    _common_options(p, "output folder (default runs/tune)", "replace runs in OUT that have other settings")
+    p.set_defaults(handler=_tune, subparser=p)
+
+
+def _tune(args, parser) -> int:
+    from . import plotting
+
+    out = args.out or Path("runs/tune")
+    try:
+        base = {}
+        if args.panel:
+            panel = specs.load_panel(args.panel)
+            method = specs.check_methods(panel, [args.method] if args.method else [])[0]
+            base = specs.method_settings(panel, args.budget)[method]
+        for key, value in args.set:
+            base = specs.set_value(base, key, value)
+        for key, _ in args.grid:
+            specs.set_value({}, key, None)
+        grid, jobs = tuning.plan(base, args.grid, out, overwrite=args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
+    with _echo_log():
+        try:
+            cells, best = tuning.tune(grid, jobs, overwrite=args.overwrite, progress=_progress(args))
+        except Stopped as err:
+            return _interrupted(parser, err)
+        except RunRefused as err:
+            parser.error(str(err))
+    text = tuning.tune_table(grid, cells, best)
+    print(text)
+    print("best:", json.dumps(best) if best else "none (every run diverged)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.md").write_text(text + "\n", encoding="utf-8")
+    (out / "best.json").write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
+    if "y" in grid:
+        png = plotting.plot_heatmaps({"area under the training loss": reports.grid_matrix(cells, grid, "auc")},
+                                     grid["x_values"], grid["y_values"], out / "heatmap.png",
+                                     xlabel=grid["x"], ylabel=grid["y"], metric="auc",
+                                     title=args.title or tuning.tune_title(base, [key for key, _ in args.grid]))
+        print(f"heat map: {png}")
+    return 0 if best else EXIT_INCOMPLETE

@@ -1,6 +1,6 @@
 """Training curves of finished (or running) runs, as one PNG.
 
-This module owns reading run directories for plotting and drawing them: loss on the fixed
+This module owns drawing runs (read through :mod:`targetprop.training.rundir`): loss on the fixed
 training sample (log scale) and test accuracy, against iterations and against training time (seconds spent
 in training steps, evaluations excluded), one line per run, labelled by the run's settings.
 It draws on a ``matplotlib.figure.Figure`` with the Agg canvas, so it needs no display and
@@ -8,11 +8,12 @@ leaves pyplot's global state alone.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import diagnose
-from ..training.trainer import TrainConfig, read_metrics
+from ..training import rundir
+from ..training.config import TrainConfig
+from ..training.rundir import find_runs, read_metrics
 
 PANELS = (("iteration", "train_loss"), ("iteration", "test_accuracy"),
           ("time", "train_loss"), ("time", "test_accuracy"))
@@ -20,28 +21,12 @@ AXIS_LABELS = {"iteration": "iteration", "time": "training time (s)",
                "train_loss": "loss (fixed training sample)", "test_accuracy": "test accuracy"}
 
 
-def find_runs(paths) -> list[Path]:
-    """Run directories (holding ``metrics.csv``) among ``paths``; a directory of runs (e.g. the
-    output of ``targetprop compare``) stands for its runs. ValueError names a path holding none."""
-    runs = []
-    for path in map(Path, paths):
-        if (path / "metrics.csv").is_file():
-            runs.append(path)
-            continue
-        inner = sorted(p.parent for p in path.glob("*/metrics.csv")) if path.is_dir() else []
-        if not inner:
-            raise ValueError(f"{path} is not a run directory (no metrics.csv in it or in its subdirectories)")
-        runs.extend(inner)
-    return runs
-
-
 def run_label(run: Path) -> str:
     """``NAME: METHOD`` for the legend: the run's label (else its directory's name) and its
-    method from ``config.json`` (the name alone if that is unreadable)."""
+    method from its saved settings (the name alone if they are unreadable)."""
     try:
-        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(saved["config"])
-    except (OSError, ValueError, KeyError, TypeError):
+        config = TrainConfig.from_dict(rundir.read_config(run))
+    except ValueError:
         return run.name
     return f"{config.label or run.name}: {config.method()}"
 
@@ -81,7 +66,7 @@ def plot_diagnostics(runs, output: Path, *, title: str | None = None) -> Path | 
     """For the runs with a ``diagnostics.csv`` (``train --diagnose-every``): the W_hh direction's
     cosine with BP's gradient and the horizon (steps back to 10⁻⁶) against iterations, one line per
     run and rule, into ``output``; None when no run has diagnostics."""
-    found = {run: diagnose.read(run / "diagnostics.csv") for run in runs}
+    found = {run: diagnose.read(rundir.diagnostics_path(run)) for run in runs}
     found = {run: rows for run, rows in found.items() if rows}
     if not found:
         return None

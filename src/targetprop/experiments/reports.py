@@ -1,0 +1,146 @@
+"""What experiments say about their runs: Markdown tables, one-line summaries, budget labels.
+
+This module owns the one Markdown table writer (:func:`markdown_table`) and the one results row
+(:data:`RESULT_COLUMNS`, :func:`result_cells`) that ``compare``, ``table`` and ``reproduce``
+print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
+``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the area under
+a run's training-loss curve by which grids and ``tune`` select (:func:`loss_auc`, as the paper
+does for Fig. 6a). Runs are read through :mod:`targetprop.training.rundir`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..training import rundir
+from ..training.config import TrainConfig
+
+RESULT_COLUMNS = ("settings", "status", "iterations", "final test accuracy", "best (at iteration)",
+                  "iterations to 100%", "loss AUC", "train time", "wall time", "threads")
+NOT_RUN = "n/a"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A Markdown table: the header, its rule, one line per row (cells as given, ``str``-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(keys: Sequence[str], rows: Iterable[tuple[Sequence, Path | None]]) -> str:
+    """The results table: ``keys`` columns then :data:`RESULT_COLUMNS`; each row is its key
+    cells and a run folder (None: no run, e.g. a grid cell where every run diverged)."""
+    return markdown_table([*keys, *RESULT_COLUMNS], ([*key, *result_cells(run)] for key, run in rows))
+
+
+def append_results(path: Path, keys: Sequence[str], rows: list[tuple[Sequence, Path | None]]) -> None:
+    """Append ``rows`` to the results table in the Markdown file ``path``; a new file (or one
+    whose last table has other columns, written by an earlier version) gets the header first."""
+    text = results_table(keys, rows)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    lines = old.splitlines()
+    headers = [line for line, after in zip(lines, lines[1:]) if after.startswith("|---")]
+    same = bool(headers) and headers[-1] == text.split("\n", 1)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(("\n".join(text.split("\n")[2:]) if same else ("\n" if old else "") + text) + "\n")
+
+
+def result_cells(run: Path | None) -> list[str]:
+    """The :data:`RESULT_COLUMNS` cells of the run in ``run``: its settings, its summary (or, for
+    a run without one yet, what its metrics say), the area under its training loss and its threads.
+    A ValueError names a folder whose files cannot be read."""
+    if run is None:
+        return ["", "diverged", *[NOT_RUN] * (len(RESULT_COLUMNS) - 2)]
+    try:
+        settings = TrainConfig.from_dict(rundir.read_config(run)).method()
+        summary = rundir.read_summary(run) or _partial_summary(run)
+        threads = (summary.get("environment") or {}).get("threads") or rundir.read_options(run).get("threads", "?")
+        auc = loss_auc(run)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{run}: unreadable run files ({err})") from None
+    if "best_test_accuracy" not in summary:  # written by targetprop 0.1.0 before the best was recorded
+        best = "—"
+    else:
+        best = NOT_RUN if summary["best_test_accuracy"] is None else \
+            f"{summary['best_test_accuracy']:.1%} ({summary['best_at']})"
+    reached = "not reached" if summary["iteration_to_100"] is None else str(summary["iteration_to_100"])
+    return [settings, summary["status"], str(summary["iterations"]), percent(summary["final_test_accuracy"]), best,
+            reached, NOT_RUN if not math.isfinite(auc) else f"{auc:.4g}", f"{summary['train_time']:.0f} s",
+            f"{summary['wall_time']:.0f} s", str(threads)]
+
+
+def _partial_summary(run: Path) -> dict:
+    """A summary-like dict from the metrics of a run that has no summary yet (running or killed)."""
+    m = rundir.read_metrics(run)
+    its, acc = [int(i) for i in m["iteration"]], m["test_accuracy"]
+    s = {"status": "no summary (running?)", "iterations": 0, "final_test_accuracy": None, "best_test_accuracy": None,
+         "best_at": None, "iteration_to_100": None, "train_time": 0.0, "wall_time": 0.0}
+    if its:
+        best = max(range(len(acc)), key=acc.__getitem__)
+        s.update(iterations=its[-1], final_test_accuracy=acc[-1], best_test_accuracy=acc[best], best_at=its[best],
+                 iteration_to_100=next((i for i, a in zip(its, acc) if a >= 1.0), None),
+                 train_time=m["time"][-1], wall_time=m["wall_time"][-1])
+    return s
+
+
+def loss_auc(run: str | Path) -> float:
+    """Area under the training-loss curve (trapezoid over iterations) of a completed run; ``inf``
+    when it diverged, failed or is unfinished (so it is never selected) or has fewer than two points."""
+    summary = rundir.read_summary(run)
+    if summary is None or summary["status"] != "completed":
+        return math.inf
+    m = rundir.read_metrics(run)
+    xs, ys = m["iteration"], m["train_loss"]
+    if len(xs) < 2 or not all(math.isfinite(y) for y in ys):
+        return math.inf
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
+
+
+def best_by_auc(aucs: dict) -> object | None:
+    """The key of the smallest finite area, or None if every run diverged."""
+    finite = {k: v for k, v in aucs.items() if math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else None
+
+
+def percent(value: float | None) -> str:
+    return NOT_RUN if value is None else f"{value:.1%}"
+
+
+def summary_line(out: Path, s: dict) -> str:
+    """One line on a run's outcome: label, status (and why), iterations, test accuracy, when it
+    first reached 100%, wall time and its folder."""
+    reached = ("100% not reached" if s["iteration_to_100"] is None
+               else f"100% first at iteration {s['iteration_to_100']}")
+    why = f" ({s['message']})" if s.get("message") else ""
+    return (f"{s['label']}: {s['status']}{why} after {s['iterations']} iterations, test accuracy "
+            f"{percent(s['final_test_accuracy'])}, {reached}, {s['wall_time']:.1f} s -> {out}")
+
+
+def not_completed(rows: Iterable[tuple[str, dict | None]]) -> str:
+    """``not completed: NAME (diverged), …`` for the runs that diverged or failed ("" if none)."""
+    bad = [f"{name} ({s['status']})" for name, s in rows if s is not None and s["status"] in ("diverged", "failed")]
+    return f"not completed: {', '.join(bad)}" if bad else ""
+
+
+def budget_label(budget: str, overrides: dict | None) -> str:
+    """``short budget``, ``full budget``, with what ``--set`` changed: ``full budget, iterations=10000``
+    (plain ``full`` when nothing changed: the paper's budget)."""
+    changed = [f"{k}={v}" for k, v in (overrides or {}).items() if k != "task.data_dir"]
+    if budget == "full" and not changed:
+        return "full"
+    return ", ".join([f"{budget} budget", *changed])
+
+
+def grid_matrix(cells: dict, grid: dict, metric: str) -> list[list[float]]:
+    """Rows over y, columns over x, of ``metric`` (NaN where the cell diverged: blank in the plot)."""
+    rows = []
+    for y in grid.get("y_values") or [None]:
+        row = []
+        for x in grid["x_values"]:
+            c = cells[(x, y)]
+            value = c["auc"] if metric == "auc" else c["accuracy"]
+            row.append(math.nan if value is None or not math.isfinite(value) or c["run"] is None else value)
+        rows.append(row)
+    return rows
