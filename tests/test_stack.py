@@ -29,15 +29,16 @@ def _grads(module, x, hx, seed=1):
 CONFIGS = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True], [0.0, 0.5]))
 
 
-@pytest.mark.parametrize("cls,nn_cls", [(TPRNN, torch.nn.RNN), (TPGRU, torch.nn.GRU)], ids=["rnn", "gru"])
+@pytest.mark.parametrize("cls,nn_cls,extra", [(TPRNN, torch.nn.RNN, {}), (TPRNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+                                               (TPGRU, torch.nn.GRU, {})], ids=["rnn", "rnn-relu", "gru"])
 @pytest.mark.parametrize("layers,bidirectional,bias,batch_first,dropout", CONFIGS)
-def test_bp_stack_is_torch_nn_autograd(cls, nn_cls, layers, bidirectional, bias, batch_first, dropout):
+def test_bp_stack_is_torch_nn_autograd(cls, nn_cls, extra, layers, bidirectional, bias, batch_first, dropout):
     """Same weights, same seed (hence the same dropout mask, drawn as torch.nn draws it): the same
     outputs and gradients for x, every h0 and every parameter."""
     if dropout and layers == 1:
         pytest.skip("dropout acts between layers (one layer: tested in test_dropin.py)")
     torch.manual_seed(0)
-    kw = dict(bias=bias, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, dtype=D64)
+    kw = dict(bias=bias, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, dtype=D64, **extra)
     theirs = nn_cls(d, p, layers, **kw)
     ours = cls(d, p, layers, **kw, rule="bp")
     ours.load_state_dict(theirs.state_dict())
@@ -48,7 +49,7 @@ def test_bp_stack_is_torch_nn_autograd(cls, nn_cls, layers, bidirectional, bias,
         torch.manual_seed(7)
         results.append(_grads(m, x, hx))
     (o1, n1, x1, h1, g1, *_), (o2, n2, x2, h2, g2, *_) = results
-    where = f"{cls.__name__} L={layers} bi={bidirectional} bias={bias} bf={batch_first} dropout={dropout}"
+    where = f"{cls.__name__}{extra} L={layers} bi={bidirectional} bias={bias} bf={batch_first} dropout={dropout}"
     assert o1.shape == o2.shape and n1.shape == n2.shape
     for a, b, what in ((o1, o2, "output"), (n1, n2, "h_n"), (x1, x2, "x grad"), (h1, h2, "hx grad")):
         assert_rel(a, b, where=f"{where} {what}")
@@ -144,7 +145,7 @@ def test_dropout_mask_is_the_forwards_and_tp_inverts_it(cls, cell, act):
 
 
 @pytest.mark.parametrize("cls,nn_cls", [(TPRNN, torch.nn.RNN), (TPGRU, torch.nn.GRU)], ids=["rnn", "gru"])
-@pytest.mark.parametrize("layers,bidirectional,bias", [(2, True, True), (3, False, False), (1, True, False)])
+@pytest.mark.parametrize("layers,bidirectional,bias", list(itertools.product([1, 2, 3], [False, True], [True, False])))
 def test_state_dicts_load_both_ways(cls, nn_cls, layers, bidirectional, bias):
     theirs = nn_cls(d, p, layers, bias=bias, bidirectional=bidirectional)
     ours = cls(d, p, layers, bias=bias, bidirectional=bidirectional)
