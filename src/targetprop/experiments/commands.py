@@ -91,7 +91,7 @@ def _interrupted(parser, err: Stopped) -> int:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="run several methods on one task and print a table",
                        description="Run the methods of a comparison file one after another, print a table "
-                                   "(final accuracy, iterations to 100%%, area under the loss, times) and "
+                                   "(final accuracy, iterations to 100%, area under the loss, times) and "
                                    "optionally plot. Finished runs with the same settings are reused.")
     p.add_argument("config", metavar="CONFIG", help="a .toml file, or the name of a built-in comparison "
                                                     f"({', '.join(specs.comparison_names())})")
@@ -169,7 +169,7 @@ def _plot(args, parser) -> int:
 def _add_table(sub) -> None:
     p = sub.add_parser("table", help="print a Markdown table of runs (settings, status, accuracy, times)",
                        description="One row per run: its settings, status, iterations, final and best test "
-                                   "accuracy, iterations to 100%%, area under the training loss, training "
+                                   "accuracy, iterations to 100%, area under the training loss, training "
                                    "and wall time, threads.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or directories of runs)")
     p.set_defaults(handler=_table, subparser=p)
