@@ -1,6 +1,6 @@
 """DistributedDataParallel on CPU (gloo over loopback): because TP writes its direction into
 ``.grad``, DDP's all-reduce (a mean over ranks) gives the same update as one process on the
-whole batch. Two spawned processes against one, bounded in time."""
+whole batch. Two spawned processes (once, for every rule) against one, bounded in time."""
 import pytest
 import torch
 
@@ -8,6 +8,7 @@ from processes import max_rel_diff, spawn
 from targetprop import TPRNN, orthogonal_init_
 
 STEPS, B, T, D, P = 5, 8, 12, 3, 10
+RULES = ["linearized", "bp"]
 
 
 def _model(rule):
@@ -42,21 +43,29 @@ class _Net(torch.nn.Module):
         return self.inner["head"](self.inner["rnn"](x)[1][0])
 
 
-def _worker(rank, world, rule, path):
+def _worker(rank, world, paths):
     xs, ys = _data()
     shard = slice(rank * B // world, (rank + 1) * B // world)  # disjoint shards of every batch
-    params = _train(_model(rule), xs[:, shard], ys[:, shard], wrap=torch.nn.parallel.DistributedDataParallel)
-    if rank == 0:
-        torch.save(params, path)
+    for rule, path in paths.items():
+        params = _train(_model(rule), xs[:, shard], ys[:, shard], wrap=torch.nn.parallel.DistributedDataParallel)
+        if rank == 0:
+            torch.save(params, path)
 
 
-@pytest.mark.parametrize("rule", ["linearized", "bp"])
-def test_ddp_two_processes_equal_one_process(rule, tmp_path):
-    path = str(tmp_path / "ddp.pt")
-    spawn(_worker, rule, path)
+@pytest.fixture(scope="module")
+def ddp_parameters(tmp_path_factory):
+    """Each rule's parameters after training in two processes (one spawn for all rules)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    paths = {rule: str(folder / f"{rule}.pt") for rule in RULES}
+    spawn(_worker, paths)
+    return {rule: torch.load(path) for rule, path in paths.items()}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_ddp_two_processes_equal_one_process(rule, ddp_parameters):
     xs, ys = _data()
     single = _train(_model(rule), xs, ys, wrap=lambda net: net)
-    worst = max_rel_diff(torch.load(path), single)
+    worst = max_rel_diff(ddp_parameters[rule], single)
     print(f"DDP ({rule}): max relative parameter difference, 2 processes vs 1: {worst:.2e}")
     assert worst < 1e-12, worst
     moved = (single["rnn.weight_hh_l0"] - _model(rule).state_dict()["rnn.weight_hh_l0"]).abs().max()
