@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import assert_rel
-from targetprop import diagnose, orthogonal_
+from targetprop import diagnose
 from targetprop.cli import main
 from targetprop.training.models import SequenceModel
 from targetprop.training.trainer import read_metrics
