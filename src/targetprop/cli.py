@@ -2,7 +2,7 @@
 
 This module owns the command line: parsing, turning bad input into one-line errors (exit code
 2, through ``argparse``'s ``parser.error``), progress and printed summaries. Training itself is
-:mod:`targetprop.training.trainer`'s; curves are :mod:`targetprop.experiments.plotting`'s.
+:mod:`targetprop.training`'s; curves are :mod:`targetprop.experiments.plotting`'s.
 
 Exit codes (:data:`EXIT_HELP`): ``train`` 0 completed, 3 diverged, 4 failed (a lost process
 under torchrun included); ``compare``, ``reproduce`` and ``tune`` 0 when they did their job (the
@@ -30,17 +30,13 @@ import torch
 
 from . import __version__, diagnose
 from .argtypes import for_setting, key_value, non_negative_int, positive_int
-
-from .training import checkpoint, config, distributed, threads
-
 from .experiments import commands, pipeline
-
 from .tasks import fetch
-from .training import rundir
-from .training.files import RunFolderError
-from .training.rundir import EXIT_CODES, read_run_config
+from .training import checkpoint, config, distributed, rundir, threads
 from .training.build import LOSSES, build_model, build_task
+from .training.files import RunFolderError
 from .training.loop import CHECKPOINT_EVERY
+from .training.rundir import EXIT_CODES, read_run_config
 from .training.trainer import Trainer, TrainConfig
 
 EXIT_INTERRUPTED = 130
@@ -132,8 +128,8 @@ def _add_settings(p) -> None:
             g.add_argument(option.removesuffix("s"), dest=name, action="append", metavar="KEY=VALUE", type=key_value,
                            help=f"{spec.help} (repeatable)")
             for entry in spec.entries:
-                g.add_argument("--" + entry.key.replace("_", "-"), dest=f"{name}.{entry.key}", help=entry.help, metavar=entry.key.upper(),
-                               type=for_setting(entry.key, entry.kind))
+                g.add_argument("--" + entry.key.replace("_", "-"), dest=f"{name}.{entry.key}", help=entry.help,
+                               metavar=entry.key.upper(), type=for_setting(entry.key, entry.kind))
         elif spec.kind == "switch":
             g.add_argument(option, *spec.aliases, dest=name, action=argparse.BooleanOptionalAction, default=None,
                            help=spec.help)
