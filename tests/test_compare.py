@@ -6,7 +6,6 @@ from helpers import cli_fails as fails
 
 from targetprop.cli import main
 from targetprop.experiments import reports, specs
-from targetprop.training import trainer
 from targetprop.training.rundir import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",

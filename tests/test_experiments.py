@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
-from targetprop.experiments import pipeline, reports, runner, specs, tuning
+from targetprop.experiments import pipeline, reports, specs, tuning
 from targetprop.cli import main
 from targetprop.training.trainer import Trainer
 

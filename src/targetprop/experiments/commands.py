@@ -121,7 +121,7 @@ def _compare(args, parser) -> int:
         print(table["description"])
     with _echo_log():
         try:
-            outcome = pipeline.execute(planned, overwrite=args.overwrite, progress=_progress(args))
+            outcome = pipeline.execute(planned, progress=_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:
@@ -228,7 +228,7 @@ def _reproduce(args, parser) -> int:
             parser.error(str(err))
         try:
             for planned in filter(None, plans):
-                pipeline.reproduce(planned, out / "results.md", overwrite=args.overwrite, progress=_progress(args))
+                pipeline.reproduce(planned, out / "results.md", progress=_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:
@@ -277,7 +277,7 @@ def _tune(args, parser) -> int:
         parser.error(str(err))
     with _echo_log():
         try:
-            cells, best = tuning.tune(grid, jobs, overwrite=args.overwrite, progress=_progress(args))
+            cells, best = tuning.tune(grid, jobs, progress=_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:

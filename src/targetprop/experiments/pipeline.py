@@ -3,11 +3,11 @@
 
 This module owns one file's methods as runs in a folder, first checked (:func:`plan`: a
 ``curves`` file one run per method in ``OUT/METHOD``, a ``grid`` file one folder of cells per
-method), then run or reused (:func:`execute`), its picture (:func:`draw`), and a figure panel end
-to end (:func:`plan_panel`, :func:`reproduce`: runs, PNG, rows appended to ``results.md``). The files are :mod:`~targetprop.experiments.specs`'; running or
-reusing each run is :mod:`~targetprop.experiments.runner`'s; rows are
-:mod:`~targetprop.experiments.reports`'. What it does is logged (logger
-``targetprop.experiments.pipeline``, level INFO): the commands print it.
+method), then run or reused (:func:`execute`), its picture (:func:`draw`), and a figure panel
+end to end (:func:`plan_panel`, :func:`reproduce`: runs, PNG, rows appended to ``results.md``).
+The files are :mod:`~targetprop.experiments.specs`'; running or reusing each run is
+:mod:`~targetprop.experiments.runner`'s; rows are :mod:`~targetprop.experiments.reports`'. What
+it does is logged (logger ``targetprop.experiments.pipeline``, level INFO): the commands print it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Plan:
+class Planned:
     """An experiment file's runs, checked and not yet run (:func:`plan`): per method, a
     ``curves`` file's :class:`~targetprop.experiments.runner.Job`, a ``grid`` file's jobs per cell."""
 
@@ -49,12 +49,12 @@ class Outcome:
 
 
 def plan(table: dict, budget: str | None, out: Path, *, overrides: dict | None = None, methods=None,
-         overwrite: bool = False) -> Plan:
+         overwrite: bool = False) -> Planned:
     """The runs of an experiment file's methods (all, or ``methods`` in that order) in ``out``,
     every folder checked (:func:`~targetprop.experiments.runner.check_jobs`); a ValueError names
     bad settings or a folder holding other settings, before anything runs."""
     names = specs.check_methods(table, methods)
-    result = Plan(table, budget, out)
+    result = Planned(table, budget, out)
     if table.get("kind", "curves") == "curves":
         configs = specs.configs(table, budget, overrides)
         result.jobs = {name: Job(configs[name], out / name) for name in names}
@@ -69,18 +69,18 @@ def plan(table: dict, budget: str | None, out: Path, *, overrides: dict | None =
     return result
 
 
-def execute(planned: Plan, *, overwrite: bool = False, progress: bool = False) -> Outcome:
+def execute(planned: Planned, *, progress: bool = False) -> Outcome:
     """Run or reuse every run of ``planned``, in order. Raises
     :class:`~targetprop.experiments.runner.Stopped` when one is interrupted."""
     outcome = Outcome()
     if planned.table.get("kind", "curves") == "curves":
         for name, job in planned.jobs.items():
-            outcome.summaries[name] = run_job(job, overwrite=overwrite, progress=progress)
+            outcome.summaries[name] = run_job(job, progress=progress)
             outcome.rows.append((name, job.out))
         return outcome
     grid = specs.grid_of(planned.table, planned.budget)
     for name, jobs in planned.jobs.items():
-        cells = outcome.cells[name] = run_cells(jobs, overwrite=overwrite, progress=progress)
+        cells = outcome.cells[name] = run_cells(jobs, progress=progress)
         for (x, y), c in cells.items():
             row = f"{name} {specs.cell_name(grid, x, y)}"
             outcome.rows.append((row, c["run"]))
@@ -120,7 +120,7 @@ RESULT_KEYS = ("panel", "budget", "method")
 
 
 def plan_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrides=None, methods=None,
-               overwrite: bool = False) -> Plan | None:
+               overwrite: bool = False) -> Planned | None:
     """The runs of one panel in ``out_root/NAME`` (:func:`plan`); None, logged, when the panel's
     data is missing. ``methods``: only these (e.g. one per machine or core)."""
     panel = specs.load_panel(name)
@@ -135,13 +135,13 @@ def plan_panel(name: str, budget: str, out_root: Path, *, data_dir=None, overrid
     return result
 
 
-def reproduce(planned: Plan, results: Path, *, overwrite: bool = False, progress: bool = False) -> Path:
+def reproduce(planned: Planned, results: Path, *, progress: bool = False) -> Path:
     """Run a planned panel (:func:`plan_panel`), draw its PNG (every method whose run is in its
     folder), append its rows to the Markdown file ``results``; return the PNG."""
     panel, out, label = planned.table, planned.out, planned.label
     title = panel.get("title", panel["name"]) + ("" if label == "full" else f" ({label})")
     start = time.perf_counter()
-    outcome = execute(planned, overwrite=overwrite, progress=progress)
+    outcome = execute(planned, progress=progress)
     png = draw(panel, planned.budget, out, outcome, out / f"{panel['name']}.png", title=title)
     reports.append_results(results, RESULT_KEYS, [((panel["name"], label, row), run) for row, run in outcome.rows])
     log.info("%s: %d rows, %.0f s, plot %s", panel["name"], len(outcome.rows), time.perf_counter() - start, png)
@@ -159,7 +159,7 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
                          overwrite=overwrite)
     if planned is None:
         return None
-    return reproduce(planned, out_root / "results.md", overwrite=overwrite, progress=progress)
+    return reproduce(planned, out_root / "results.md", progress=progress)
 
 
 def add_commands(sub) -> None:

@@ -1,12 +1,13 @@
 """Run or reuse: the one way ``compare``, ``reproduce`` and ``tune`` turn settings into runs.
 
-This module owns, for a list of runs (:class:`Job`: settings and a folder), checking every
-folder before any run starts (:func:`check_jobs`), then per run: reuse a finished run with the
-same settings as it is (nothing is built or trained), continue an unfinished one from its newest
-checkpoint, start an empty one, and refuse a folder holding other settings unless ``overwrite``
-(which starts the run over). It also owns grids of runs (:func:`run_grid`) and their selection
-by the area under the training-loss curve (:func:`targetprop.experiments.reports.loss_auc`).
-Training is :class:`targetprop.training.trainer.Trainer`'s; the run folder is
+This module owns, for a list of runs (:class:`Job`: settings and a folder), deciding what each
+does with its folder before any run starts (:func:`check_jobs`, once per run), then per run:
+reuse a finished run with the same settings as it is (nothing is built or trained), continue an
+unfinished one from its newest checkpoint, start an empty one, and refuse a folder holding other
+settings unless ``overwrite`` (which starts the run over). It also owns grids of runs
+(:func:`grid_jobs`, :func:`run_cells`) and the selection in each cell by the area under the
+training-loss curve (:func:`targetprop.experiments.reports.loss_auc`). Training is
+:class:`targetprop.training.trainer.Trainer`'s; the run folder is
 :mod:`targetprop.training.rundir`'s. What happens to each run is logged (logger
 ``targetprop.experiments.runner``, level INFO): the commands print it.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from ..training import rundir, threads
 from ..training.config import TrainConfig
-from ..training.trainer import Trainer, build_task
+from ..training.build import build_task
+from ..training.trainer import Trainer
 from . import specs
 from .reports import best_by_auc, loss_auc, summary_line
 
@@ -47,11 +49,12 @@ class RunRefused(ValueError):
 
 @dataclass
 class Job:
-    """One run of an experiment: its settings, its folder and what the folder held when checked."""
+    """One run of an experiment: its settings, its folder and, once checked, what the run does
+    with the folder (:class:`targetprop.training.rundir.Plan`)."""
 
     config: TrainConfig
     out: Path
-    existing: rundir.Existing | None = None
+    plan: rundir.Plan | None = None
 
 
 def task_for(config: TrainConfig):
@@ -65,43 +68,34 @@ def task_for(config: TrainConfig):
 
 
 def check_jobs(jobs: list[Job], overwrite: bool = False) -> list[Job]:
-    """Inspect every job's folder before any run starts (a ValueError names the first that holds
-    a run with other settings, or files that are not a run's); with ``overwrite`` only a folder
-    path that is a file is refused. Returns ``jobs`` with ``existing`` filled in."""
+    """Decide what every job does with its folder before any run starts
+    (:func:`targetprop.training.rundir.plan`, which reads only): a
+    :class:`~targetprop.training.files.RunFolderError` (a ValueError) names the first folder that
+    holds a run with other settings or files that are not a run's (with ``overwrite``: only a
+    folder path that is a file). Returns ``jobs`` with ``plan`` filled in."""
     for job in jobs:
-        if overwrite:
-            if job.out.exists() and not job.out.is_dir():
-                raise ValueError(f"output path {job.out} exists and is not a directory")
-            job.existing = None
-        else:
-            job.existing = rundir.inspect(job.out, job.config.to_dict())
+        job.plan = rundir.plan(job.out, job.config.to_dict(), overwrite=overwrite)
     return jobs
 
 
-def run_job(job: Job, *, overwrite: bool = False, progress: bool = False) -> dict:
+def run_job(job: Job, *, progress: bool = False) -> dict:
     """Run or reuse one checked job (see the module docstring); return its summary. Raises
     :class:`Stopped` when the run was interrupted, :class:`RunRefused` when its trainer cannot be built."""
-    state = job.existing.state if job.existing is not None else "empty"
-    if state != "empty":
-        log.info(job.existing.describe(job.out))
-    if state == "finished":
-        return job.existing.summary
+    if job.plan.state != "empty":
+        log.info(job.plan.describe(job.out))
+    if job.plan.state == "finished":
+        return job.plan.summary
     try:
         task = task_for(job.config)
         trainer = Trainer(job.config, task)
     except ValueError as err:  # missing data, or a layer option the layer does not take
         raise RunRefused(f"{job.out}: {err}") from None
     threads.apply(task, job.config)
-    summary = trainer.run(job.out, overwrite=overwrite, progress=progress, resume=state == "unfinished")
+    summary = trainer.run(plan=job.plan, progress=progress)
     log.info(summary_line(job.out, summary))
     if summary["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop the whole experiment, not one run
         raise Stopped(job.out, 128 + (trainer.stop_signal or signal.SIGINT))
     return summary
-
-
-def run_jobs(jobs: list[Job], *, overwrite: bool = False, progress: bool = False) -> list[dict]:
-    """Check every job's folder, then run or reuse each in order; return their summaries."""
-    return [run_job(job, overwrite=overwrite, progress=progress) for job in check_jobs(jobs, overwrite)]
 
 
 # ---------------------------------------------------------------------------- grids
@@ -123,13 +117,13 @@ def grid_jobs(base: dict, grid: dict, out: Path) -> dict[tuple, list[Job]]:
     return cells
 
 
-def run_cells(jobs: dict[tuple, list[Job]], *, overwrite: bool = False, progress: bool = False) -> dict:
+def run_cells(jobs: dict[tuple, list[Job]], *, progress: bool = False) -> dict:
     """Run the checked jobs of :func:`grid_jobs`; per cell the best of ``[grid.select]`` by area.
     Returns ``{(x, y): {"auc", "accuracy", "run", "status"}}`` (auc ``inf`` when every run of the
     cell diverged; ``run`` is the selected run's folder or None)."""
     cells = {}
     for key, cell in jobs.items():
-        summaries = {job.out: run_job(job, overwrite=overwrite, progress=progress) for job in cell}
+        summaries = {job.out: run_job(job, progress=progress) for job in cell}
         aucs = {run: loss_auc(run) for run in summaries}
         best = best_by_auc(aucs)
         cells[key] = {"auc": aucs[best] if best else math.inf, "run": best,

@@ -1,10 +1,9 @@
 """``targetprop tune``: a one- or two-axis grid search over settings, selected by the area under
 the training-loss curve (as the paper does for Fig. 6a).
 
-This module owns the grid's axes (:func:`parse_axis`), the search (:func:`plan`, :func:`tune`) and what it
-reports (:func:`tune_table`, the heat map's title); running the grid's runs is
-:mod:`targetprop.experiments.runner`'s, the command's wiring
-:mod:`targetprop.experiments.commands`'.
+This module owns the grid's axes (:func:`parse_axis`), the search (:func:`plan`, :func:`tune`)
+and what it reports (:func:`tune_table`, the heat map's title); running the grid's runs is
+:mod:`targetprop.experiments.runner`'s, the command's wiring :mod:`targetprop.experiments.commands`'.
 """
 from __future__ import annotations
 
@@ -50,10 +49,10 @@ def plan(base: dict, axes: list[tuple[str, list]], out: Path, *, overwrite: bool
     return grid, jobs
 
 
-def tune(grid: dict, jobs: dict, *, overwrite: bool = False, progress: bool = False) -> tuple[dict, dict]:
+def tune(grid: dict, jobs: dict, *, progress: bool = False) -> tuple[dict, dict]:
     """Run the planned grid (:func:`plan`); return ``(cells, best)`` where ``best`` holds the
     selected settings, its area and run (``{}`` if every run diverged)."""
-    cells = run_cells(jobs, overwrite=overwrite, progress=progress)
+    cells = run_cells(jobs, progress=progress)
     best_cell = best_by_auc({k: c["auc"] for k, c in cells.items()})
     best = {}
     if best_cell is not None:
