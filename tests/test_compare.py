@@ -207,3 +207,16 @@ def test_compare_table_and_reproduce_write_one_table(tmp_path, capsys):
     assert len(compare_rows) == len(result_rows) == 2
     for mine, theirs in zip(compare_rows, result_rows):  # the same runs, the same cells
         assert theirs.endswith(mine.split(" | ", 1)[1]) and theirs.startswith("| tiny | short budget | ")
+
+
+def test_compare_runs_a_grid_file_like_a_grid_panel(tmp_path, capsys):
+    grid = 'kind = "grid"\nplot = "grid.png"\n[grid]\nx = "lr"\nx_values = [0.1, 1e6]\nmetric = "auc"\n'
+    config = tmp_path / "grid.toml"
+    config.write_text(grid + COMPARISON.split("[methods.bp]")[0].replace('description = "tiny"\nplot = "c.png"\n', ""))
+    assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| tp lr=")]
+    assert rows[0].startswith("| tp lr=0.1 | linearized γh=0.01 r=10, sgd lr=0.1 | completed | 20 |")
+    assert rows[1] == "| tp lr=1000000.0 |  | diverged | " + " | ".join(["n/a"] * 8) + " |"  # no run selected
+    assert "not completed: tp lr=1000000.0 (diverged)" in printed
+    assert (tmp_path / "runs" / "grid.png").read_bytes()[:8] == PNG_MAGIC
