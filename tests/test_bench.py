@@ -96,3 +96,26 @@ def test_run_regime_times_a_checkpointed_runs_weights(tmp_path):
                          warmup=0, regime=regime)
     assert [(r.method, r.p, r.d, r.regime) for r in rows] == [
         ("native-bptt", 7, 3, regime), ("tp-linearized", 7, 3, regime)]  # an Elman run: no GRU method
+
+
+def test_stacked_shapes_are_timed_against_the_same_torch_nn_stack(tmp_path):
+    out = tmp_path / "table.md"
+    assert bench.main(["--grid", "tiny-stacked", "--repeats", "1", "--warmup", "0", "--threads", "1", "--regime",
+                       "contractive", "--methods", "native-bptt", "naive-tp", "tp-linearized", "gru-native-bptt",
+                       "gru-tp-linearized", "--output", str(out)]) == 0
+    rows = {r[8].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
+    assert list(rows) == ["native-bptt", "tp-linearized", "gru-native-bptt", "gru-tp-linearized"]  # no naive stack
+    assert {r[5].strip() for r in rows.values()} == {"2 bi"}
+    assert rows["native-bptt"][12].strip() == "1.00" and rows["gru-native-bptt"][12].strip() == "1.00"
+    assert float(rows["tp-linearized"][12]) > 0 and float(rows["gru-tp-linearized"][12]) > 0
+
+
+def test_a_stack_gets_every_layers_weights_set_and_a_head_on_both_directions():
+    gen = torch.Generator().manual_seed(0)
+    layer = bench.set_regime_(TPRNN(2, 6, 2, bidirectional=True), "contractive", gen)
+    for name in ("weight_hh_l0", "weight_hh_l1_reverse"):
+        w = getattr(layer, name)
+        assert_rel(w.T @ w, 0.25 * torch.eye(6), tol=1e-6, where=name)
+    run = bench.cases.iteration("tp-linearized", bench.Shape(5, 2, 6, 2, 2, True), "cpu")
+    forward, backward, total = run()
+    assert 0 < forward < total and 0 < backward < total
