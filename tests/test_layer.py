@@ -1,11 +1,12 @@
-"""TPRNN as a module: shapes, state dicts, dtypes, training with torch.optim, bad input."""
+"""The layers as modules: shapes, state dicts, odd sizes against the float64 references (both
+cells), dtypes, training with torch.optim, bad input."""
 import math
 
 import pytest
 import torch
 
 from helpers import assert_rel
-from problems import D64, make_problem, reference_run, run_layer
+from problems import BACKENDS, D64, make_problem, reference_run, run_layer
 from targetprop import TPGRU, TPRNN, RegularizedInverseError, orthogonal_, orthogonal_init_
 
 
@@ -39,7 +40,7 @@ def test_state_dict_round_trip_with_torch_rnn():
     torch.nn.RNN(3, 5, bias=False).load_state_dict(no_bias.state_dict())
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("T,B,p", [(1, 1, 1), (1, 3, 4), (5, 1, 1), (4, 2, 3), (3, 5, 37), (2, 3, 70)])
 @pytest.mark.parametrize("cell,rule", [("rnn", "bp"), ("rnn", "linearized"), ("rnn", "difference"),
                                        ("rnn", "direct"), ("gru", "bp"), ("gru", "linearized")])
@@ -76,7 +77,7 @@ def test_non_contiguous_input_and_unbatched_gradients():
         assert_rel(g_unb[k], g_b1[k], where="unbatched vs batch of one")
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", ["bp", "linearized", "difference", "direct"])
 def test_float32_agrees_with_float64(rule, backend):
     layer, x, h0, C, Cn = make_problem("tanh", T=20, seed=4)
