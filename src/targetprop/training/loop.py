@@ -92,7 +92,7 @@ def _finish(trainer, out: Path | None, writer: bool, status: str, message: str) 
     result = summary(trainer, status, message, time.perf_counter() - trainer._clock)
     if out is not None and writer:
         rundir.write_summary(out, result)
-    log.info("%s: %s after %d iterations%s", out or "run", status, trainer.iteration, f" ({message})" * bool(message))
+    log.info("%s: %s after %d iterations%s", out or "run", status, trainer.iteration, f" ({message})" if message else "")
     return result
 
 
