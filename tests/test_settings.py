@@ -102,3 +102,20 @@ def test_files_spell_unset_as_none_and_merge_keeps_tables(tmp_path):
     merged = merge(values, {"layer_options": {"inverse_lr": 0.1}, "length": 8})
     assert merged["layer_options"] == {"check_finite": False, "inverse_lr": 0.1} and merged["length"] == 8
     assert TrainConfig.from_dict(merged).clip is None
+
+
+def test_none_unsets_an_optional_setting_on_the_command_line(tmp_path):
+    path = write(tmp_path, "clip = 1.0\nlength = 12\n")
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--config", str(path), "--clip", "none", "--length", "none", "--task", "adding",
+                 "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["clip"] is None and saved["length"] is None  # the file's values unset: the task's length
+
+
+def test_diagnose_reads_the_same_settings_file(tmp_path, capsys):
+    path = write(tmp_path, 'length = 10\nhidden_size = 4\nrule = "linearized"\n')
+    output = tmp_path / "d.json"
+    assert main(["diagnose", "--config", str(path), "--rules", "linearized", "--output", str(output)]) == 0
+    assert "linearized" in capsys.readouterr().out
+    assert set(json.loads(output.read_text())["cosine_with_bp"]) == {"linearized"}
