@@ -13,7 +13,7 @@ from helpers import cli_fails as fails
 
 from targetprop.training import checkpoint
 from targetprop.cli import main
-from targetprop.training.trainer import read_metrics
+from targetprop.training.rundir import read_metrics
 
 TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-size", "50",
         "--hidden-size", "8", "--quiet"]

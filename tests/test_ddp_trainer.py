@@ -13,7 +13,8 @@ from processes import max_rel_diff, spawn, torchrun
 from targetprop.training import checkpoint, distributed
 from targetprop.cli import main
 from targetprop.training.distributed import World
-from targetprop.training.trainer import Trainer, TrainConfig, read_metrics
+from targetprop.training.trainer import Trainer, TrainConfig
+from targetprop.training.rundir import read_metrics
 
 RULES = {"linearized": dict(rule="linearized", reg=1.0, target_step=0.1, lr=0.5, momentum=0.9),
          "bp": dict(rule="bp", lr=0.5, momentum=0.9)}

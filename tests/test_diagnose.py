@@ -10,7 +10,7 @@ from helpers import assert_rel
 from targetprop import diagnose
 from targetprop.cli import main
 from targetprop.training.models import SequenceModel
-from targetprop.training.trainer import read_metrics
+from targetprop.training.rundir import read_metrics
 
 D64 = torch.float64
 

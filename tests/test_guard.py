@@ -9,7 +9,8 @@ import torch
 from targetprop.training import checkpoint
 from targetprop.training.guard import FiniteGuard, NonFinite, direction_norm
 from targetprop.tasks.synthetic import TemporalOrder
-from targetprop.training.trainer import Trainer, TrainConfig, read_metrics
+from targetprop.training.trainer import Trainer, TrainConfig
+from targetprop.training.rundir import read_metrics
 
 CPU = torch.device("cpu")
 TP = dict(rule="linearized", lr=0.1, target_step=1e-2, reg=10.0, momentum=0.9)

@@ -14,7 +14,9 @@ import torch
 
 from targetprop.training import checkpoint
 from targetprop.cli import main
-from targetprop.training.trainer import Trainer, TrainConfig, build_task, read_metrics
+from targetprop.training.trainer import Trainer, TrainConfig
+from targetprop.training.rundir import read_metrics
+from targetprop.training.build import build_task
 
 SMALL = dict(task="temporal-order", length=10, hidden_size=8, test_size=50, eval_every=7, iterations=60,
              task_options={"train_eval_size": 100})

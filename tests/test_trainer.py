@@ -9,7 +9,8 @@ import torch
 
 import targetprop
 from targetprop.tasks.synthetic import TemporalOrder
-from targetprop.training.trainer import METRICS, Trainer, TrainConfig, read_metrics
+from targetprop.training.trainer import Trainer, TrainConfig
+from targetprop.training.rundir import METRICS, read_metrics
 
 # T=10 temporal order: the authors' T=60 TP settings reach 100% within 300-600
 # iterations on seeds 0-5; BP with Adam within 100. Budgets leave a wide margin.

@@ -30,13 +30,13 @@ import torch
 
 from . import __version__, diagnose
 from .argtypes import for_setting, key_value, non_negative_int, positive_int
-from .experiments import commands, pipeline
+from .experiments import commands, reports
 from .tasks import fetch
 from .training import checkpoint, config, distributed, rundir, threads
 from .training.build import LOSSES, build_model, build_task
 from .training.files import RunFolderError
 from .training.loop import CHECKPOINT_EVERY
-from .training.rundir import EXIT_CODES, read_run_config
+from .training.rundir import EXIT_CODES, read_config
 from .training.trainer import Trainer, TrainConfig
 
 EXIT_INTERRUPTED = 130
@@ -71,10 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"targetprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
-    commands.add_commands(sub)  # compare, plot, table
+    commands.add_commands(sub)  # compare, plot, table, reproduce, tune
     _add_bench(sub)
     _add_diagnose(sub)
-    pipeline.add_commands(sub)  # reproduce, tune
     fetch.add_commands(sub)  # data fetch, data list
     return parser
 
@@ -199,7 +198,7 @@ def _train_in(args, parser, settings: TrainConfig, task, out: Path, world: distr
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stopping the survivors: the run is over anyway
         print(f"{parser.prog}: error: {summary['message']}", file=sys.stderr, flush=True)
     elif world.main:
-        print(commands.summary_line(out, summary))
+        print(reports.summary_line(out, summary))
     if summary["status"] != "interrupted":
         return EXIT_CODES[summary["status"]]
     return 128 + trainer.stop_signal if trainer.stop_signal else EXIT_INTERRUPTED
@@ -210,7 +209,7 @@ def _saved_settings(args, parser) -> dict:
     if args.out is not None or args.overwrite:
         parser.error("--resume continues the run in its directory: give neither --out nor --overwrite")
     try:
-        return read_run_config(args.resume)
+        return read_config(args.resume)
     except ValueError as err:
         parser.error(str(err))
 
@@ -237,7 +236,7 @@ def _diagnose(args, parser) -> int:
     values = _given_settings(args, parser)
     try:
         if args.run is not None:
-            values = config.merge(read_run_config(args.run), values)
+            values = config.merge(read_config(args.run), values)
         cfg = TrainConfig.from_dict(values)
         task = build_task(cfg)
         model = build_model(cfg, task)

@@ -31,18 +31,14 @@ REUSE_HELP = ("The same command reuses finished runs in OUT that have the same s
 EXIT_HELP = ("exit codes: 0 done (runs that diverged or failed are listed), 1 nothing could be done (reproduce: "
              "no panel's data; tune: every run diverged or failed), 2 bad input, 130/143 interrupted by "
              "SIGINT/SIGTERM (the same command continues). " + REUSE_HELP)
-summary_line = reports.summary_line  # the command line's train prints the same line
 
 
 def add_commands(sub) -> None:
-    """Add ``compare``, ``plot`` and ``table`` to the ``targetprop`` parser's sub-parsers ``sub``."""
+    """Add ``compare``, ``plot``, ``table``, ``reproduce`` and ``tune`` to the ``targetprop``
+    parser's sub-parsers ``sub``."""
     _add_compare(sub)
     _add_plot(sub)
     _add_table(sub)
-
-
-def add_experiment_commands(sub) -> None:
-    """Add ``reproduce`` and ``tune`` to the ``targetprop`` parser's sub-parsers ``sub``."""
     _add_reproduce(sub)
     _add_tune(sub)
 

@@ -160,11 +160,3 @@ def reproduce_panel(name: str, budget: str, out_root: Path, *, data_dir=None, ov
     if planned is None:
         return None
     return reproduce(planned, out_root / "results.md", progress=progress)
-
-
-def add_commands(sub) -> None:
-    """Add ``reproduce`` and ``tune`` to the ``targetprop`` parser's sub-parsers ``sub`` (their
-    wiring is :func:`targetprop.experiments.commands.add_experiment_commands`)."""
-    from .commands import add_experiment_commands
-
-    add_experiment_commands(sub)

@@ -137,7 +137,6 @@ def read_metrics(run: str | Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in METRICS}
 
 
-read_run_config, read_run_options = read_config, read_options  # the earlier names
 
 
 # ---------------------------------------------------------------------------- writing runs
@@ -215,7 +214,6 @@ class Plan:
         return ""
 
 
-Existing = Plan  # the earlier name
 
 
 def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bool = False) -> Plan:
@@ -260,14 +258,7 @@ def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bo
     return Plan(out, "finished" if done and not resume else "unfinished", summary, newest, _options(saved))
 
 
-def inspect(out: str | Path, settings: dict) -> Plan:
-    """:func:`plan` without overwriting or resuming (the earlier name)."""
-    return plan(out, settings)
 
-
-def check_resume(out: str | Path, settings: dict) -> Plan:
-    """:func:`plan` of a resumed run (the earlier name)."""
-    return plan(out, settings, resume=True)
 
 
 def start(run: Plan) -> None:

@@ -54,14 +54,12 @@ from torch import Tensor, nn
 
 from .. import __version__
 from . import checkpoint, loop, outcome, rundir
-from .build import LOSSES, build_device, build_model, build_optimizer, build_task  # noqa: F401
-from .config import DTYPES, OPTIMIZERS, TrainConfig  # noqa: F401
+from .build import LOSSES, build_device, build_model, build_optimizer, build_task
+from .config import DTYPES, TrainConfig
 from .distributed import World
 from .files import RunFolderError
 from .guard import FiniteGuard, direction_norm
-from .loop import CHECKPOINT_EVERY  # noqa: F401
-from .outcome import Diverged, Interrupted  # noqa: F401
-from .rundir import METRICS, RESUMABLE, RUN_FILES, STATUSES, read_metrics, read_run_config  # noqa: F401
+from .outcome import Diverged
 from ..tasks.base import Task
 
 CHECKPOINT_FORMAT = 1
@@ -253,7 +251,7 @@ class Trainer:
         """Restore :meth:`state_dict`'s output; a ValueError if it is from a run with other settings."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise RunFolderError(f"{source}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        differs = rundir.describe_changes(state.get("config"), self.config.to_dict(), ignore=RESUMABLE)
+        differs = rundir.describe_changes(state.get("config"), self.config.to_dict(), ignore=rundir.RESUMABLE)
         if differs:
             raise RunFolderError(f"{source} is from a run with different settings ({differs})")
         self.model.load_state_dict(state["model"])
@@ -292,16 +290,6 @@ def train(config: TrainConfig, out: str | Path | None = None, *, overwrite: bool
     """Build a :class:`Trainer` for ``config`` and run it (``options``: :meth:`Trainer.run`'s
     ``resume`` and ``checkpoint_every``); return the summary."""
     return Trainer(config).run(out, overwrite=overwrite, progress=progress, **options)
-
-
-def check_run_dir(out: str | Path, config: TrainConfig, *, overwrite: bool) -> rundir.Plan:
-    """What a run of ``config`` does with ``out`` (:func:`targetprop.training.rundir.plan`; the earlier name)."""
-    return rundir.plan(out, config.to_dict(), overwrite=overwrite)
-
-
-def check_resume(out: str | Path, config: TrainConfig) -> rundir.Plan:
-    """:func:`targetprop.training.rundir.plan` of a resumed run (the earlier name)."""
-    return rundir.plan(out, config.to_dict(), resume=True)
 
 
 def _rng_state(device: torch.device) -> dict:
