@@ -96,16 +96,29 @@ def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
             layer_in = layer_out
     ctx.cell, ctx.config, ctx.spec, ctx.steps, ctx.kernels = cell, config, spec, steps, kernels
     ctx.device = x.device.type
-    ctx.inputs, ctx.extras, ctx.masks = inputs, extras, masks
-    ctx.save_for_backward(h0, *params, *outs)  # outs through here: the top one is also returned
+    # everything the backward reads goes through save_for_backward (autograd's saved-tensor hooks,
+    # memory accounting and in-place checks see it); the counts say how to split it again
+    ctx.extra_counts = [len(e) for e in extras]
+    ctx.masked = [m is not None for m in masks]
+    ctx.save_for_backward(h0, *params, *outs, *inputs, *(t for e in extras for t in e),
+                          *(m for m in masks if m is not None))
     return layer_out, torch.stack(h_n)
+
+
+def _unpack(ctx, L: int, D: int):
+    """``(h0, params, outs, inputs, extras, masks)`` as :func:`_forward` saved them."""
+    saved = iter(ctx.saved_tensors)
+    take = lambda n: [next(saved) for _ in range(n)]  # noqa: E731
+    h0, params, outs, inputs = next(saved), take(4 * L * D), take(L * D), take(L * D)
+    extras = [take(n) for n in ctx.extra_counts]
+    masks = [next(saved) if m else None for m in ctx.masked]
+    return h0, params, outs, inputs, extras, masks
 
 
 def _backward(ctx, grad_out, grad_hn):
     cell, config, spec, steps = ctx.cell, ctx.config, ctx.spec, ctx.steps
     L, D = spec.num_layers, spec.directions
-    saved = ctx.saved_tensors
-    h0, params, outs = saved[0], saved[1:1 + 4 * L * D], saved[1 + 4 * L * D:]
+    h0, params, outs, inputs, extras, masks = _unpack(ctx, L, D)
     p = h0.shape[-1]
     needs = ctx.needs_input_grad[5:]
     rule = rules.get_rule(cell.NAME, config.rule)
@@ -119,8 +132,8 @@ def _backward(ctx, grad_out, grad_hn):
         tapes, lams = [], []
         for d in range(D):
             k = layer * D + d
-            tape = cell.Tape(ctx.inputs[k], h0[k], outs[k], *params[4 * k:4 * k + 4], config.activation,
-                             ctx.kernels, *ctx.extras[k])
+            tape = cell.Tape(inputs[k], h0[k], outs[k], *params[4 * k:4 * k + 4], config.activation,
+                             ctx.kernels, *extras[k])
             tape.workspace, tape.valid = workspace.part(k), valid
             g = None
             if layer == L - 1 and grad_out is not None:
@@ -136,7 +149,7 @@ def _backward(ctx, grad_out, grad_hn):
             tapes.append(tape)
             lams.append(lam)
         if layer > 0:
-            z = _down(rule, config, spec, steps, tapes, lams, layer, ctx.inputs[layer * D], ctx.masks[layer - 1])
+            z = _down(rule, config, spec, steps, tapes, lams, layer, inputs[layer * D], masks[layer - 1])
         for d, (tape, lam) in enumerate(zip(tapes, lams)):
             k = layer * D + d
             want = [n for i, n in enumerate(PARAMETERS) if needs[2 + 4 * k + i]]
