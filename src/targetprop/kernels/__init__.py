@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import logging
 import os
 import sys
 import sysconfig
@@ -59,6 +60,9 @@ def _build_root() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
 
 
+_log = logging.getLogger(__name__)
+
+
 @functools.cache
 def _build():
     """(module, None) or (None, reason). PyTorch's builder holds a lock file in the build folder,
@@ -69,8 +73,9 @@ def _build():
         name = _name()
         root = _build_root()
         if not glob.glob(os.path.join(root, "**", name, "*.so"), recursive=True):
-            print(f"targetprop: building the fused CPU kernels {name} under {root} "
-                  "(once per environment, about a minute)...", file=sys.stderr, flush=True)
+            # a warning so that it shows without any logging set up (the wait is long the first time)
+            _log.warning("targetprop: building the fused CPU kernels %s under %s (once per environment, "
+                         "about a minute)...", name, root)
         module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS, verbose=False)
         module.set_flush_enabled(fpmode.flush_denormals_enabled())
         return module, None
