@@ -29,6 +29,19 @@ def test_sequence_model_output_is_head_of_last_state():
     assert model.rnn.reg == 3.0 and model.head.weight.dtype == torch.float64
 
 
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_a_stacked_bidirectional_model_reads_both_directions_of_the_last_layer(cell):
+    model = SequenceModel(cell, 2, 6, 3, num_layers=2, bidirectional=True, rule="bp", dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(1))
+    assert model.head.weight.shape == (3, 12)
+    x = torch.randn(4, 7, 2, dtype=torch.float64)
+    out, h_n = model.rnn(x)
+    assert h_n.shape == (4, 4, 6)
+    torch.testing.assert_close(h_n[-2], out[:, -1, :6], rtol=0, atol=0)  # forward: its state at step T
+    torch.testing.assert_close(h_n[-1], out[:, 0, 6:], rtol=0, atol=0)  # reverse: its state at step 1
+    torch.testing.assert_close(model(x), model.head(torch.cat([h_n[2], h_n[3]], -1)), rtol=0, atol=0)
+
 @pytest.mark.parametrize("kwargs,match", [({"cell": "lstm"}, "unknown cell"), ({"init": "xavier"}, "init"),
                                           ({"rule": "nope"}, "rule"),
                                           ({"proj_size": 2}, "'rnn' layer \\(TPRNN\\) does not take option\\(s\\) proj_size"),

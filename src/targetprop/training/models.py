@@ -1,4 +1,5 @@
-"""The networks the trainer trains: one recurrent TP layer and a linear head on its last state.
+"""The networks the trainer trains: a recurrent TP layer (a stack with ``num_layers``, both directions
+with ``bidirectional``) and a linear head on its last layer's final states.
 
 This module owns assembling them (which layer, its init, the head). ``MODELS`` maps a cell
 name to the recurrent layer class; any class built as ``torch.nn.RNN`` is
@@ -19,7 +20,9 @@ MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN, "gru": TPGRU}
 
 
 class SequenceModel(nn.Module):
-    """``head(h_T)``: a recurrent layer read out at its last hidden state by a linear layer.
+    """``head(h_T)``: a recurrent layer read out at its last hidden state by a linear layer (for a
+    stack, the last layer's; for a bidirectional layer, both directions' final states concatenated:
+    the forward direction's at step T, the reverse direction's at step 1).
 
     Used for classification (logits) and regression alike (Section 4: "the last layer uses a
     soft-max on top of a linear operation" / "the last layer is linear").
@@ -46,7 +49,8 @@ class SequenceModel(nn.Module):
         _check_options(cell, layer_options)
         self.rnn = MODELS[cell](input_size, hidden_size, batch_first=True, **layer_options)
         factory = {k: layer_options[k] for k in ("device", "dtype") if k in layer_options}
-        self.head = nn.Linear(hidden_size, output_size, **factory)
+        self.directions = 2 if layer_options.get("bidirectional") else 1
+        self.head = nn.Linear(self.directions * hidden_size, output_size, **factory)
         if init == "orthogonal":
             orthogonal_init_(self.rnn, generator)
             orthogonal_(self.head.weight, generator)
@@ -55,7 +59,8 @@ class SequenceModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (B, T, d) → head outputs (B, output_size), read from the last layer's last state."""
         _, h_n = self.rnn(x)
-        return self.head(h_n[-1])
+        last = h_n[-1] if self.directions == 1 else torch.cat([h_n[-2], h_n[-1]], -1)
+        return self.head(last)
 
 
 def _check_options(cell: str, options: dict) -> None:
