@@ -66,9 +66,23 @@ class Activation:
         return f"Activation({self.name!r})"
 
 
-class Tanh(Activation):
+class _Bounded(Activation):
+    """An activation with range ``(low, high)``: ``π`` clamps into ``[low + tol, high − tol]``."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def project(self, y, tol):
+        return y.clamp(self.low + tol, self.high - tol)
+
+    def project_(self, y, tol):
+        return y.clamp_(self.low + tol, self.high - tol)
+
+
+class Tanh(_Bounded):
     name = "tanh"
     native_kernel = "rnn_tanh"
+    low, high = -1.0, 1.0
 
     def apply_(self, u):
         return u.tanh_()
@@ -79,12 +93,6 @@ class Tanh(Activation):
     def derivative_floor(self, tol):
         return 1.0 - (1.0 - tol) ** 2
 
-    def project(self, y, tol):
-        return y.clamp(-1.0 + tol, 1.0 - tol)
-
-    def project_(self, y, tol):
-        return y.clamp_(-1.0 + tol, 1.0 - tol)
-
     def inverse(self, y):
         return torch.atanh(y)
 
@@ -92,7 +100,7 @@ class Tanh(Activation):
         return y.atanh_()
 
 
-class Sigmoid(Activation):
+class Sigmoid(_Bounded):
     name = "sigmoid"
 
     def apply_(self, u):
@@ -103,12 +111,6 @@ class Sigmoid(Activation):
 
     def derivative_floor(self, tol):
         return tol * (1.0 - tol)
-
-    def project(self, y, tol):
-        return y.clamp(tol, 1.0 - tol)
-
-    def project_(self, y, tol):
-        return y.clamp_(tol, 1.0 - tol)
 
     def inverse(self, y):
         return torch.logit(y)
