@@ -8,7 +8,7 @@ import torch
 
 import reference_stack as ref
 from helpers import assert_rel
-from targetprop import TPGRU, TPRNN
+from targetprop import TPGRU, TPRNN, RegularizedInverseError
 
 D64 = torch.float64
 T, B, d, p = 5, 3, 3, 4
@@ -174,3 +174,56 @@ def test_diagnose_refuses_a_stack_clearly():
     model = torch.nn.ModuleDict({"rnn": TPRNN(d, p, 2)})
     with pytest.raises(ValueError, match="diagnose needs a one-layer, one-direction TP layer; 'rnn' has num_layers=2"):
         diagnose(model, torch.randn(T, B, d), None, None, ["linearized"])
+
+
+@pytest.mark.parametrize("cls", [TPRNN, TPGRU])
+def test_a_stack_keeps_the_scratch_and_the_saved_tensors_of_one_layer_per_direction(cls):
+    """The backward's scratch is per direction (a layer's is dead before the one below starts), and a
+    reverse direction's input is not saved a second time, reversed."""
+    kept, saved = {}, {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        m = cls(d, p, layers, bidirectional=True, rule="linearized", dtype=D64)
+        x = torch.randn(T, B, d, dtype=D64)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, h_n = m(x)
+        (out.sum() + h_n.sum()).backward()
+        kept[layers], saved[layers] = m.workspace.nbytes, sum(storages.values())
+    assert kept[3] == kept[1] > 0
+    per_step = 8 * T * B  # float64 bytes of one (T, B, 1) slice
+    states = per_step * p * 2 * 3  # h_1..h_T of 3 layers x 2 directions
+    inputs = per_step * (d + 2 * p * 2)  # x, and layers 1-2's (T, B, 2p) inputs, each once
+    params = sum(w.nbytes for w in m.parameters()) + 8 * 6 * B * p  # weights and h0
+    gates = 4 * states if cls is TPGRU else 0  # the GRU keeps [r, z, q, n] per step
+    assert saved[3] <= states + inputs + params + gates + 8 * 6 * B * p
+
+
+def test_stacked_errors_and_settings_are_named():
+    m = TPRNN(d, p, 2, bidirectional=True, dtype=D64)
+    for bad in (True, -0.2, 1.5, "0.1"):
+        with pytest.raises(ValueError, match="dropout should be a number in range"):
+            m.dropout = bad
+    with pytest.raises(RuntimeError, match="hx must have shape"):  # as torch.nn raises it (also a ValueError)
+        m(torch.randn(T, B, d, dtype=D64), torch.zeros(2, B, p, dtype=D64))
+    with torch.no_grad():
+        m.weight_hh_l1_reverse[0, 0] = float("nan")
+    out, h_n = m(torch.randn(T, B, d, dtype=D64))
+    with pytest.raises(RegularizedInverseError, match="weight_hh_l1_reverse contains NaN"):
+        out.sum().backward()
+
+
+def test_recording_sees_every_layer_and_direction_of_a_stack():
+    from targetprop import engine
+
+    m = TPRNN(d, p, 2, bidirectional=True, dtype=D64)
+    with engine.recording() as records:
+        out, _ = m(torch.randn(T, B, d, dtype=D64))
+        out.sum().backward()
+    assert [r[0].suffix for r in records] == ["l1", "l1_reverse", "l0", "l0_reverse"]
+    assert all(r[2].shape == (T + 1, B, p) and r[2].abs().max() > 0 for r in records)

@@ -44,7 +44,8 @@ class Workspace:
         return buf
 
     def part(self, key) -> "Workspace":
-        """The workspace of one part of a backward (a stack's layer and direction: each needs its own)."""
+        """The workspace of one part of a backward (a stack's direction: its layers use it one after
+        the other, since a layer's scratch is dead before the layer below starts)."""
         if key not in self._parts:
             self._parts[key] = Workspace()
         return self._parts[key]
@@ -52,6 +53,11 @@ class Workspace:
     def clear(self) -> None:
         self._buffers.clear()
         self._parts.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, parts included."""
+        return sum(b.nbytes for b in self._buffers.values()) + sum(w.nbytes for w in self._parts.values())
 
     def __deepcopy__(self, memo):
         return Workspace()
@@ -121,11 +127,17 @@ def displacements(tape, grad_output: Tensor | None, grad_last: Tensor | None, co
     scale = config.target_step if rule.uses_target_step else 1.0
     lam = inject(grad_output, grad_last, scale, tape.out, tape.workspace)
     rule.prepare(tape, config)(lam)
-    if _recorders:
-        record = (tape, config, lam.clone())
-        for records in _recorders:
-            records.append(record)
+    record(tape, config, lam)
     return through_time_(tape, lam, config)
+
+
+def record(tape, config: TPConfig, lam: Tensor) -> None:
+    """Within :func:`recording` blocks, keep a copy of ``λ`` (eqs. 1–2, before any through-time
+    pass) with its tape and settings; nothing otherwise."""
+    if _recorders:
+        entry = (tape, config, lam.clone())
+        for records in _recorders:
+            records.append(entry)
 
 
 def through_time_(tape, lam: Tensor, config: TPConfig) -> Tensor:

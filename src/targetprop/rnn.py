@@ -105,10 +105,7 @@ class _TPRecurrent(nn.Module):
         self.bias = _bool_arg("bias", bias)
         self.batch_first = batch_first
         self.bidirectional = _bool_arg("bidirectional", bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-            raise ValueError("dropout should be a number in range [0, 1], the probability of an element "
-                             f"being zeroed, got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = dropout
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"dropout applies between stacked layers, so with num_layers=1 dropout={dropout} "
                           "has no effect (as in torch.nn)", stacklevel=3)
@@ -148,7 +145,8 @@ class _TPRecurrent(nn.Module):
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def flatten_parameters(self) -> None:
-        """Nothing to do (``torch.nn`` packs weights for cuDNN here; these layers do not use cuDNN)."""
+        """Nothing to do: ``torch.nn`` packs its weights into one buffer for cuDNN here; these layers
+        keep no packed copy (a cuDNN kernel that runs their forward takes the weights as they are)."""
 
     # Hyper-parameters (and batch_first) are validated whenever they are set, not only in __init__.
     def __setattr__(self, name, value):
@@ -359,7 +357,15 @@ def _nonneg(name):
     return lambda self, v: check.real(name, v, low=0.0, low_open=False)
 
 
+def _dropout_arg(self, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+        raise ValueError(f"dropout should be a number in range [0, 1], the probability of an element being zeroed, "
+                         f"got {v!r}")
+    return float(v)
+
+
 _SETTERS = {
+    "dropout": _dropout_arg,
     "batch_first": lambda self, v: _bool_arg("batch_first", v),
     "through_time": lambda self, v: _bool_arg("through_time", v),
     "check_finite": lambda self, v: _bool_arg("check_finite", v),

@@ -68,7 +68,8 @@ def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
     L, D = spec.num_layers, spec.directions
     steps = Steps(T, B, lengths, x.device)
     kernels = select_kernels(config.backend, x, params[1])
-    keep = getattr(cell, "forward_for_backward", None) if grad_enabled and any(ctx.needs_input_grad) else None
+    backward = grad_enabled and any(ctx.needs_input_grad)  # else keep nothing: memory of one layer at a time
+    keep = getattr(cell, "forward_for_backward", None) if backward else None
     inputs, extras, outs, masks, h_n = [], [], [], [], []
     layer_in = x
     for layer in range(L):
@@ -81,23 +82,29 @@ def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
                 out, *extra = keep(x_in, h0[k], *w, config.activation, kernels)
             else:
                 out, extra = cell.forward(x_in, h0[k], *w, config.activation, kernels), []
-            inputs.append(x_in)
-            extras.append(extra)
-            outs.append(out)
+            if backward:
+                extras.append(extra)
+                outs.append(out)
             h_n.append(steps.last(out))
             directions.append(steps.reverse(out) if d else out)
+        if backward:
+            inputs.append(layer_in)  # a reverse direction's input is re-made from it in the backward
         layer_out = torch.cat(directions, -1) if D > 1 else directions[0]
+        mask = None
         if spec.dropping(layer):
-            mask = torch.empty_like(layer_out).bernoulli_(1 - spec.dropout)  # the draw torch.nn makes
-            masks.append(mask)
+            mask = torch.empty_like(layer_out).bernoulli_(1 - spec.dropout)  # as torch.nn on a padded tensor
             layer_in = layer_out * mask.div(1 - spec.dropout) if spec.dropout < 1 else layer_out * mask
         else:
-            masks.append(None)
             layer_in = layer_out
+        if backward:
+            masks.append(mask)
+    if not backward:
+        return layer_out, torch.stack(h_n)
     ctx.cell, ctx.config, ctx.spec, ctx.steps, ctx.kernels = cell, config, spec, steps, kernels
     ctx.device = x.device.type
-    # everything the backward reads goes through save_for_backward (autograd's saved-tensor hooks,
-    # memory accounting and in-place checks see it); the counts say how to split it again
+    # every tensor of the run the backward reads goes through save_for_backward (autograd's
+    # saved-tensor hooks, memory accounting and in-place checks see it; only the small index
+    # tensors of ``steps`` are attributes); the counts say how to split it again
     ctx.extra_counts = [len(e) for e in extras]
     ctx.masked = [m is not None for m in masks]
     ctx.save_for_backward(h0, *params, *outs, *inputs, *(t for e in extras for t in e),
@@ -106,10 +113,11 @@ def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
 
 
 def _unpack(ctx, L: int, D: int):
-    """``(h0, params, outs, inputs, extras, masks)`` as :func:`_forward` saved them."""
+    """``(h0, params, outs, inputs, extras, masks)`` as :func:`_forward` saved them (``inputs``
+    one per layer, in time order)."""
     saved = iter(ctx.saved_tensors)
     take = lambda n: [next(saved) for _ in range(n)]  # noqa: E731
-    h0, params, outs, inputs = next(saved), take(4 * L * D), take(L * D), take(L * D)
+    h0, params, outs, inputs = next(saved), take(4 * L * D), take(L * D), take(L)
     extras = [take(n) for n in ctx.extra_counts]
     masks = [next(saved) if m else None for m in ctx.masked]
     return h0, params, outs, inputs, extras, masks
@@ -132,9 +140,12 @@ def _backward(ctx, grad_out, grad_hn):
         tapes, lams = [], []
         for d in range(D):
             k = layer * D + d
-            tape = cell.Tape(inputs[k], h0[k], outs[k], *params[4 * k:4 * k + 4], config.activation,
+            x_in = steps.reverse(inputs[layer]) if d else inputs[layer]
+            tape = cell.Tape(x_in, h0[k], outs[k], *params[4 * k:4 * k + 4], config.activation,
                              ctx.kernels, *extras[k])
-            tape.workspace, tape.valid = workspace.part(k), valid
+            # scratch per direction, not per layer: a layer's buffers are dead before the one below starts
+            tape.workspace, tape.valid = workspace.part(d), valid
+            tape.suffix = f"l{layer}{'_reverse' if d else ''}"
             g = None
             if layer == L - 1 and grad_out is not None:
                 g = grad_out[..., d * p:(d + 1) * p]
@@ -146,10 +157,11 @@ def _backward(ctx, grad_out, grad_hn):
                 zd = z[..., d * p:(d + 1) * p]
                 lam[1:].add_(steps.reverse(zd) if d else zd)
             rule.prepare(tape, config)(lam)
+            engine.record(tape, config, lam)
             tapes.append(tape)
             lams.append(lam)
         if layer > 0:
-            z = _down(rule, config, spec, steps, tapes, lams, layer, inputs[layer * D], masks[layer - 1])
+            z = _down(rule, config, spec, steps, tapes, lams, layer, inputs[layer], masks[layer - 1])
         for d, (tape, lam) in enumerate(zip(tapes, lams)):
             k = layer * D + d
             want = [n for i, n in enumerate(PARAMETERS) if needs[2 + 4 * k + i]]
@@ -176,7 +188,8 @@ def _down(rule, config, spec, steps, tapes, lams, layer: int, layer_in: Tensor, 
     if rule.input_map == "adjoint":
         z = flat @ w
     else:
-        z = flat @ inverse_operator(w, config.reg, f"weight_ih_l{layer}").T
+        name = f"weight_ih_l{layer}" + (f" and weight_ih_l{layer}_reverse stacked" if len(tapes) > 1 else "")
+        z = flat @ inverse_operator(w, config.reg, name).T
         if rule.input_map == "direct":
             z.sub_(layer_in.reshape(T * B, -1))
     z = steps.mask_(z.view(T, B, -1))

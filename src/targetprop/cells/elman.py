@@ -85,7 +85,12 @@ class ElmanTape:
     activation: Activation
     kernels: object = None  # the compiled module, or None for the pure-PyTorch path
     workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    suffix: str = "l0"  # the layer and direction, as in the parameters' names (for error messages)
     valid: Tensor | None = None  # (T, B, 1): 1 at each sequence's valid steps (packed input), else None
+
+    def inverse_operator(self, reg: float) -> Tensor:
+        """``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ`` (a failure names this layer's ``weight_hh``)."""
+        return inverse_operator(self.weight_hh, reg, f"weight_hh_{self.suffix}")
 
     def h_prev(self, t: int) -> Tensor:
         """``h_{t-1}`` for t = 1..T."""
@@ -176,7 +181,7 @@ class Linearized:
 
     def prepare(self, tape: ElmanTape, config):
         factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
-        return tape.scaled_recursion(factor, inverse_operator(tape.weight_hh, config.reg).T, divide, floor)
+        return tape.scaled_recursion(factor, tape.inverse_operator(config.reg).T, divide, floor)
 
     def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
         factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
@@ -190,7 +195,7 @@ class _StepwiseInverseRule:
     input_map = "inverse"
 
     def prepare(self, tape: ElmanTape, config):
-        step = self._step(tape, config, inverse_operator(tape.weight_hh, config.reg).T, tape.work_buffer())
+        step = self._step(tape, config, tape.inverse_operator(config.reg).T, tape.work_buffer())
         return lambda lam: propagate(step, lam)
 
 

@@ -99,6 +99,7 @@ class GRUTape:
     kernels: object = None
     gates: Tensor = None  # (T, B, 4, p): r, z, q, n
     workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    suffix: str = "l0"  # the layer and direction, as in the parameters' names (for error messages)
     valid: Tensor | None = None  # (T, B, 1) valid steps of a packed batch (unused: every rule is linear)
 
     def __post_init__(self):
@@ -173,7 +174,7 @@ class GRUTape:
 
     def linearized_recursion(self, reg: float, tol: float, keep_adjoints: bool = True) -> Recursion:
         p = self.out.shape[-1]
-        m = inverse_operator(self.weight_hh.view(3, p, p), reg)  # (3, p, p): M_r, M_z, M_n
+        m = inverse_operator(self.weight_hh.view(3, p, p), reg, f"weight_hh_{self.suffix}")  # (3, p, p): M_r, M_z, M_n
         return self._recursion(True, m.mT.reshape(3 * p, p), tol, keep_adjoints)
 
     def _preactivation_adjoints(self, lam: Tensor) -> Tensor:
