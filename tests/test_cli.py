@@ -173,3 +173,24 @@ def test_threads_default_to_one_for_small_steps_and_to_torchs_otherwise(tmp_path
     finally:
         torch.set_num_threads(old)
         threads.set_automatic(False)
+
+
+def test_inputs_that_used_to_crash_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    fails(["train", *TINY, "--out", str(tmp_path / "afile" / "sub")], capsys, "afile", "is a file, not a directory")
+    for option in ("length=5", "seed=2", "batch_size=4"):
+        fails(["train", *TINY, "--task-option", option, "--out", str(tmp_path / "r")], capsys,
+              "task_options may not set", option.split("=")[0])
+
+
+def test_an_ignored_sigint_stays_ignored_during_a_run():
+    from targetprop.training.signals import SignalStop
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with SignalStop():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)

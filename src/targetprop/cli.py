@@ -37,7 +37,8 @@ from .training.build import LOSSES, build_model, build_task
 from .training.files import RunFolderError
 from .training.loop import CHECKPOINT_EVERY
 from .training.rundir import EXIT_CODES, read_config
-from .training.trainer import Trainer, TrainConfig
+from .training.config import TrainConfig
+from .training.trainer import Trainer
 
 EXIT_INTERRUPTED = 130
 EXIT_HELP = ("exit codes: 0 completed (or already finished), 3 diverged, 4 failed (a NaN/inf direction, a "
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     threads.set_automatic(getattr(args, "threads", 0) is None)
-    return args.handler(args, args.subparser)
+    try:
+        return args.handler(args, args.subparser)
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handling starts (building the task, the model)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 class _Parser(argparse.ArgumentParser):

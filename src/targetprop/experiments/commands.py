@@ -243,7 +243,9 @@ def _add_tune(sub) -> None:
                                    "OUT/tune.md and, for two axes, a heat map OUT/heatmap.png (Fig. 6a).")
     p.add_argument("--panel", help="start from this panel's settings (default: the task defaults)")
     p.add_argument("--method", help="the panel's method to start from (default: its first)")
-    p.add_argument("--budget", choices=specs.BUDGETS, default="short")
+    p.add_argument("--budget", choices=specs.BUDGETS, default="short",
+                   help="with --panel, which of its budgets the base settings take (default: short); without "
+                        "a panel the task's defaults apply (set --set iterations=N to shorten runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], type=key_value,
                    help="a base setting (repeatable)")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=LO:HI[:N]|KEY=V1,V2,…",

@@ -16,10 +16,14 @@ import difflib
 import inspect
 import json
 import math
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 import torch
 
@@ -182,6 +186,9 @@ class TrainConfig:
         clash = sorted(set(self.layer_options) & (_FIELDS | {"input_size", "batch_first"}))
         if clash:
             raise ValueError(f"layer_options may not set {', '.join(clash)}: use the setting(s) of that name")
+        clash = sorted(set(self.task_options) & _FIELDS)
+        if clash:
+            raise ValueError(f"task_options may not set {', '.join(clash)}: use the setting(s) of that name")
         _strict_booleans("layer_options", self.layer_options, MODELS[self.cell])
         _strict_booleans("task_options", self.task_options, _factory(self.task))
         if (self.task_options.get("normalize") == "none" and self.task in IMAGE_TASKS and self.rule != "bp"

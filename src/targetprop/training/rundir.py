@@ -227,6 +227,9 @@ def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output path {out} exists and is not a directory")
+    blocked = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+    if blocked is not None:
+        raise RunFolderError(f"output path {out} is under {blocked}, which is a file, not a directory")
     if overwrite:
         return Plan(out, "empty", overwrite=True)
     if not resume and (not out.is_dir() or not any(out.iterdir())):

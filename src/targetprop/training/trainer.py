@@ -6,8 +6,7 @@ evaluation sets, :meth:`Trainer.state_dict` is what a checkpoint holds. A run fr
 is :mod:`targetprop.training.loop`'s (:meth:`Trainer.run`); building the task, model and
 optimizer :mod:`targetprop.training.build`'s; how a run ends :mod:`targetprop.training.outcome`'s;
 the run folder's files :mod:`targetprop.training.rundir`'s; the settings
-:class:`~targetprop.training.config.TrainConfig`'s (re-exported here, with the earlier names of
-the other modules' functions).
+:class:`~targetprop.training.config.TrainConfig`'s (importable from here too).
 
 Iterations, not epochs: iteration ``i`` trains on ``task.train_batch(i)``, a pure function of
 the task's seed and ``i``, so the data order needs no saved state. A run is stopped and marked
