@@ -39,14 +39,8 @@ class TPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
-        with fpmode.flushed():
-            if x.dtype not in HALF:
-                return TPFunction._forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh)
-            # Half precision: the forward, the inverse and the displacements run in float32 and
-            # the results are cast back (the directions by autograd, to each parameter's dtype).
-            wide = (t.float() if t is not None else None for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
-            out, h_n = TPFunction._forward(ctx, cell, config, grad_enabled, *wide)
-            return out.to(x.dtype), h_n.to(x.dtype)
+        return guarded_forward(lambda *t: TPFunction._forward(ctx, cell, config, grad_enabled, *t),
+                               x, h0, w_ih, w_hh, b_ih, b_hh)
 
     @staticmethod
     def _forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
@@ -63,12 +57,8 @@ class TPFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
-        if torch.is_grad_enabled():  # autograd records the backward only when asked to: create_graph=True
-            raise RuntimeError(NO_DOUBLE_BACKWARD)
-        device = ctx.saved_tensors[0].device.type
-        with fpmode.flushed(), torch.autocast(device, enabled=False):
-            grad_out, grad_hn = (g.float() if g is not None and g.dtype in HALF else g for g in (grad_out, grad_hn))
-            return TPFunction._backward(ctx, grad_out, grad_hn)
+        return guarded_backward(ctx.saved_tensors[0].device.type, lambda *g: TPFunction._backward(ctx, *g),
+                                grad_out, grad_hn)
 
     @staticmethod
     def _backward(ctx, grad_out, grad_hn):
@@ -78,3 +68,23 @@ class TPFunction(torch.autograd.Function):
         lam = engine.displacements(tape, grad_out, grad_hn, ctx.config)
         grads = tape.directions(lam, [k for k, need in zip(GRADIENTS, ctx.needs_input_grad[3:]) if need])
         return (None, None, None, *(grads.get(k) for k in GRADIENTS))
+
+
+def guarded_forward(run, x, *tensors):
+    """``run(x, *tensors) -> (out, h_n)`` with subnormals flushed; half-precision input runs in
+    float32 (no half-precision Cholesky; displacements would underflow) and its results are cast
+    back (the directions by autograd, to each parameter's dtype)."""
+    with fpmode.flushed():
+        if x.dtype not in HALF:
+            return run(x, *tensors)
+        out, h_n = run(*(t.float() if t is not None else None for t in (x, *tensors)))
+        return out.to(x.dtype), h_n.to(x.dtype)
+
+
+def guarded_backward(device: str, run, grad_out, grad_hn):
+    """``run(grad_out, grad_hn)`` with subnormals flushed, autocast off and half-precision
+    gradients widened; a RuntimeError under ``create_graph=True`` (:data:`NO_DOUBLE_BACKWARD`)."""
+    if torch.is_grad_enabled():  # autograd records the backward only when asked to: create_graph=True
+        raise RuntimeError(NO_DOUBLE_BACKWARD)
+    with fpmode.flushed(), torch.autocast(device, enabled=False):
+        return run(*(g.float() if g is not None and g.dtype in HALF else g for g in (grad_out, grad_hn)))

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import engine, fpmode, rules
+from . import engine, rules
 from .cells import PARAMETERS
-from .function import HALF, NO_DOUBLE_BACKWARD
+from .function import guarded_backward, guarded_forward
 from .inverse import inverse_operator
 from .kernels import select_kernels
 from .packing import Steps
@@ -46,20 +46,13 @@ class StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, *params):
-        with fpmode.flushed():
-            if x.dtype not in HALF:
-                return _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params)
-            wide = [t.float() if t is not None else None for t in (x, h0, *params)]  # as TPFunction
-            out, h_n = _forward(ctx, cell, config, spec, grad_enabled, lengths, wide[0], wide[1], wide[2:])
-            return out.to(x.dtype), h_n.to(x.dtype)
+        ctx.device = x.device.type
+        return guarded_forward(lambda x, h0, *w: _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, w),
+                               x, h0, *params)
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
-        if torch.is_grad_enabled():
-            raise RuntimeError(NO_DOUBLE_BACKWARD)
-        with fpmode.flushed(), torch.autocast(ctx.device, enabled=False):
-            grad_out, grad_hn = (g.float() if g is not None and g.dtype in HALF else g for g in (grad_out, grad_hn))
-            return (None,) * 5 + _backward(ctx, grad_out, grad_hn)
+        return (None,) * 5 + guarded_backward(ctx.device, lambda *g: _backward(ctx, *g), grad_out, grad_hn)
 
 
 def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
@@ -101,7 +94,6 @@ def _forward(ctx, cell, config, spec, grad_enabled, lengths, x, h0, params):
     if not backward:
         return layer_out, torch.stack(h_n)
     ctx.cell, ctx.config, ctx.spec, ctx.steps, ctx.kernels = cell, config, spec, steps, kernels
-    ctx.device = x.device.type
     # every tensor of the run the backward reads goes through save_for_backward (autograd's
     # saved-tensor hooks, memory accounting and in-place checks see it; only the small index
     # tensors of ``steps`` are attributes); the counts say how to split it again
