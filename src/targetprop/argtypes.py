@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 
 
@@ -77,3 +78,8 @@ def for_setting(name: str, kind: str, *, choices=None, optional: bool = False) -
         return "none" if text.lower() == "none" else parse(text)
 
     return or_none
+
+
+def wants_progress(args) -> bool:
+    """Progress bars: unless ``--quiet``, and only on a terminal (a log file gets no bars)."""
+    return not args.quiet and sys.stderr.isatty()

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, diagnose
-from .argtypes import for_setting, key_value, non_negative_int, positive_int
+from .argtypes import for_setting, key_value, non_negative_int, positive_int, wants_progress
 from .experiments import commands, reports
 from .tasks import fetch
 from .training import checkpoint, config, distributed, rundir, threads
@@ -195,7 +195,7 @@ def _train_in(args, parser, settings: TrainConfig, task, out: Path, world: distr
     else:
         threads.apply(task, settings)
     try:
-        summary = trainer.run(plan=plan, progress=_progress(args) and world.main,
+        summary = trainer.run(plan=plan, progress=wants_progress(args) and world.main,
                               checkpoint_every=args.checkpoint_every, diagnose_every=args.diagnose_every)
     except RunFolderError as err:  # e.g. every checkpoint of the run is corrupt; a bug keeps its own type
         parser.error(str(err))
@@ -286,5 +286,3 @@ def _config(parser, values: dict) -> TrainConfig:
         parser.error(str(err))
 
 
-def _progress(args) -> bool:
-    return not args.quiet and sys.stderr.isatty()

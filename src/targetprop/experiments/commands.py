@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..argtypes import key_value, positive_int
+from ..argtypes import key_value, positive_int, wants_progress
 from ..training import distributed, rundir, threads
 from . import pipeline, reports, specs, tuning
 from .runner import RunRefused, Stopped, task_for
@@ -62,10 +62,6 @@ def _echo_log():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-def _progress(args) -> bool:
-    return not args.quiet and sys.stderr.isatty()
 
 
 def _common_options(p, out_help: str, overwrite_help: str) -> None:
@@ -117,7 +113,7 @@ def _compare(args, parser) -> int:
         print(table["description"])
     with _echo_log():
         try:
-            outcome = pipeline.execute(planned, progress=_progress(args))
+            outcome = pipeline.execute(planned, progress=wants_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:
@@ -224,7 +220,7 @@ def _reproduce(args, parser) -> int:
             parser.error(str(err))
         try:
             for planned in filter(None, plans):
-                pipeline.reproduce(planned, out / "results.md", progress=_progress(args))
+                pipeline.reproduce(planned, out / "results.md", progress=wants_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:
@@ -275,7 +271,7 @@ def _tune(args, parser) -> int:
         parser.error(str(err))
     with _echo_log():
         try:
-            cells, best = tuning.tune(grid, jobs, progress=_progress(args))
+            cells, best = tuning.tune(grid, jobs, progress=wants_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..argtypes import wants_progress
 from .datasets import DATA_ENV, FOLDERS, default_data_dir, search_dirs
 from .sources import BY_HAND, CHECKSUMS, GZIP_OK, SOURCES
 from .staging import FetchError, Staging, copy_checked
@@ -163,7 +164,7 @@ def add_commands(sub) -> None:
 def _fetch_command(args, parser) -> int:
     """Exit code 0 when every data set is verified, 1 when one could not be fetched, 130 on
     Ctrl-C and 143 on SIGTERM (the temporaries removed either way)."""
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = wants_progress(args)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = False
     try:
