@@ -103,6 +103,16 @@ def isa(request):
     module.set_isa(module.widest_isa())
 
 
+def _assert_backends_agree(results, where):
+    """The compiled loops' forward, directions, input and h0 gradients equal pure PyTorch's."""
+    (g1, x1, h1, o1, _), (g2, x2, h2, o2, _) = results["torch"], results["cpp"]
+    assert_rel(o2, o1, where=f"{where} forward")
+    for k in g1:
+        assert_rel(g2[k], g1[k], where=f"{where} {k}")
+    assert_rel(x2, x1, where=f"{where} input")
+    assert_rel(h2, h1, where=f"{where} h0")
+
+
 @pytest.mark.parametrize("rule", ["bp", "linearized"])
 @pytest.mark.parametrize("B,p", [(9, 45), (4, 100), (1, 7)])
 def test_every_instruction_set_equals_pure_pytorch(isa, rule, B, p):
@@ -113,12 +123,7 @@ def test_every_instruction_set_equals_pure_pytorch(isa, rule, B, p):
     for backend in ("torch", "cpp"):
         layer.backend = backend
         results[backend] = run_layer(layer, x, h0, C, Cn)
-    (g1, x1, h1, o1, _), (g2, x2, h2, o2, _) = results["torch"], results["cpp"]
-    assert_rel(o2, o1, where=f"{isa} forward")
-    for k in g1:
-        assert_rel(g2[k], g1[k], where=f"{isa} {rule} {k}")
-    assert_rel(x2, x1)
-    assert_rel(h2, h1)
+    _assert_backends_agree(results, f"{isa} {rule}")
 
 
 @pytest.mark.parametrize("rule", ["bp", "linearized"])
@@ -128,12 +133,7 @@ def test_every_instruction_set_equals_pure_pytorch_gru(isa, rule):
         layer, x, h0, C, Cn = make_gru(B=6, T=30, p=37, seed=25, backend=backend)
         layer.rule = rule
         results[backend] = run_layer(layer, x, h0, C, Cn)
-    (g1, x1, h1, o1, _), (g2, x2, h2, o2, _) = results["torch"], results["cpp"]
-    assert_rel(o2, o1, where=f"{isa} gru forward")
-    for k in g1:
-        assert_rel(g2[k], g1[k], where=f"{isa} gru {rule} {k}")
-    assert_rel(x2, x1)
-    assert_rel(h2, h1)
+    _assert_backends_agree(results, f"{isa} gru {rule}")
 
 
 def test_set_isa_refuses_an_unknown_instruction_set():

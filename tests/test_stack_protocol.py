@@ -43,3 +43,10 @@ def test_tape_directions_are_keyed_by_parameter_name(cell):
     ref_grads = torch.autograd.grad((ref * grad_out).sum(), leaves)
     for k, r in zip(GRADIENTS, ref_grads):
         assert torch.allclose(grads[k], r, rtol=1e-10, atol=1e-12), k
+
+
+def test_the_elman_cells_earlier_name_finds_its_rules_too():
+    from targetprop import rules
+
+    assert rules.get_rule("elman", "linearized") is rules.get_rule("rnn", "linearized")
+    assert rules.available("elman") == rules.available("rnn")

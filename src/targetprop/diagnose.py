@@ -29,7 +29,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from . import engine, rules
+from . import engine
 
 #: a rule name, or a rule name + THROUGH_TIME for the authors' through-time variant
 THROUGH_TIME = "-through-time"
@@ -112,7 +112,7 @@ def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[s
     for name in rule_names:
         grads, record = runs[name]
         config = record[1]
-        scale = config.target_step if rules.get_rule(config.cell, config.rule).uses_target_step else 1.0
+        scale = engine.injection_scale(config)
         out["cosine_with_bp"][name] = {k: _cosine(g, bp_grads[k]) for k, g in grads.items()}
         out["norm_ratio"][name] = {k: g.norm().item() / (scale * bp_grads[k].norm().item())
                                    if bp_grads[k].norm().item() else float("nan") for k, g in grads.items()}

@@ -101,6 +101,11 @@ def recording():
         _recorders.remove(records)
 
 
+def injection_scale(config: TPConfig) -> float:
+    """``s`` of ``λ_t ← −s·g_t`` (eq. 1): ``γ_h``, or 1 for a rule whose displacements are BP's adjoints."""
+    return config.target_step if rules.get_rule(config.cell, config.rule).uses_target_step else 1.0
+
+
 def inject(grad_output: Tensor | None, grad_last: Tensor | None, scale: float, out: Tensor,
            workspace: Workspace) -> Tensor:
     """The (T+1, B, p) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0, for hidden
@@ -124,8 +129,7 @@ def displacements(tape, grad_output: Tensor | None, grad_last: Tensor | None, co
     (negated) adjoints of ``Σ_t ½‖h_t − v_t‖²`` through the unrolled recurrence.
     """
     rule = rules.get_rule(config.cell, config.rule)
-    scale = config.target_step if rule.uses_target_step else 1.0
-    lam = inject(grad_output, grad_last, scale, tape.out, tape.workspace)
+    lam = inject(grad_output, grad_last, injection_scale(config), tape.out, tape.workspace)
     rule.prepare(tape, config)(lam)
     record(tape, config, lam)
     return through_time_(tape, lam, config)

@@ -45,7 +45,7 @@ class TPFunction(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, cell, config, grad_enabled, x, h0, w_ih, w_hh, b_ih, b_hh):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not (T, B, p) zeros
-        ctx.cell, ctx.config = cell, config
+        ctx.cell, ctx.config, ctx.device = cell, config, x.device.type
         ctx.kernels = select_kernels(config.backend, x, w_hh)
         keep = getattr(cell, "forward_for_backward", None)
         if keep is not None and grad_enabled and any(ctx.needs_input_grad):
@@ -57,8 +57,7 @@ class TPFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
-        return guarded_backward(ctx.saved_tensors[0].device.type, lambda *g: TPFunction._backward(ctx, *g),
-                                grad_out, grad_hn)
+        return guarded_backward(ctx.device, lambda *g: TPFunction._backward(ctx, *g), grad_out, grad_hn)
 
     @staticmethod
     def _backward(ctx, grad_out, grad_hn):

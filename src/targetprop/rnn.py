@@ -91,7 +91,6 @@ class _TPRecurrent(nn.Module):
     (``weight_ih_l{k}``, ``…_reverse``), listed in ``_all_weights`` as ``torch.nn`` does."""
 
     cell_module = None  # elman or gru
-    gates = 1
     proj_size = 0  # as torch.nn.RNN / torch.nn.GRU, which have no projections
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -110,7 +109,7 @@ class _TPRecurrent(nn.Module):
             warnings.warn(f"dropout applies between stacked layers, so with num_layers=1 dropout={dropout} "
                           "has no effect (as in torch.nn)", stacklevel=3)
         kw = {"device": device, "dtype": dtype}
-        rows = self.gates * hidden_size
+        rows = self.cell_module.GATES * hidden_size
         directions = 2 if bidirectional else 1
         self._all_weights = []
         for layer in range(num_layers):
@@ -333,7 +332,6 @@ class TPGRU(_TPRecurrent):
     """
 
     cell_module = gru
-    gates = 3
     mode = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -45,6 +45,12 @@ def stackable(rule) -> bool:
 
 
 _REGISTRY: dict[str, dict[str, Rule]] = {}
+#: names a cell was known by before (the Elman cell's rules were registered as "elman")
+CELL_ALIASES = {"elman": "rnn"}
+
+
+def _rules_of(cell: str) -> dict[str, Rule]:
+    return _REGISTRY.get(CELL_ALIASES.get(cell, cell), {})
 
 
 def register(cell: str, name: str):
@@ -58,12 +64,12 @@ def register(cell: str, name: str):
 
 
 def available(cell: str) -> tuple[str, ...]:
-    return tuple(n for n in RULE_NAMES if n in _REGISTRY.get(cell, {}))
+    return tuple(n for n in RULE_NAMES if n in _rules_of(cell))
 
 
 def check_rule_name(cell: str, name: str) -> str:
     """``name`` if ``cell`` supports it; a ``ValueError`` naming the allowed rules otherwise."""
-    if name not in _REGISTRY.get(cell, {}):
+    if name not in _rules_of(cell):
         hint = ""
         if name in RULE_NAMES:
             hint = f" ({name!r} is not defined for the {cell} cell)"
@@ -72,7 +78,7 @@ def check_rule_name(cell: str, name: str) -> str:
 
 
 def get_rule(cell: str, name: str) -> Rule:
-    return _REGISTRY[cell][check_rule_name(cell, name)]
+    return _rules_of(cell)[check_rule_name(cell, name)]
 
 
 def propagate(step: Step, lam: Tensor) -> Tensor:

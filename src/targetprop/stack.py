@@ -122,7 +122,7 @@ def _backward(ctx, grad_out, grad_hn):
     p = h0.shape[-1]
     needs = ctx.needs_input_grad[5:]
     rule = rules.get_rule(cell.NAME, config.rule)
-    scale = config.target_step if rule.uses_target_step else 1.0
+    scale = engine.injection_scale(config)
     workspace = config.workspace or engine.Workspace()
     valid = None if steps.lengths is None else steps.valid.to(h0.dtype)
     grad_x, grad_h0 = None, (torch.zeros_like(h0) if needs[1] else None)
@@ -180,7 +180,7 @@ def _down(rule, config, spec, steps, tapes, lams, layer: int, layer_in: Tensor, 
     if rule.input_map == "adjoint":
         z = flat @ w
     else:
-        name = f"weight_ih_l{layer}" + (f" and weight_ih_l{layer}_reverse stacked" if len(tapes) > 1 else "")
+        name = f"[weight_ih_l{layer}; weight_ih_l{layer}_reverse]" if len(tapes) > 1 else f"weight_ih_l{layer}"
         z = flat @ inverse_operator(w, config.reg, name).T
         if rule.input_map == "direct":
             z.sub_(layer_in.reshape(T * B, -1))

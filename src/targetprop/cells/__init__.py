@@ -31,21 +31,19 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from .. import rules
+
 #: the parameters of one layer and direction, in ``torch.nn``'s order (``weight_ih_l0``, …)
 PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 #: what a tape's directions are keyed by: the input, the initial state, the parameters
 GRADIENTS = ("input", "h0") + PARAMETERS
-
-#: names a cell was known by before (the Elman cell's rules were registered as "elman")
-_ALIASES = {"elman": "rnn"}
-
 
 def get_cell(name: str) -> ModuleType:
     """The cell module called ``name`` (``"rnn"``: the Elman cell, ``"gru"``); a ValueError otherwise."""
     from . import elman, gru
 
     cells = {elman.NAME: elman, gru.NAME: gru}
-    key = _ALIASES.get(name, name)
+    key = rules.CELL_ALIASES.get(name, name)
     if key not in cells:
         raise ValueError(f"cell must be one of {sorted(cells)}, got {name!r}")
     return cells[key]

@@ -31,7 +31,7 @@ from ..engine import Workspace
 from ..inverse import inverse_operator
 from ..rules import Recursion, propagate, register
 
-NAME = "rnn"  # as torch.nn.RNN; the rules were registered as "elman" before (cells.get_cell takes both)
+NAME = "rnn"  # as torch.nn.RNN; the rules were registered as "elman" before (get_cell and the rule registry take both)
 STATES = ("h",)
 GATES = 1
 
@@ -184,8 +184,7 @@ class Linearized:
         return tape.scaled_recursion(factor, tape.inverse_operator(config.reg).T, divide, floor)
 
     def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
-        factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
-        return lam[1:] / torch.clamp_min(factor, floor) if divide else lam[1:] * factor
+        return lam[1:] * tape.activation.inverse_derivative(tape.derivative, config.tol)
 
 
 class _StepwiseInverseRule:
@@ -233,14 +232,15 @@ class Direct(_StepwiseInverseRule):
         act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
         proj = tape.input_projection.unbind(0)
 
-        valid = tape.valid
+        valid = None if tape.valid is None else tape.valid.unbind(0)
+        moved = None if valid is None else tape.work_buffer()
 
         def step(t, lam_t, out):
             _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(proj[t - 1])
             if valid is None:
                 out.sub_(tape.h_prev(t)).addmm_(buf, mt)
             else:  # R(0) ≠ 0 for this rule: a padded step must hand nothing back
-                out.addcmul_(torch.mm(buf, mt).sub_(tape.h_prev(t)), valid[t - 1])
+                out.addcmul_(torch.mm(buf, mt, out=moved).sub_(tape.h_prev(t)), valid[t - 1])
 
         return step
 
