@@ -144,3 +144,14 @@ def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):
     assert json.loads((logged / "config.json").read_text())["run"]["diagnose_every"] == 50
     plot_runs([plain, logged], tmp_path / "c.png")
     assert (tmp_path / "c-diagnostics.png").stat().st_size > 1000
+
+
+def test_diagnose_runs_in_the_settings_dtype_from_the_command_line_and_in_a_run(tmp_path, capsys):
+    argv = ["--task", "temporal-order", "--length", "10", "--hidden-size", "8", "--test-size", "50", "--dtype",
+            "float64"]
+    assert main(["diagnose", *argv, "--rules", "linearized"]) == 0
+    assert "linearized" in capsys.readouterr().out
+    assert main(["train", *argv, "--iterations", "4", "--eval-every", "2", "--diagnose-every", "2", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert len((tmp_path / "run" / "diagnostics.csv").read_text().splitlines()) > 1

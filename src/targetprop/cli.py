@@ -33,7 +33,7 @@ from .argtypes import for_setting, key_value, non_negative_int, positive_int, wa
 from .experiments import commands, reports
 from .tasks import fetch
 from .training import checkpoint, config, distributed, rundir, threads
-from .training.build import LOSSES, build_model, build_task
+from .training.build import LOSSES, build_device, build_model, build_task, to_run
 from .training.files import RunFolderError
 from .training.loop import CHECKPOINT_EVERY
 from .training.rundir import EXIT_CODES, read_config
@@ -250,8 +250,10 @@ def _diagnose(args, parser) -> int:
             if found.payload is None:
                 raise ValueError(f"{args.run} has no usable checkpoint")
             model.load_state_dict(found.payload["model"])
-        x, y = task.train_batch(0)
-        result = diagnose.diagnose(model, x, y, LOSSES[task.loss], args.rules or diagnose.default_rules(cfg.rule))
+        device = build_device(cfg, distributed.World())
+        x, y = to_run(task.train_batch(0), config.DTYPES[cfg.dtype], device)
+        result = diagnose.diagnose(model.to(device), x, y, LOSSES[task.loss],
+                                   args.rules or diagnose.default_rules(cfg.rule))
     except ValueError as err:
         parser.error(str(err))
     print(diagnose.table(result))

@@ -82,7 +82,7 @@ def run_job(job: Job, *, progress: bool = False) -> dict:
     """Run or reuse one checked job (see the module docstring); return its summary. Raises
     :class:`Stopped` when the run was interrupted, :class:`RunRefused` when its trainer cannot be built."""
     if job.plan.state != "empty":
-        log.info(job.plan.describe(job.out))
+        log.info(job.plan.describe())
     if job.plan.state == "finished":
         return job.plan.summary
     try:

@@ -41,7 +41,6 @@ method's table, then the command line's overrides. TOML has no null: the string 
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from importlib import resources
 from pathlib import Path
@@ -51,7 +50,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
-from ..training.config import TrainConfig
+from ..training import config
+from ..training.config import FIELDS, TrainConfig
 
 FIGURES = ("fig3", "fig4", "fig6a", "fig6b", "linearized-vs-difference")
 BUDGETS = ("full", "short")
@@ -61,7 +61,6 @@ SHARED_KEYS = ("description", "title", "kind", "grid", "common", "methods")
 COMPARISON_KEYS = SHARED_KEYS + ("out", "plot")
 PANEL_KEYS = SHARED_KEYS + ("figure", "budgets")
 OFF = "none"  # the one spelling of "no value" (TOML has no null)
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 OPTION_PREFIXES = {"task": "task_options", "layer": "layer_options"}
 
 
@@ -214,15 +213,10 @@ def off_is_none(value):
 
 
 def merge(*layers: dict) -> dict:
-    """Settings laid over each other; ``task_options``/``layer_options`` merge key by key."""
-    out = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if key in OPTION_PREFIXES.values() and isinstance(value, dict):
-                out[key] = {**out.get(key, {}), **value}
-            else:
-                out[key] = off_is_none(value)
-    return out
+    """Settings laid over each other (:func:`targetprop.training.config.merge`: the option tables
+    merge key by key), ``"none"`` read as None."""
+    return config.merge(*({k: v if isinstance(v, dict) else off_is_none(v) for k, v in layer.items()}
+                          for layer in layers))
 
 
 def _budget_table(table: dict, budget: str | None) -> dict:

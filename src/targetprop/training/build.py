@@ -11,7 +11,7 @@ from torch import nn
 
 from ..tasks.base import Task
 from ..tasks.registry import make_task
-from ..tasks.seeding import derived_generator
+from ..tasks.seeding import derived_generator, derived_seed
 from .config import DTYPES, TrainConfig
 from .distributed import World, resolve_device
 from .models import SequenceModel
@@ -45,9 +45,20 @@ def build_model(config: TrainConfig, task: Task) -> SequenceModel:
     if config.nonlinearity is not None:
         options["nonlinearity"] = config.nonlinearity
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_generator(config.seed, "init-global").initial_seed())
+        torch.manual_seed(derived_seed(config.seed, "init-global"))
         return SequenceModel(config.cell, task.input_size, config.hidden_size, task.output_size,
                              init=config.init, generator=derived_generator(config.seed, "init"), **options)
+
+
+def to_run(batch, dtype: torch.dtype, device: torch.device):
+    """``(x, y)`` on ``device`` in the run's ``dtype`` (integer labels keep theirs); from the CPU to
+    CUDA through pinned memory, so that the copy does not wait for the device."""
+    x, y = batch
+    x = x.to(dtype=dtype)
+    y = y.to(dtype=dtype) if y.is_floating_point() else y
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -183,10 +183,10 @@ class TrainConfig:
             setattr(self, f.name, f.metadata["setting"].validate(f.name, getattr(self, f.name)))
         if rules.available(self.cell):
             rules.check_rule_name(self.cell, self.rule)  # the rules this cell registers
-        clash = sorted(set(self.layer_options) & (_FIELDS | {"input_size", "batch_first"}))
+        clash = sorted(set(self.layer_options) & (FIELDS | {"input_size", "batch_first"}))
         if clash:
             raise ValueError(f"layer_options may not set {', '.join(clash)}: use the setting(s) of that name")
-        clash = sorted(set(self.task_options) & _FIELDS)
+        clash = sorted(set(self.task_options) & FIELDS)
         if clash:
             raise ValueError(f"task_options may not set {', '.join(clash)}: use the setting(s) of that name")
         _strict_booleans("layer_options", self.layer_options, MODELS[self.cell])
@@ -210,7 +210,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from a mapping of field names; a ValueError names any unknown key."""
-        unknown = sorted(set(values) - _FIELDS)
+        unknown = sorted(set(values) - FIELDS)
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
@@ -238,7 +238,8 @@ class TrainConfig:
         return f"{cell}{self.rule}{tt} γh={self.target_step:g} r={self.reg:g}, {opt}"
 
 
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+#: the names of every setting
+FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def settings() -> dict[str, tuple[Setting, object]]:
@@ -251,8 +252,8 @@ def check_names(values: dict, where: str) -> None:
     """A ValueError naming the first key of ``values`` that is not a setting (with the nearest
     setting's name when one is close)."""
     for key in values:
-        if key not in _FIELDS:
-            near = difflib.get_close_matches(str(key).replace("-", "_"), sorted(_FIELDS), n=1)
+        if key not in FIELDS:
+            near = difflib.get_close_matches(str(key).replace("-", "_"), sorted(FIELDS), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ValueError(f"{where}: unknown setting {key!r}{hint}")
 

@@ -20,7 +20,7 @@ import torch
 
 from .. import diagnose
 from ..inverse import RegularizedInverseError
-from ..tasks.seeding import derived_generator
+from ..tasks.seeding import derived_seed
 from . import checkpoint, environment, rundir
 from .distributed import lost_peer
 from .files import RunFolderError
@@ -98,7 +98,7 @@ def _finish(trainer, out: Path | None, writer: bool, status: str, message: str) 
 
 def _start(trainer, plan: rundir.Plan | None) -> None:
     """A fresh run: seed the global generators, make the folder ready (process 0 writes)."""
-    torch.manual_seed(derived_generator(trainer.config.seed, "global").initial_seed())
+    torch.manual_seed(derived_seed(trainer.config.seed, "global"))
     if plan is None:
         return
     trainer.world.barrier()  # every process has checked the folder before process 0 writes
@@ -218,10 +218,10 @@ def _log_point(trainer, bar) -> dict:
 def _diagnose(trainer) -> None:
     """Diagnostics of the fixed batch of iteration 0, without touching any random stream."""
     device = trainer.device
-    x, y = (t.to(device) for t in trainer.task.train_batch(0))
+    x, y = trainer._to_device(trainer.task.train_batch(0))
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        result = diagnose.diagnose(getattr(trainer.model, "module", trainer.model), x, y, trainer.loss_fn,
+        result = diagnose.diagnose(trainer.model, x, y, trainer.loss_fn,
                                    diagnose.default_rules(trainer.config.rule))
     trainer.diagnostics.append(trainer.iteration, result)
 

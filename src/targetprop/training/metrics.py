@@ -32,7 +32,6 @@ class MetricsLog:
             self._cut(keep)
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
-        self.rows = keep or 0
 
     def _cut(self, keep: int) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
@@ -46,7 +45,6 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         self._writer.writerow({k: _csv_value(row[k]) for k in METRICS})
         self._file.flush()
-        self.rows += 1
 
     def sync(self) -> None:
         """Make the rows written so far durable (before a checkpoint counts them)."""

@@ -44,7 +44,6 @@ CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.csv", "summary
 DIAGNOSTICS_FILE, CHECKPOINT_FOLDER = "diagnostics.csv", "checkpoints"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 EXIT_CODES = {"completed": 0, "diverged": 3, "failed": 4}
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 RESUMABLE = ("iterations",)  # the settings a resumed run may change
 
 
@@ -201,9 +200,9 @@ class Plan:
     options: dict = field(default_factory=dict)
     overwrite: bool = False
 
-    def describe(self, out: Path | None = None) -> str:
+    def describe(self) -> str:
         """One line saying what the run does with its folder ("" when it starts afresh)."""
-        out = self.path if out is None else out
+        out = self.path
         if self.state == "finished":
             return (f"{out} already holds this run, {self.summary['status']} after {self.summary['iterations']} "
                     f"iterations: nothing to do (--overwrite runs it again)")

@@ -52,8 +52,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from . import checkpoint, loop, outcome, rundir
-from .build import LOSSES, build_device, build_model, build_optimizer, build_task
+from . import checkpoint, loop, rundir
+from .build import LOSSES, build_device, build_model, build_optimizer, build_task, to_run
 from .config import DTYPES, TrainConfig
 from .distributed import World
 from .files import RunFolderError
@@ -212,10 +212,6 @@ class Trainer:
             raise Diverged(f"the training loss {loss:.4g} at iteration {self.iteration} exceeds {factor:g} "
                            f"times its initial value {self.initial_loss:.4g}")
 
-    def summary(self, status: str, message: str, wall_time: float) -> dict:
-        """The run's outcome (``summary.json``; :func:`targetprop.training.outcome.summary`)."""
-        return outcome.summary(self, status, message, wall_time)
-
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
@@ -274,21 +270,8 @@ class Trainer:
         return checkpoint.save_in(self.checkpoints, self.iteration, self.state_dict())
 
     def _to_device(self, batch):
-        """``(x, y)`` on the device in the run's dtype; from the CPU to CUDA through pinned
-        memory, so that the copy does not wait for the device."""
-        x, y = batch
-        x = x.to(dtype=self.dtype)
-        y = y.to(dtype=self.dtype) if y.is_floating_point() else y
-        if self.device.type == "cuda" and x.device.type == "cpu":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
-
-
-def train(config: TrainConfig, out: str | Path | None = None, *, overwrite: bool = False,
-          progress: bool = False, **options) -> dict:
-    """Build a :class:`Trainer` for ``config`` and run it (``options``: :meth:`Trainer.run`'s
-    ``resume`` and ``checkpoint_every``); return the summary."""
-    return Trainer(config).run(out, overwrite=overwrite, progress=progress, **options)
+        """``(x, y)`` on the run's device in its dtype (:func:`~targetprop.training.build.to_run`)."""
+        return to_run(batch, self.dtype, self.device)
 
 
 def _rng_state(device: torch.device) -> dict:
