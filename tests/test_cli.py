@@ -194,3 +194,10 @@ def test_an_ignored_sigint_stays_ignored_during_a_run():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("command", ["train", "diagnose", "compare", "reproduce", "tune", "plot", "table", "bench"])
+def test_every_commands_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0 and "--" in capsys.readouterr().out

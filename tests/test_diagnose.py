@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import assert_rel
+from helpers import assert_rel, cli_fails
 from targetprop import diagnose
 from targetprop.cli import main
 from targetprop.training.models import SequenceModel
@@ -118,11 +118,8 @@ def test_command_line_writes_json_and_plot_and_reads_a_run(tmp_path, capsys):
     assert main(["train", *common, "--iterations", "5", "--eval-every", "5", "--quiet", "--out", str(run)]) == 0
     assert main(["diagnose", "--run", str(run), "--rules", "bp", "--output", str(out)]) == 0
     assert set(json.loads(out.read_text())["cosine_with_bp"]) == {"bp"}
-    with pytest.raises(SystemExit) as exit_:
-        main(["diagnose", *common, "--rules", "sideways"])
-    assert exit_.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["diagnose", "--run", str(tmp_path / "nothing")])
+    cli_fails(["diagnose", *common, "--rules", "sideways"], capsys, "sideways")
+    cli_fails(["diagnose", "--run", str(tmp_path / "nothing")], capsys, "nothing")
 
 
 def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):

@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+from helpers import cli_fails
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
 from targetprop.experiments import pipeline, reports, specs, tuning
@@ -178,9 +179,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, capsys)
     tiny = [x for k, v in TINY_SYNTHETIC.items() for x in ("--set", f"{k}={v}")]
     assert main(args + tiny) == 0
     run = tmp_path / "linearized-vs-difference" / "tp-difference"
-    with pytest.raises(SystemExit) as exc:
-        main(args + tiny + ["--set", "seed=7"])
-    assert exc.value.code == 2 and f"{run} holds a run with different settings" in capsys.readouterr().err
+    cli_fails(args + tiny + ["--set", "seed=7"], capsys, f"{run} holds a run with different settings")
     assert json.loads((run / "config.json").read_text())["config"]["seed"] != 7  # kept
     assert main(args + tiny + ["--set", "seed=7", "--overwrite"]) == 0
     assert json.loads((run / "config.json").read_text())["config"]["seed"] == 7

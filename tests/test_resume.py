@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from helpers import cli_fails
 import torch
 
 from targetprop.training import checkpoint
@@ -188,9 +189,7 @@ def test_a_budget_below_the_iterations_done_is_refused(tmp_path, capsys):
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     with pytest.raises(ValueError, match="has done 60 iterations, more than a budget of 20: give --iterations 60"):
         Trainer(config(iterations=20)).run(out, resume=True)
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--resume", str(out), "--iterations", "20", "--quiet"])
-    assert exc.value.code == 2 and "give --iterations 60 or more" in capsys.readouterr().err
+    cli_fails(["train", "--resume", str(out), "--iterations", "20", "--quiet"], capsys, "give --iterations 60 or more")
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # config and summary agree
     with pytest.raises(ValueError, match=r"iterations: 60 → 20\); --resume OUT --iterations N changes"):
         Trainer(config(iterations=20)).run(out)  # the same command with another budget: refused, not restarted

@@ -111,8 +111,7 @@ def _add_train(sub) -> None:
                         "targetprop plot draws them (default: the run's own when it continues, else never)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: the run's own when it continues, else 1 when "
-                        "batch x hidden^2 < 2^19, where a second thread was measured not to pay, else torch's)")
+                   help=threads.HELP.replace("(default: ", "(default: the run's own when it continues, else "))
     p.epilog = EXIT_HELP
     p.set_defaults(handler=_train, subparser=p)
 
