@@ -1,7 +1,7 @@
 """What experiments say about their runs: Markdown tables, one-line summaries, budget labels.
 
-This module owns the one Markdown table writer (:func:`markdown_table`) and the one results row
-(:data:`RESULT_COLUMNS`, :func:`result_cells`) that ``compare``, ``table`` and ``reproduce``
+This module owns the one results row (:data:`RESULT_COLUMNS`, :func:`result_cells`; its tables
+are written by :func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce``
 print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
 ``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the area under
 a run's training-loss curve by which grids and ``tune`` select (:func:`loss_auc`, as the paper
@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .. import markdown
 from ..training import rundir
 from ..training.config import TrainConfig
 
@@ -21,17 +22,10 @@ RESULT_COLUMNS = ("settings", "status", "iterations", "final test accuracy", "be
 NOT_RUN = "n/a"
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """A Markdown table: the header, its rule, one line per row (cells as given, ``str``-ed)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def results_table(keys: Sequence[str], rows: Iterable[tuple[Sequence, Path | None]]) -> str:
     """The results table: ``keys`` columns then :data:`RESULT_COLUMNS`; each row is its key
     cells and a run folder (None: no run, e.g. a grid cell where every run diverged)."""
-    return markdown_table([*keys, *RESULT_COLUMNS], ([*key, *result_cells(run)] for key, run in rows))
+    return markdown.table([*keys, *RESULT_COLUMNS], ([*key, *result_cells(run)] for key, run in rows))
 
 
 def append_results(path: Path, keys: Sequence[str], rows: list[tuple[Sequence, Path | None]]) -> None:

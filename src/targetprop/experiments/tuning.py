@@ -11,9 +11,10 @@ import argparse
 import math
 from pathlib import Path
 
+from .. import markdown
 from ..argtypes import key_value
 from ..training.config import TrainConfig
-from .reports import best_by_auc, markdown_table
+from .reports import best_by_auc
 from .runner import check_jobs, grid_jobs, run_cells
 
 
@@ -72,7 +73,7 @@ def tune_table(grid: dict, cells: dict, best: dict) -> str:
             chosen = best and best.get(grid["x"]) == x and (y is None or best.get(grid.get("y")) == y)
             row.append("diverged" if not math.isfinite(auc) else f"{auc:.4g}{' *' if chosen else ''}")
         rows.append(row)
-    return markdown_table([corner, *(_tick(x) for x in grid["x_values"])], rows)
+    return markdown.table([corner, *(_tick(x) for x in grid["x_values"])], rows)
 
 
 def _tick(value) -> str:
