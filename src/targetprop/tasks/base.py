@@ -1,4 +1,4 @@
-"""What every task offers the trainer (synthetic sequences and pixel-by-pixel images alike).
+"""What every task offers the trainer (synthetic sequences, pixel-by-pixel images, real series alike).
 
 A task is deterministic given its seed: the training mini-batch of iteration ``i`` is a pure
 function of ``(seed, i)``, so a resumed run draws exactly the batches an uninterrupted run
@@ -10,7 +10,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
-Batch = tuple[Tensor, Tensor]  # x (B, T, d) batch-first, y (B,) class indices or (B, k) targets
+# x (B, T, d) batch-first, y (B,) class indices or (B, k) targets; a task of variable-length
+# series (tasks.sequences) gives x as a batch-first-ordered PackedSequence instead
+Batch = tuple[Tensor, Tensor]
 
 
 @runtime_checkable

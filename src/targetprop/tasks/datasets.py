@@ -1,4 +1,6 @@
-"""Image data sets read from their standard files (no torchvision): MNIST, Fashion-MNIST, CIFAR-10.
+"""Image data sets read from their standard files (no torchvision): MNIST, Fashion-MNIST, CIFAR-10;
+and where every data set's files are looked for (the UEA/UCR ``.ts`` files too: ``ucr:NAME`` in
+``<data_dir>/ucr/NAME/``, read by :mod:`targetprop.tasks.tsfile`).
 
 This module owns finding, reading and checking the files; turning images into sequences is
 :mod:`targetprop.tasks.images`' job. Everything is read and validated at load time, so bad
@@ -42,7 +44,10 @@ from torch import Tensor
 DATA_ENV = "TARGETPROP_DATA"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: Each data set's sub-folder of a data directory (where ``targetprop data fetch`` writes it).
-FOLDERS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py"}
+#: The UEA/UCR archive's data sets ``targetprop data fetch ucr`` provides (``ucr:NAME``, in ``ucr/NAME/``).
+UCR_SETS = ("JapaneseVowels", "ACSF1", "OSULeaf", "PLAID", "BasicMotions", "GunPoint", "ArrowHead")
+FOLDERS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py",
+           **{f"ucr:{name}": f"ucr/{name}" for name in UCR_SETS}}
 NUM_CLASSES = 10
 
 _IDX_UBYTE = 0x08

@@ -1,4 +1,4 @@
-"""``targetprop data fetch NAME`` and ``targetprop data list``: getting the image data sets and checking them.
+"""``targetprop data fetch NAME`` and ``targetprop data list``: getting the data sets and checking them.
 
 This module owns fetching a data set into the data directory (the one :mod:`targetprop.tasks.datasets`
 reads: its :func:`~targetprop.tasks.datasets.default_data_dir` unless ``--dir`` names another, in
@@ -14,9 +14,12 @@ Sources are tried in order until one yields every file of the data set:
   it, then fails to build it, which does not matter: the four raw files are in its unpack folder).
 * Fashion-MNIST: the official site, then the folder of the Debian package ``dataset-fashion-mnist``.
 * CIFAR-10: the official ``cifar-10-python.tar.gz`` (MD5 checked before anything is unpacked).
+* The UEA/UCR ``.ts`` files (``ucr:NAME``, or ``ucr`` for all of them): the PyPI wheel
+  ``sktime==1.2.0`` (pinned by its SHA-256), from which only those files are read; sktime is
+  neither installed nor imported. Their checksums are SHA-256 (:data:`ALGORITHMS`).
 
 Every file is checked against :data:`CHECKSUMS` (MD5 of the content the loaders read, i.e. of the
-decompressed IDX files) while it is written to a hidden temporary file in the destination folder;
+decompressed IDX files, or SHA-256 where :data:`ALGORITHMS` says so) while it is written to a hidden temporary file in the destination folder;
 only when all files of the data set match are they renamed into place, so a failed or interrupted
 fetch leaves the folder as it was. The official sites publish MD5s of their ``.gz`` files; those
 hold the same IDX bytes as the decompressed checksums here (the Debian package recompressed
@@ -34,8 +37,8 @@ from typing import Callable
 
 from ..argtypes import wants_progress
 from .datasets import DATA_ENV, FOLDERS, default_data_dir, search_dirs
-from .sources import BY_HAND, CHECKSUMS, GZIP_OK, SOURCES
-from .staging import FetchError, Staging, copy_checked
+from .sources import ALGORITHMS, BY_HAND, CHECKSUMS, GROUPS, GZIP_OK, SOURCES
+from .staging import LABELS, FetchError, Staging, copy_checked
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, progress: boo
     try:
         for source in SOURCES[name]:
             try:
-                with Staging(folder, CHECKSUMS[name], progress) as stage:
+                with Staging(folder, CHECKSUMS[name], progress, algorithm(name)) as stage:
                     source.fetch(stage, list(CHECKSUMS[name]))
                     stage.commit()
             except (FetchError, OSError) as err:
@@ -87,11 +90,25 @@ def _describe(err: Exception, source) -> str:
     return str(err) if isinstance(err, FetchError) else f"{source.label}: {err}"
 
 
+def algorithm(name: str) -> str:
+    """The digest data set ``name``'s checksums are: ``md5`` or ``sha256``."""
+    return ALGORITHMS.get(name, "md5")
+
+
+def expand(names: list[str]) -> list[str]:
+    """Data set names with each group (``ucr``) replaced by its members, each once, in order."""
+    out: list[str] = []
+    for name in names:
+        out += [n for n in GROUPS.get(name, (name,)) if n not in out]
+    return out
+
+
 def by_hand(name: str, folder: Path) -> str:
     """How to place data set ``name``'s files by hand into ``folder``."""
     gz = ", raw or gzipped (NAME.gz); the MD5s are of the decompressed files" if name in GZIP_OK else ""
     width = max(len(file) for file in CHECKSUMS[name])
-    files = "".join(f"    {file:<{width}}  MD5 {md5}\n" for file, md5 in CHECKSUMS[name].items())
+    label = LABELS[algorithm(name)]
+    files = "".join(f"    {file:<{width}}  {label} {digest}\n" for file, digest in CHECKSUMS[name].items())
     return (f"To place the files by hand: {BY_HAND[name]}; put these files into {folder}/{gz}:\n{files}"
             f"then check them with `targetprop data list --dir {folder.parent}`.")
 
@@ -127,12 +144,12 @@ def status(name: str, data_dir: str | os.PathLike | None = None) -> Status:
             continue
         try:
             with open(path, "rb") as f:
-                got = copy_checked(f, None, path.name, None, path.suffix == ".gz", False)
+                got = copy_checked(f, None, path.name, None, path.suffix == ".gz", False, algorithm(name))
         except (FetchError, OSError) as err:
             problems.append(f"{path.name}: unreadable ({err})")
             continue
         if got != want:
-            problems.append(f"{path.name}: MD5 {got}, expected {want}")
+            problems.append(f"{path.name}: {LABELS[algorithm(name)]} {got}, expected {want}")
     return Status(name, "corrupt" if problems else "verified", folder, tuple(problems))
 
 
@@ -142,20 +159,20 @@ def status(name: str, data_dir: str | os.PathLike | None = None) -> Status:
 def add_commands(sub) -> None:
     """Add ``data`` (``data fetch``, ``data list``) to the ``targetprop`` parser's sub-parsers ``sub``."""
     default = "$TARGETPROP_DATA, else ~/.cache/targetprop/data (honours $XDG_CACHE_HOME)"
-    p = sub.add_parser("data", help="fetch the image data sets (MNIST, Fashion-MNIST, CIFAR-10) or list them",
-                       description="Fetch the image data sets into the folder the tasks read, each file "
-                                   "checked against a pinned MD5, or list what is there.")
+    p = sub.add_parser("data", help="fetch the data sets (MNIST, Fashion-MNIST, CIFAR-10, UEA/UCR series) or list them",
+                       description="Fetch the data sets into the folder the tasks read, each file "
+                                   "checked against a pinned MD5 or SHA-256, or list what is there.")
     actions = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = actions.add_parser("fetch", help="download (or copy) a data set, verify it, put it in the data folder",
                            description="Put the verified files of each NAME into DIR/<its folder>/, from the first "
                                        "source that works (official sites first). Exit code 1 if one failed.")
-    f.add_argument("names", nargs="+", choices=list(CHECKSUMS), metavar="NAME",
-                   help=f"data set: {', '.join(CHECKSUMS)}")
+    f.add_argument("names", nargs="+", choices=[*CHECKSUMS, *GROUPS], metavar="NAME",
+                   help=f"data set: {', '.join(CHECKSUMS)}; or {', '.join(GROUPS)} for all of its ucr:NAME")
     f.add_argument("--dir", type=Path, help=f"data folder (default: {default})")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(handler=_fetch_command, subparser=f)
     ls = actions.add_parser("list", help="show each data set as verified, absent or corrupt, and where",
-                            description="Check each data set's files against their pinned MD5s where the "
+                            description="Check each data set's files against their pinned checksums where the "
                                         "tasks would read them.")
     ls.add_argument("--dir", type=Path, help=f"data folder, as --data-dir of the tasks (default: {default})")
     ls.set_defaults(handler=_list_command, subparser=ls)
@@ -168,7 +185,7 @@ def _fetch_command(args, parser) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = False
     try:
-        for name in args.names:
+        for name in expand(args.names):
             try:
                 fetch(name, args.dir, progress=progress, log=lambda line: print(line, file=sys.stderr))
             except FetchError as err:
@@ -188,9 +205,10 @@ def _list_command(args, parser) -> int:
     else:
         origin = f"${DATA_ENV}" if os.environ.get(DATA_ENV) else f"default; set ${DATA_ENV} or pass --dir for another"
         print(f"data folder: {default_data_dir()} ({origin})")
+    width = max(len(name) for name in CHECKSUMS)
     for name in CHECKSUMS:
         s = status(name, args.dir)
-        print(f"{name:<14} {s.state:<9} {s.folder}")
+        print(f"{name:<{width}} {s.state:<9} {s.folder}")
         for problem in s.problems:
-            print(f"{'':<24} {problem}")
+            print(f"{'':<{width + 10}} {problem}")
     return 0

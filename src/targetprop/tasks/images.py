@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import _validation as check
 from .datasets import ImageData, load_cifar10, load_fashion_mnist, load_mnist
 from .base import Batch
-from .seeding import derived_generator
+from .seeding import EpochStream, derived_generator
 
 Normalize = Literal["none", "scale", "standardize"]
 NORMALIZE = ("none", "scale", "standardize")
@@ -93,7 +93,7 @@ class PixelSequenceTask:
         self.input_size, self.length, self.output_size = self.k, self.values // self.k, data.num_classes
         self.permutation = self._permutation()
         self._shift, self._scale = (t.to(dtype) for t in _normalization(data, self.normalize))
-        self._orders: dict[int, Tensor] = {}
+        self._stream = EpochStream(data.train_images.shape[0], self.batch_size, self.seed)
         self._eval = {
             "train": self._eval_split(data.train_images, data.train_labels, train_eval_size, "train_eval_size"),
             "test": self._eval_split(data.test_images, data.test_labels, test_size, "test_size"),
@@ -131,23 +131,11 @@ class PixelSequenceTask:
 
     def train_indices(self, iteration: int) -> Tensor:
         """Training-set indices of the batch of ``iteration`` (epochs follow one another)."""
-        n = self.data.train_images.shape[0]
-        positions = torch.arange(iteration * self.batch_size, (iteration + 1) * self.batch_size)
-        epochs = positions // n
-        index = torch.empty_like(positions)
-        for epoch in torch.unique(epochs).tolist():
-            mask = epochs == epoch
-            index[mask] = self.epoch_order(epoch)[positions[mask] % n]
-        return index
+        return self._stream.indices(iteration)
 
     def epoch_order(self, epoch: int) -> Tensor:
         """The order in which epoch ``epoch`` reads the training set (seeded by seed and epoch)."""
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:
-                self._orders.pop(next(iter(self._orders)))
-            n = self.data.train_images.shape[0]
-            self._orders[epoch] = torch.randperm(n, generator=derived_generator(self.seed, "epoch", epoch))
-        return self._orders[epoch]
+        return self._stream.order(epoch)
 
     def _permutation(self) -> Tensor | None:
         if self.permutation_seed is None:

@@ -12,10 +12,12 @@ from typing import Callable
 from .base import Task
 from .images import IMAGE_TASKS
 from .synthetic import SYNTHETIC_TASKS
+from .ucr import UCR_TASKS
+from .userfile import FILE_TASKS
 
 TaskFactory = Callable[..., Task]
 
-TASKS: dict[str, TaskFactory] = {**SYNTHETIC_TASKS, **IMAGE_TASKS}
+TASKS: dict[str, TaskFactory] = {**SYNTHETIC_TASKS, **IMAGE_TASKS, **UCR_TASKS, **FILE_TASKS}
 
 
 def register_task(name: str, factory: TaskFactory) -> None:

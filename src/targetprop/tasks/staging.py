@@ -1,7 +1,8 @@
 """Writing a data set's files safely: each file is copied (decompressed if gzipped) into a hidden
-temporary in the destination folder while its MD5 is computed, checked against the pinned one,
-and only when every file of the data set matches are they renamed into place (``os.replace``),
-so a failed or interrupted fetch leaves the folder as it was. Also the errors a fetch raises.
+temporary in the destination folder while its digest (MD5, or SHA-256 where pinned so) is
+computed, checked against the pinned one, and only when every file of the data set matches are
+they renamed into place (``os.replace``), so a failed or interrupted fetch leaves the folder as
+it was. Also the errors a fetch raises.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 CHUNK = 1 << 20
+#: How messages name each digest.
+LABELS = {"md5": "MD5", "sha256": "SHA-256"}
 
 
 class FetchError(RuntimeError):
@@ -30,12 +33,14 @@ class ChecksumError(FetchError):
 
 
 class Staging:
-    """Files written as hidden temporaries in ``folder``, each checked against its pinned MD5;
-    :meth:`commit` renames them into place. Leaving the ``with`` block removes every temporary
-    still there (after an error, Ctrl-C or SystemExit, nothing half-written is left)."""
+    """Files written as hidden temporaries in ``folder``, each checked against its pinned digest
+    (``algorithm``: ``md5`` or ``sha256``); :meth:`commit` renames them into place. Leaving the
+    ``with`` block removes every temporary still there (after an error, Ctrl-C or SystemExit,
+    nothing half-written is left)."""
 
-    def __init__(self, folder: Path, checksums: dict[str, str], progress: bool):
+    def __init__(self, folder: Path, checksums: dict[str, str], progress: bool, algorithm: str = "md5"):
         self.folder, self.checksums, self.progress = folder, checksums, progress
+        self.algorithm = algorithm
         self._temps: list[Path] = []
         self._ready: dict[str, Path] = {}
 
@@ -55,15 +60,15 @@ class Staging:
 
     def write(self, name: str, stream: BinaryIO, origin: str, *, total: int | None = None,
               gzipped: bool = False) -> None:
-        """Copy ``stream`` (decompressed if ``gzipped``) into a temporary for ``name`` and check its MD5."""
+        """Copy ``stream`` (decompressed if ``gzipped``) into a temporary for ``name`` and check its digest."""
         path = self.temporary(name)
         with open(path, "wb") as out:
-            digest = copy_checked(stream, out, f"{name} ({origin})", total, gzipped, self.progress)
+            digest = copy_checked(stream, out, f"{name} ({origin})", total, gzipped, self.progress, self.algorithm)
             out.flush()
             os.fsync(out.fileno())
         want = self.checksums[name]
         if digest != want:
-            raise ChecksumError(f"{name} from {origin}: MD5 {digest}, expected {want}; not kept")
+            raise ChecksumError(f"{name} from {origin}: {LABELS[self.algorithm]} {digest}, expected {want}; not kept")
         self._ready[name] = path
 
     def commit(self) -> list[Path]:
@@ -82,10 +87,11 @@ class Staging:
 
 
 def copy_checked(stream: BinaryIO, out: BinaryIO | None, desc: str, total: int | None, gzipped: bool,
-          progress: bool) -> str:
+          progress: bool, algorithm: str = "md5") -> str:
     """Copy ``stream`` to ``out`` (or just read it when ``out`` is None), decompressing it if
-    ``gzipped``; a progress bar over the bytes read; returns the MD5 of what was written."""
-    digest = hashlib.md5(usedforsecurity=False)
+    ``gzipped``; a progress bar over the bytes read; returns the digest (``algorithm``: ``md5``
+    or ``sha256``, hex) of what was written."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
               disable=not progress) as bar:
         counted = _Counted(stream, bar)
