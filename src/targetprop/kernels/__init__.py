@@ -1,13 +1,21 @@
-"""The compiled CPU loops (``kernels/kernels.cpp``), built on first use, with a pure-PyTorch fallback.
+"""The kernel modules the cells call: the compiled CPU loops (``kernels/kernels.cpp``, built on
+first use) and the Triton recursions for CUDA (``kernels/triton_rnn.py``), with a pure-PyTorch
+fallback.
 
-``load()`` compiles the extension with ``torch.utils.cpp_extension`` (needs a C++ compiler and
-``ninja``; about a minute, once per environment and source version; cached in PyTorch's extension
-directory, ``$TORCH_EXTENSIONS_DIR`` if set) and returns it, or returns None, with one warning,
-when it cannot be built. Layers choose per call with their ``backend`` argument: ``"auto"`` (compiled where it applies: CPU
-tensors, float32/float64), ``"cpp"`` (compiled or an error) or ``"torch"`` (never compiled).
+``load()`` compiles the C++ extension with ``torch.utils.cpp_extension`` (needs a C++ compiler and
+``ninja``, found next to the running interpreter or in the ``ninja`` package when no ``ninja`` is
+on ``PATH``; about a minute, once per environment and source version; cached in PyTorch's
+extension directory, ``$TORCH_EXTENSIONS_DIR`` if set; ``targetprop kernels build`` does it ahead
+of time) and returns it, or returns None, with one warning, when it cannot be built. Layers
+choose per call with their ``backend`` argument: ``"auto"`` (compiled where it applies: CPU
+tensors, float32/float64; CUDA tensors run the pure-PyTorch path), ``"cpp"`` (compiled or an
+error), ``"torch"`` (never compiled) or ``"triton"`` (the Triton module for CUDA tensors, opt-in:
+no GPU run has measured it yet; CPU tensors reach it only through Triton's interpreter,
+``TRITON_INTERPRET=1``; needs the ``targetprop[gpu]`` extra).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -22,7 +30,7 @@ from torch import Tensor
 
 from .. import fpmode
 
-BACKENDS = ("auto", "cpp", "torch")
+BACKENDS = ("auto", "cpp", "torch", "triton")
 #: widest hidden size for which backend="auto" picks the compiled loops, for every cell: they hold
 #: a 4-row block's outputs in registers and stream the (gates·p)×p matrix from cache. Measured
 #: (docs/BENCHMARKS.md, "Compiled loops or BLAS"): faster than one BLAS product per step for every
@@ -32,7 +40,7 @@ _SOURCE = os.path.join(os.path.dirname(__file__), "kernels.cpp")
 
 
 class KernelUnavailableError(RuntimeError):
-    """``backend="cpp"`` was asked for but the compiled loops could not be built."""
+    """``backend="cpp"`` or ``"triton"`` was asked for but that module cannot run here."""
 
 
 #: compiler flags; part of the build's identity
@@ -63,6 +71,40 @@ def _build_root() -> str:
 _log = logging.getLogger(__name__)
 
 
+def _ninja_dirs() -> list[str]:
+    """Folders that may hold this environment's ``ninja``: the running interpreter's own (a
+    virtual environment's ``bin``, also when it is not activated) and the ``ninja`` package's."""
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        dirs.append(getattr(ninja, "BIN_DIR", ""))
+    except ImportError:
+        pass
+    return [d for d in dict.fromkeys(dirs) if d and os.path.isdir(d)]
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """``PATH`` with :func:`_ninja_dirs` appended for the duration of a build (PyTorch's builder
+    runs ``ninja`` from ``PATH``), restored after."""
+    old = os.environ.get("PATH")
+    parts = (old or os.defpath).split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(parts + [d for d in _ninja_dirs() if d not in parts])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
+
+
+def build_dir() -> str:
+    """The folder the compiled loops are (or will be) built in."""
+    return os.path.join(_build_root(), _name())
+
+
 @functools.cache
 def _build():
     """(module, None) or (None, reason). PyTorch's builder holds a lock file in the build folder,
@@ -76,7 +118,8 @@ def _build():
             # a warning so that it shows without any logging set up (the wait is long the first time)
             _log.warning("targetprop: building the fused CPU kernels %s under %s (once per environment, "
                          "about a minute)...", name, root)
-        module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS, verbose=False)
+        with _ninja_on_path():
+            module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS, verbose=False)
         module.set_flush_enabled(fpmode.flush_denormals_enabled())
         return module, None
     except Exception as exc:  # any build failure means: use the fallback, and say why once
@@ -117,7 +160,44 @@ def select(backend: str, *tensors: Tensor):
 
 def select_kernels(backend: str, x: Tensor, w_hh: Tensor):
     """The one kernel choice of every cell: the compiled module where it applies and pays
-    (hidden size ``w_hh.shape[-1]`` ≤ :data:`MAX_COMPILED_WIDTH` for ``"auto"``), else None."""
+    (hidden size ``w_hh.shape[-1]`` ≤ :data:`MAX_COMPILED_WIDTH` for ``"auto"``), the Triton
+    module for ``"triton"`` (:func:`select_triton`), else None."""
+    if backend == "triton":
+        return select_triton(x, w_hh)
     if backend == "auto" and w_hh.shape[-1] > MAX_COMPILED_WIDTH:
         return None
     return select(backend, x, w_hh)
+
+
+def triton_interpreter_enabled() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's CPU interpreter (read at each call)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def select_triton(x: Tensor, w_hh: Tensor):
+    """``backend="triton"``: the Triton module (:mod:`targetprop.kernels.triton_rnn`) for CUDA
+    tensors, and for CPU tensors when ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests).
+
+    A KernelUnavailableError when Triton is not installed or the tensors are elsewhere; None (the
+    pure-PyTorch path) with one warning where the kernels do not cover the layer: a dtype other
+    than float32 on CUDA (float64 runs in the interpreter only), a hidden size above
+    ``triton_rnn.MAX_WIDTH``."""
+    device = x.device.type
+    if device != "cuda" and not (device == "cpu" and triton_interpreter_enabled()):
+        raise KernelUnavailableError(
+            f"backend='triton' runs on CUDA tensors, got {device} tensors (CPU tensors run through "
+            "Triton's interpreter when TRITON_INTERPRET=1 is set: slow, for tests)")
+    try:
+        from . import triton_rnn
+    except ImportError as exc:
+        raise KernelUnavailableError(f"backend='triton' needs Triton, which could not be imported ({exc}); "
+                                     "install it with: pip install 'targetprop[gpu]'") from exc
+    allowed = triton_rnn.GPU_DTYPES if device == "cuda" else triton_rnn.INTERPRETER_DTYPES
+    p = w_hh.shape[-1]
+    if x.dtype not in allowed or w_hh.dtype not in allowed or p > triton_rnn.MAX_WIDTH:
+        # the default warning filter shows this once per call site
+        warnings.warn(f"targetprop: backend='triton' covers {', '.join(str(d) for d in allowed)} {device} "
+                      f"tensors with hidden size <= {triton_rnn.MAX_WIDTH}; this layer ({x.dtype}, hidden size "
+                      f"{p}) runs the pure-PyTorch path", RuntimeWarning, stacklevel=3)
+        return None
+    return triton_rnn
