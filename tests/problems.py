@@ -67,7 +67,8 @@ def reference_run(layer, x, h0, C, Cn, rule=None) -> dict:
         inverse = {"weight": layer.inverse_weight_hh_l0.detach(), "bias": layer.inverse_bias_l0.detach()}
     return reference.run(layer.cell, rule, P, x, h0[0], loss_gradients(C, Cn),
                          nonlinearity=getattr(layer, "nonlinearity", None), target_step=layer.target_step,
-                         reg=layer.reg, tol=layer.tol, through_time=layer.through_time, inverse=inverse)
+                         reg=layer.reg, tol=layer.tol, through_time=layer.through_time, inverse=inverse,
+                         signal_below=layer.signal_below)
 
 
 def use_backend(layer, backend: str):

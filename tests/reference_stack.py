@@ -125,8 +125,9 @@ def local_grads(cell, act, x, hs, w, lams, through_time):
 
 
 def stack_tp(cell, act, rule, x, h0, params, L, D, grad_out, grad_hn, reg, gamma, tol,
-             through_time=False, masks=None, q=0.0):
-    """The stack's TP directions: {"x": …, "h0": (L·D, B, p), (layer, d): [W_ih, W_hh, b_ih, b_hh]}."""
+             through_time=False, masks=None, q=0.0, signal_below="gradient"):
+    """The stack's TP directions: {"x": …, "h0": (L·D, B, p), (layer, d): [W_ih, W_hh, b_ih, b_hh]};
+    ``signal_below="gradient"``: the x and h0 gradients of a TP rule divided by ``gamma`` (BP's scale)."""
     p = h0.shape[-1]
     masks = masks or [None] * L
     flip = lambda v: v.flip(0)  # noqa: E731
@@ -191,4 +192,6 @@ def stack_tp(cell, act, rule, x, h0, params, L, D, grad_out, grad_hn, reg, gamma
             if l == 0:
                 gx = gx + (flip(g[0]) if d else g[0])
     result["x"] = gx
+    if rule != "bp" and signal_below == "gradient":
+        result["x"], result["h0"] = result["x"] / gamma, result["h0"] / gamma
     return result

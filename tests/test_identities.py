@@ -14,12 +14,17 @@ def test_identity_r0_orthogonal_linearized_is_gamma_bp():
         orthogonal_(layer.weight_hh_l0, torch.Generator().manual_seed(1))
     layer.rule = "bp"
     bp, bx, bh, _, _ = run_layer(layer, x, h0, C, Cn)
-    layer.rule, layer.reg, layer.target_step = "linearized", 0.0, 0.037
+    layer.rule, layer.reg, layer.target_step, layer.signal_below = "linearized", 0.0, 0.037, "target"
     tp, tx, th, _, _ = run_layer(layer, x, h0, C, Cn)
     for k in bp:
         assert_rel(tp[k], 0.037 * bp[k], where=f"identity/r=0/orthogonal {k}")
     assert_rel(tx, 0.037 * bx, where="identity/r=0/orthogonal input grad")
     assert_rel(th, 0.037 * bh, where="identity/r=0/orthogonal h0 grad")
+    # the default signal below is in BP's units: here exactly BP's input and h0 gradients
+    layer.signal_below = "gradient"
+    _, tx, th, _, _ = run_layer(layer, x, h0, C, Cn)
+    assert_rel(tx, bx, where="identity/r=0/orthogonal input grad, signal_below='gradient'")
+    assert_rel(th, bh, where="identity/r=0/orthogonal h0 grad, signal_below='gradient'")
 
 
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])

@@ -80,7 +80,7 @@ def _check_against_reference(m, x, hx, layers, D, cell, act, rule, through_time=
     with torch.no_grad():
         params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, D).items()}
     want = ref.stack_tp(cell, act, rule, x, hx, params, layers, D, c, cn, m.reg, m.target_step, m.tol,
-                        through_time=through_time, masks=masks, q=q)
+                        through_time=through_time, masks=masks, q=q, signal_below=m.signal_below)
     where = f"{cell} {rule} L={layers} D={D} tt={through_time} q={q}"
     assert_rel(gx, want["x"], where=where + " x")
     assert_rel(gh, want["h0"], where=where + " h0")
@@ -133,7 +133,7 @@ def test_dropout_mask_is_the_forwards_and_tp_inverts_it(cls, cell, act):
     ((out * c).sum() + (h_n * cn).sum()).backward()
     params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, 2).items()}
     want = ref.stack_tp(cell, act, "linearized", x, hx, params, layers, 2, c, cn, m.reg, m.target_step, m.tol,
-                        masks=masks, q=q)
+                        masks=masks, q=q, signal_below=m.signal_below)
     assert_rel(xg.grad, want["x"], where="dropout x")
     assert_rel(m.weight_ih_l1.grad, want[(1, 0)][0], where="dropout weight_ih_l1")
     assert_rel(m.weight_hh_l0_reverse.grad, want[(0, 1)][1], where="dropout weight_hh_l0_reverse")

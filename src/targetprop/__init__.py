@@ -7,6 +7,7 @@ from . import kernels
 from .activations import ACTIVATIONS, get_activation
 from .init import orthogonal_, orthogonal_init_
 from .inverse import RegularizedInverseError, inverse_operator, invert_step
+from .function import NonFiniteDirectionError
 from .rnn import TPGRU, TPRNN
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "inverse_operator",
     "invert_step",
     "RegularizedInverseError",
+    "NonFiniteDirectionError",
     "ACTIVATIONS",
     "get_activation",
     "kernels",

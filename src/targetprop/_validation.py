@@ -1,7 +1,9 @@
-"""Argument checks shared by the layers: each failure is a ValueError naming the argument."""
+"""Argument checks shared by the layers and the run settings: each failure is a ValueError (a
+TypeError too, for a wrong type where torch.nn raises one) naming the argument."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -38,3 +40,30 @@ def choice(name: str, value, allowed) -> str:
 def finite(name: str, tensor: Tensor) -> None:
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or inf values")
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """A constructor argument of the wrong type: a TypeError, as ``torch.nn`` raises, and a
+    ValueError, as this package's other argument checks raise (code catching either works)."""
+
+
+def bool_arg(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return value
+
+
+def size_arg(name: str, value) -> int:
+    """A positive int with ``torch.nn``'s wording (a TypeError for a non-int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return value
+
+
+def probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1], the probability of an element being zeroed, "
+                         f"got {value!r}")
+    return float(value)

@@ -35,8 +35,8 @@ def check_input(layer, x, hx: Tensor | None):
         raise InputError(f"input dtype {x.dtype} does not match the layer's {layer.weight_hh_l0.dtype}")
     batched = x.dim() == 3
     x = (x.transpose(0, 1) if layer.batch_first and packing is None else x) if batched else x.unsqueeze(1)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"input must have at least one step and one sequence, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:  # a batch of no sequences is fine (empty outputs, as torch.nn)
+        raise InputError(f"input must have at least one step, got shape {tuple(x.shape)}")
     if layer.check_finite:
         check.finite("input", x)
     if hx is not None:

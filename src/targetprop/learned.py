@@ -1,5 +1,6 @@
-"""The learned-inverse baseline for the Elman cell: difference target propagation through a
-parameterized reverse layer (DTP / TPTT, Manchev & Spratling 2020; the paper's Section 2.1).
+"""The reverse layer of the learned-inverse baseline for the Elman cell (its rule: ``learned`` in
+:mod:`targetprop.rules.elman`): difference target propagation through a parameterized reverse
+layer (DTP / TPTT, Manchev & Spratling 2020; the paper's Section 2.1).
 
 Reverse layer: ``ψ_t(v) = a(x_t W_ihᵀ + v Vᵀ + c)`` with its own ``V`` (p×p) and ``c`` (p).
 Targets travel by the difference formula: ``R(λ_t, t) = ψ_t(h_t + λ_t) − ψ_t(h_t)``.
@@ -12,6 +13,10 @@ SGD with Nesterov momentum on the noisy reconstruction loss
 with ε drawn from PyTorch's global generator (so ``torch.manual_seed`` reproduces it). ``V``,
 ``c`` and their momentum buffers are *buffers* of the layer (in its state dict, not in
 ``parameters()``), so the forward optimizer never sees them and a checkpoint keeps them.
+
+Under ``torch.distributed`` (DDP) the reconstruction gradient is averaged over the processes
+before the step, so every process takes the same step, the one of the whole batch when the
+shards have equal sizes (the noise ε is each process's own draw).
 """
 from __future__ import annotations
 
@@ -20,8 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cells.elman import NAME, ElmanTape
-from .rules import propagate, register
+from .cells.elman import ElmanTape
 
 
 @dataclass(eq=False)
@@ -65,31 +69,21 @@ class ReverseLayer:
         with torch.enable_grad():
             loss = 0.5 * (self._reconstruction(tape, fwd, weight, bias) - target).pow(2).sum(-1).mean()
             g_w, g_b = torch.autograd.grad(loss, [weight, bias])
+        _average_over_processes(g_w, g_b)
         for param, grad, velocity in ((self.weight, g_w, self.weight_velocity), (self.bias, g_b, self.bias_velocity)):
             velocity.mul_(self.momentum).add_(grad)
             param.sub_(grad.add(velocity, alpha=self.momentum), alpha=self.lr)
         return loss.detach()
 
 
-@register(NAME, "learned")
-class Learned:
-    uses_target_step = True
-
-    def prepare(self, tape: ElmanTape, config):
-        inverse: ReverseLayer = config.inverse
-        if inverse.lr > 0:
-            inverse.train_step(tape)
-        act, V = tape.activation, inverse.weight
-        # ψ_t(h_t + λ) = a(pre_t + λ Vᵀ) with pre_t = x_t W_ihᵀ + c + h_t Vᵀ, for all t at once
-        T, B, p = tape.out.shape
-        pre = (tape.x.reshape(T * B, -1) @ tape.weight_ih.T).view(T, B, p).add_(inverse.bias)
-        pre = torch.baddbmm(pre, tape.out, V.T.expand(T, p, p))
-        base = act.apply_(pre.clone()).unbind(0)
-        pre = pre.unbind(0)
-        buf = tape.work_buffer()
-
-        def step(t, lam_t, out):
-            act.apply_(torch.addmm(pre[t - 1], lam_t, V.T, out=buf)).sub_(base[t - 1])
-            out.add_(buf)
-
-        return lambda lam: propagate(step, lam)
+def _average_over_processes(*grads: Tensor) -> None:
+    """Average ``grads`` in place over the processes of the default group, if one is running."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(dist.get_world_size())
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()

@@ -14,10 +14,15 @@ CELLS = {"rnn": elman, "gru": gru}
 
 
 def run(cell: str, rule: str, P: dict, x, h0, g, *, nonlinearity: str = "tanh", target_step: float,
-        reg: float, tol: float, through_time: bool = False, inverse: dict | None = None) -> dict:
-    """Hidden states and directions of ``rule`` for ``cell`` (see :func:`targets.run_cell`)."""
+        reg: float, tol: float, through_time: bool = False, inverse: dict | None = None,
+        signal_below: str = "gradient") -> dict:
+    """Hidden states and directions of ``rule`` for ``cell`` (see :func:`targets.run_cell`);
+    ``signal_below="gradient"``: a TP rule's input and h0 gradients divided by γ_h (BP's scale)."""
     module = CELLS[cell]
     step = module.stepper(P, nonlinearity)
     rule_step = module.rule(rule, P, nonlinearity, reg=reg, tol=tol, inverse=inverse)
     gamma = 1.0 if rule == "bp" else target_step
-    return run_cell(step, rule_step, P, x, h0, g, gamma=gamma, through_time=through_time)
+    result = run_cell(step, rule_step, P, x, h0, g, gamma=gamma, through_time=through_time)
+    if rule != "bp" and signal_below == "gradient":
+        result["input"], result["h0"] = result["input"] / gamma, result["h0"] / gamma
+    return result

@@ -1,49 +1,55 @@
-"""Cells: each recurrent cell's forward pass, tape, TP rules and parameter directions, and the
-protocol they follow (the layers, :mod:`targetprop.function` and the stack only use this).
+"""Cells: each recurrent cell's forward pass and its tape (what a backward reads and the cell's own
+maths: derivatives, BP's adjoint step, eq. 3's parameter directions). Their TP rules live in
+:mod:`targetprop.rules`, one file per cell.
 
-A *cell* is a module registered here under its name (:func:`get_cell`) that provides:
+A *cell* is a module listed in :data:`CELLS` that provides:
 
-* ``NAME``: the cell's name (``"rnn"``, ``"gru"``), the key of its rules in :mod:`targetprop.rules`;
-* ``STATES``: the names of the states a step carries, in order (``("h",)`` for both cells here;
-  a cell with more states, e.g. an LSTM's ``("h", "c")``, takes and returns one tensor per name,
-  each (B, p), and its tape's directions name one gradient per state);
+* ``NAME``: the cell's name (``"rnn"``, ``"gru"``), its key in :data:`CELLS` and in the rule table;
 * ``GATES``: rows of ``W_ih`` / ``W_hh`` per hidden unit (1, 3);
 * ``forward(x, h0, w_ih, w_hh, b_ih, b_hh, activation, kernels) -> out``: the hidden states
   (T, B, p) of time-major ``x`` (T, B, d), without a graph;
-* optionally ``forward_for_backward(same) -> (out, *extra)``, run instead when a backward may follow,
-  for a cell that keeps more than the hidden states (the GRU: its gates);
-* ``Tape(x, h0, out, w_ih, w_hh, b_ih, b_hh, activation, kernels, *extra)`` with a ``workspace``
-  attribute (:class:`targetprop.engine.Workspace`), ``out``, and
+* ``forward_for_backward(same) -> (out, *extra)``: run instead when a backward may follow; ``extra``
+  is what the tape needs besides the hidden states (the GRU's gates; nothing for the Elman cell);
+* ``Tape(x, h0, out, w_ih, w_hh, b_ih, b_hh, activation, kernels, *extra)`` with attributes
+  ``workspace`` (scratch, :class:`targetprop.engine.Workspace`), ``suffix`` (``"l0"``,
+  ``"l1_reverse"``: names in error messages) and ``valid`` (None, or (T, B, 1) with 1 at each
+  sequence's valid steps of a packed batch), and the methods
 
-  - ``adjoint_recursion()``: BP's step back in time (used by ``bp`` and ``through_time``);
-  - ``directions(lam, needs) -> {name: tensor}``: eq. (3) from the displacements ``lam``
-    (T+1, B, p), consumed, for the names in ``needs`` among :data:`GRADIENTS`;
+  - ``adjoint_recursion() -> recursion``: BP's step back in time (the ``bp`` rule, ``through_time``);
+  - ``directions(lam, needs, adjoints=None) -> {name: tensor}``: eq. (3) from the displacements
+    ``lam`` (T+1, B, p), consumed, for the names in ``needs`` among
+    :data:`~targetprop.cells.protocol.GRADIENTS`; ``adjoints`` what the recursion that made ``lam``
+    final returned (a cell's compiled loop may hand its pre-activation adjoints over), else None.
 
-  and a ``valid`` attribute (None, or (T, B, 1) with 1 at each sequence's valid steps of a packed
-  batch: a rule whose step is not zero at ``λ = 0`` masks the padded steps with it);
-* its rules, registered with :func:`targetprop.rules.register` under ``NAME`` (for stacks, with
-  ``input_displacement`` and ``input_map``, :mod:`targetprop.rules`).
+  A recursion is a callable ``recursion(lam) -> adjoints | None`` that runs in place on the
+  (T+1, B, p) buffer holding the injected ``−γ_h g_t`` (:mod:`targetprop.engine`).
 
-Which compiled kernels a cell runs is chosen once for all cells by
-:func:`targetprop.kernels.select_kernels`.
+Adding a cell (the recipe):
+
+1. a cell file ``cells/NAME.py`` with the above (start from ``cells/gru.py``; compiled loops are
+   optional: ``kernels`` may be None and the pure-PyTorch path must exist);
+2. a rules file ``rules/NAME.py`` with one class per rule (subclass :class:`targetprop.rules.base.Rule`;
+   at least ``bp``, whose displacements are BP's adjoints, and one TP rule);
+3. a line in :data:`CELLS` below and one line per rule in :data:`targetprop.rules.TABLE`;
+4. a layer class in :mod:`targetprop.rnn` (``cell_module = NAME``), a float64 straight-loop
+   reference in ``tests/reference/`` and the cell's name in the test table (tests/cases.py):
+   every rule of the table is then checked against it, for every layer shape.
 """
 from __future__ import annotations
 
 from types import ModuleType
 
-from .. import rules
+from . import elman, gru
+from .protocol import GRADIENTS, PARAMETERS, named
 
-#: the parameters of one layer and direction, in ``torch.nn``'s order (``weight_ih_l0``, …)
-PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-#: what a tape's directions are keyed by: the input, the initial state, the parameters
-GRADIENTS = ("input", "h0") + PARAMETERS
+#: every cell, by name
+CELLS: dict[str, ModuleType] = {elman.NAME: elman, gru.NAME: gru}
+
+__all__ = ["CELLS", "GRADIENTS", "PARAMETERS", "get_cell", "named"]
+
 
 def get_cell(name: str) -> ModuleType:
     """The cell module called ``name`` (``"rnn"``: the Elman cell, ``"gru"``); a ValueError otherwise."""
-    from . import elman, gru
-
-    cells = {elman.NAME: elman, gru.NAME: gru}
-    key = rules.CELL_ALIASES.get(name, name)
-    if key not in cells:
-        raise ValueError(f"cell must be one of {sorted(cells)}, got {name!r}")
-    return cells[key]
+    if name not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {name!r}")
+    return CELLS[name]

@@ -1,38 +1,26 @@
-"""The Elman cell: its forward pass, its TP rules and its parameter directions.
+"""The Elman cell: its forward pass and its tape (its rules: :mod:`targetprop.rules.elman`).
 
 Step (row vectors, time-major): ``u_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh``,
 ``h_t = a(u_t)``. Index letters: T steps, B batch rows, d inputs, p hidden units.
 
-Rules (docs/maths.md, "Targets (eqs. 1–2)"; ``M = (W_hhᵀW_hh + rI)⁻¹W_hhᵀ``, ``π`` the projection on a's range):
-
-=============  =====================================================================
-``bp``          ``R = (λ_t ⊙ a'(u_t)) W_hh``                          (the adjoint)
-``linearized``  ``R = (λ_t ⊘ a'(u_t)) Mᵀ``, a' read from ``π(h_t)``    (eq. 2)
-``difference``  ``R = (a⁻¹(π(h_t+λ_t)) − a⁻¹(π(h_t))) Mᵀ``             (Lee et al. 2015)
-``direct``      ``R = f⁻¹(h_t+λ_t) − h_{t-1}``                          (plain inverse)
-``learned``     ``R = ψ_t(h_t+λ_t) − ψ_t(h_t)``, a trained reverse layer  (:mod:`targetprop.learned`)
-=============  =====================================================================
-
-Parameter directions (eq. 3) with ``δ_t = a'(u_t) ⊙ (−λ_t)`` stacked over all t:
+BP's step back in time: ``μ_{t-1} += (μ_t ⊙ a'(u_t)) W_hh``. Parameter directions (eq. 3) with ``δ_t = a'(u_t) ⊙ (−λ_t)`` stacked over all t:
 ``grad W_hh = Σ_t δ_tᵀ h_{t-1}``, ``grad W_ih = Σ_t δ_tᵀ x_t``, ``grad b = Σ_t δ_t``, each one
 matrix product after the recursion; the input receives ``δ_t W_ih`` and ``h_0`` receives ``−λ_0``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from . import GRADIENTS
 from ..activations import Activation
-from ..engine import Workspace
 from ..inverse import inverse_operator
-from ..rules import Recursion, propagate, register
+from ..recursion import Recursion, propagate
+from .protocol import GRADIENTS, named
 
-NAME = "rnn"  # as torch.nn.RNN; the rules were registered as "elman" before (get_cell and the rule registry take both)
-STATES = ("h",)
+NAME = "rnn"  # as torch.nn.RNN
 GATES = 1
 
 _ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # kernels/kernels.cpp
@@ -71,6 +59,12 @@ def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | No
     return out
 
 
+def forward_for_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                         b_hh: Tensor | None, activation: Activation, kernels=None) -> tuple[Tensor]:
+    """``(out,)``: the Elman tape needs nothing besides the hidden states."""
+    return (forward(x, h0, w_ih, w_hh, b_ih, b_hh, activation, kernels),)
+
+
 @dataclass
 class ElmanTape:
     """What the forward pass keeps for the backward: inputs, weights and hidden states."""
@@ -84,7 +78,7 @@ class ElmanTape:
     bias_hh: Tensor | None
     activation: Activation
     kernels: object = None  # the compiled module, or None for the pure-PyTorch path
-    workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    workspace: object = None  # scratch buffers (a part of an engine.Workspace); set by the engine
     suffix: str = "l0"  # the layer and direction, as in the parameters' names (for error messages)
     valid: Tensor | None = None  # (T, B, 1): 1 at each sequence's valid steps (packed input), else None
 
@@ -112,7 +106,11 @@ class ElmanTape:
         """``λ_{t-1} += (λ_t ⊙ f_t) mat``, or ``(λ_t ⊘ max(f_t, floor)) mat`` if ``divide``."""
         if self.kernels is not None:
             mat = mat.contiguous()
-            return lambda lam: self.kernels.scaled_recursion_(lam, factor, mat, divide, floor)
+
+            def run(lam):
+                self.kernels.scaled_recursion_(lam, factor, mat, divide, floor)
+
+            return run
         if divide:
             factor = torch.clamp_min(factor, floor).reciprocal_()
         factors, buf = factor.unbind(0), self.work_buffer()
@@ -127,11 +125,12 @@ class ElmanTape:
         """BP's step ``R = (λ_t ⊙ a'(u_t)) W_hh``, used by ``bp`` and by ``through_time``."""
         return self.scaled_recursion(self.derivative, self.weight_hh, False, 0.0)
 
-    def directions(self, lam: Tensor, needs) -> dict[str, Tensor]:
+    def directions(self, lam: Tensor, needs, adjoints=None) -> dict[str, Tensor]:
         """Eq. (3) from the displacements: the directions named in ``needs`` (among
         ``input, h0, weight_ih, weight_hh, bias_ih, bias_hh``), keyed by name.
 
-        ``lam`` (T+1, B, p) is consumed (overwritten in place).
+        ``lam`` (T+1, B, p) is consumed (overwritten in place); ``adjoints`` is unused (no
+        recursion of this cell hands any over).
         """
         need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = (k in needs for k in GRADIENTS)
         T, B, p = self.out.shape
@@ -151,109 +150,7 @@ class ElmanTape:
         grad_b = flat.sum(0).neg_() if (need_bih or need_bhh) else None
         grad_bih = grad_b if need_bih else None
         grad_bhh = (grad_b.clone() if need_bih else grad_b) if need_bhh else None
-        return _named(grad_x, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh)
-
-
-def _named(*grads) -> dict[str, Tensor]:
-    """``{name: grad}`` for the gradients in :data:`GRADIENTS` order that were computed."""
-    return {k: g for k, g in zip(GRADIENTS, grads) if g is not None}
-
-
-# Down a stack (docs/maths.md, "Stacks"), each rule also gives the input side's pre-activation
-# displacement y (T, B, p) from the final λ; ``input_map`` says how the layer below gets z from it.
-
-@register(NAME, "bp")
-class BP:
-    uses_target_step = False
-    input_map = "adjoint"
-
-    def prepare(self, tape: ElmanTape, config):
-        return tape.adjoint_recursion()
-
-    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
-        return lam[1:] * tape.derivative
-
-
-@register(NAME, "linearized")
-class Linearized:
-    uses_target_step = True
-    input_map = "inverse"
-
-    def prepare(self, tape: ElmanTape, config):
-        factor, divide, floor = tape.activation.linearized_factor(tape.derivative, config.tol)
-        return tape.scaled_recursion(factor, tape.inverse_operator(config.reg).T, divide, floor)
-
-    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
-        return lam[1:] * tape.activation.inverse_derivative(tape.derivative, config.tol)
-
-
-class _StepwiseInverseRule:
-    """Rules whose step is not a scaled product: a Python loop of in-place ops per step."""
-
-    uses_target_step = True
-    input_map = "inverse"
-
-    def prepare(self, tape: ElmanTape, config):
-        step = self._step(tape, config, tape.inverse_operator(config.reg).T, tape.work_buffer())
-        return lambda lam: propagate(step, lam)
-
-
-def _preimage_(act: Activation, tol: float, h_t: Tensor, lam_t: Tensor, buf: Tensor) -> Tensor:
-    """``buf ← a⁻¹(π(h_t + λ_t))``."""
-    torch.add(h_t, lam_t, out=buf)
-    return act.inverse_(act.project_(buf, tol))
-
-
-@register(NAME, "difference")
-class Difference(_StepwiseInverseRule):
-    def _step(self, tape, config, mt, buf):
-        act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
-        base = act.inverse_(act.project(tape.out, tol)).unbind(0)
-
-        def step(t, lam_t, out):
-            _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(base[t - 1])
-            out.addmm_(buf, mt)
-
-        return step
-
-    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
-        act = tape.activation
-        return _preimages(tape, lam, config).sub_(act.inverse_(act.project(tape.out, config.tol)))
-
-
-def _preimages(tape: ElmanTape, lam: Tensor, config) -> Tensor:
-    """``a⁻¹(π(h_t + λ_t))`` for all t: (T, B, p), a new tensor."""
-    return tape.activation.inverse_(tape.activation.project_(tape.out + lam[1:], config.tol))
-
-
-@register(NAME, "direct")
-class Direct(_StepwiseInverseRule):
-    def _step(self, tape, config, mt, buf):
-        act, tol, H = tape.activation, config.tol, tape.out.unbind(0)
-        proj = tape.input_projection.unbind(0)
-
-        valid = None if tape.valid is None else tape.valid.unbind(0)
-        moved = None if valid is None else tape.work_buffer()
-
-        def step(t, lam_t, out):
-            _preimage_(act, tol, H[t - 1], lam_t, buf).sub_(proj[t - 1])
-            if valid is None:
-                out.sub_(tape.h_prev(t)).addmm_(buf, mt)
-            else:  # R(0) ≠ 0 for this rule: a padded step must hand nothing back
-                out.addcmul_(torch.mm(buf, mt, out=moved).sub_(tape.h_prev(t)), valid[t - 1])
-
-        return step
-
-    input_map = "direct"
-
-    def input_displacement(self, tape: ElmanTape, lam: Tensor, config) -> Tensor:
-        """``a⁻¹(π(h_t + λ_t)) − h_{t-1} W_hhᵀ − b``: the target of ``x_t W_ihᵀ`` (a target, not a difference)."""
-        T, B, p = tape.out.shape
-        h_prev = torch.cat([tape.h0.unsqueeze(0), tape.out[:-1]]).view(T * B, p)
-        y = _preimages(tape, lam, config).view(T * B, p).sub_(h_prev @ tape.weight_hh.T)
-        if tape.bias_ih is not None:
-            y.sub_(tape.bias_ih + tape.bias_hh)
-        return y.view(T, B, p)
+        return named(grad_x, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh)
 
 
 Tape = ElmanTape  # the name the autograd glue looks up on a cell module

@@ -1,4 +1,4 @@
-"""The GRU cell: its forward pass, its TP rules and its parameter directions.
+"""The GRU cell: its forward pass and its tape (its rules: :mod:`targetprop.rules.gru`).
 
 PyTorch's cell, gate rows (r, z, n) stacked in ``W_ih`` (3p, d) and ``W_hh`` (3p, p):
 ``r = σ(x W_irᵀ + b_ir + h W_hrᵀ + b_hr)``, ``z = σ(x W_izᵀ + b_iz + h W_hzᵀ + b_hz)``,
@@ -9,14 +9,8 @@ BP's adjoint step (docs/maths.md, "GRU"), with ``c_r = r(1−r)⊙q⊙(1−n²)�
 
     μ = z⊙μ' + [c_r⊙μ'] W_hr + [c_z⊙μ'] W_hz + [c_n⊙μ'] W_hn = z⊙μ' + [c_r⊙μ', c_z⊙μ', c_n⊙μ'] W_hh
 
-The authors' TP rule (``linearized``) replaces each ``W_h•`` by ``M_•ᵀ``, ``M_• = (W_h•ᵀW_h• + rI)⁻¹W_h•ᵀ``
-(three Cholesky factorizations, batched), and *divides* by the gate derivatives ``r(1−r)``,
-``z(1−z)`` (gates clamped to [τ, 1−τ], i.e. derivatives floored at τ(1−τ)) instead of
-multiplying; the direct path ``z⊙λ'`` and the tanh derivative ``1−n²`` are kept. Derived for
-the cell computed here (the authors' code writes it for the other convention,
-``h' = (1−z)⊙h + z⊙n``).
-
-Both are "per-gate scale, then one (B×3p)·(3p×p) product, plus z⊙λ" per step. When a backward
+The authors' TP rule (:mod:`targetprop.rules.gru`) has the same shape with ``M_•ᵀ`` for ``W_h•``
+and the gate derivatives divided instead of multiplied. Both are "per-gate scale, then one (B×3p)·(3p×p) product, plus z⊙λ" per step. When a backward
 will follow, the forward pass keeps every step's gates ``[r, z, q, n]`` (T, B, 4, p); the
 compiled loop (``kernels/kernels.cpp``) then computes the scales on the fly and, as each ``λ_t``
 becomes final, writes the cell's pre-activation adjoints ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``,
@@ -25,21 +19,17 @@ The pure-PyTorch path computes the same from the kept gates with batched tensor 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from . import GRADIENTS
-from .elman import _named
 from ..activations import Activation
-from ..engine import Workspace
-from ..inverse import inverse_operator
-from ..rules import Recursion, propagate, register
+from ..recursion import Recursion, propagate
+from .protocol import GRADIENTS, named
 
 NAME = "gru"
-STATES = ("h",)
 GATES = 3
 
 
@@ -98,30 +88,30 @@ class GRUTape:
     activation: Activation = None
     kernels: object = None
     gates: Tensor = None  # (T, B, 4, p): r, z, q, n
-    workspace: Workspace = field(default_factory=Workspace)  # scratch buffers (engine.Workspace)
+    workspace: object = None  # scratch buffers (a part of an engine.Workspace); set by the engine
     suffix: str = "l0"  # the layer and direction, as in the parameters' names (for error messages)
     valid: Tensor | None = None  # (T, B, 1) valid steps of a packed batch (unused: every rule is linear)
 
     def __post_init__(self):
         if self.gates is None:
             raise ValueError("GRUTape needs the gates kept by gru.forward_for_backward")
-        self._adjoints = None  # (λ, its pre-activation adjoints) written by the compiled loop
 
     @cached_property
     def _h_prev(self) -> Tensor:
         return torch.cat([self.h0.unsqueeze(0), self.out[:-1]])
 
     @cached_property
-    def _bp_factors(self) -> Tensor:
+    def bp_factors(self) -> Tensor:
         """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]`` (module docstring), for the torch path."""
         r, z, q, n = self.gates.unbind(2)
         dn = (1 - n * n) * (1 - z)
         return torch.stack([r * (1 - r) * q * dn, z * (1 - z) * (self._h_prev - n), r * dn, dn], dim=2)
 
-    def _recursion(self, linearized: bool, mat: Tensor, tol: float, keep_adjoints: bool = True) -> Recursion:
-        """``λ_{t-1} += z_t⊙λ_t + [s_r, s_z, s_n](λ_t) mat`` for t = T..1; ``mat`` (3p, p). The
-        compiled loop also writes the pre-activation adjoints of ``λ`` unless ``keep_adjoints``
-        is False (through time, the directions come from the second recursion's)."""
+    def recursion(self, linearized: bool, mat: Tensor, tol: float, keep_adjoints: bool = True) -> Recursion:
+        """``λ_{t-1} += z_t⊙λ_t + [s_r, s_z, s_n](λ_t) mat`` for t = T..1; ``mat`` (3p, p); the
+        scales are BP's ``[c_r, c_z, c_n]`` or, with ``linearized``, the authors' rule's
+        (:meth:`divided_gate_scales`, then ``c_n``). The compiled loop also writes, and returns,
+        the pre-activation adjoints of the final ``λ`` unless ``keep_adjoints`` is False."""
         floor = tol * (1 - tol)
         if self.kernels is not None:
             mat = mat.contiguous()
@@ -131,13 +121,12 @@ class GRUTape:
                     else self.gates.new_empty(0)
                 self.kernels.gru_recursion_(lam, self.gates, self.h0.contiguous(), self.out, mat, linearized,
                                             floor, adjoints)
-                if keep_adjoints:
-                    self._adjoints = (lam, adjoints)
+                return adjoints if keep_adjoints else None
 
             return run
-        f = self._bp_factors
+        f = self.bp_factors
         if linearized:
-            scales = torch.stack([*self._divided_gate_scales(floor), f[:, :, 2]], dim=2)
+            scales = torch.stack([*self.divided_gate_scales(floor), f[:, :, 2]], dim=2)
         else:
             scales = f[:, :, :3]
         z = self.gates[:, :, 1].unbind(0)
@@ -152,46 +141,30 @@ class GRUTape:
 
         return lambda lam: propagate(step, lam)
 
-    def _divided_gate_scales(self, floor: float) -> tuple[Tensor, Tensor]:
+    def divided_gate_scales(self, floor: float) -> tuple[Tensor, Tensor]:
         """The linearized rule's r and z scales, ``q(1−n²)(1−z) ⊘ max(r(1−r), f)`` and
         ``(h−n) ⊘ max(z(1−z), f)``: (T, B, p) each."""
         r, z, q, n = self.gates.unbind(2)
-        dn = self._bp_factors[:, :, 3]
+        dn = self.bp_factors[:, :, 3]
         return q * dn / torch.clamp_min(r * (1 - r), floor), (self._h_prev - n) / torch.clamp_min(z * (1 - z), floor)
 
-    def input_displacement(self, lam: Tensor, linearized: bool, tol: float) -> Tensor:
-        """(T, B, 3p): the input side's pre-activation displacements (docs/maths.md, "Stacks"):
-        BP's adjoints ``[c_r, c_z, (1−n²)(1−z)]⊙λ_t``, or with ``linearized`` the rule's
-        ``[q(1−n²)(1−z)⊘max(r(1−r),f), (h−n)⊘max(z(1−z),f), (1−n²)(1−z)]⊙λ_t`` (no r on n's input path)."""
-        T, B, p = self.out.shape
-        if not linearized:
-            return self._preactivation_adjoints(lam)[:, :, [0, 1, 3]].reshape(T, B, 3 * p)
-        scales = torch.stack([*self._divided_gate_scales(tol * (1 - tol)), self._bp_factors[:, :, 3]], dim=2)
-        return scales.mul_(lam[1:].unsqueeze(2)).view(T, B, 3 * p)
-
     def adjoint_recursion(self) -> Recursion:
-        return self._recursion(False, self.weight_hh, 0.0)
+        return self.recursion(False, self.weight_hh, 0.0)
 
-    def linearized_recursion(self, reg: float, tol: float, keep_adjoints: bool = True) -> Recursion:
-        p = self.out.shape[-1]
-        m = inverse_operator(self.weight_hh.view(3, p, p), reg, f"weight_hh_{self.suffix}")  # (3, p, p): M_r, M_z, M_n
-        return self._recursion(True, m.mT.reshape(3 * p, p), tol, keep_adjoints)
+    def preactivation_adjoints(self, lam: Tensor, adjoints: Tensor | None = None) -> Tensor:
+        """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``: ``adjoints`` when the recursion that
+        made ``lam`` final returned them (the compiled loop), else computed here."""
+        return adjoints if adjoints is not None else self.bp_factors * lam[1:].unsqueeze(2)
 
-    def _preactivation_adjoints(self, lam: Tensor) -> Tensor:
-        """(T, B, 4, p): ``[c_r, c_z, c_n, (1−n²)(1−z)]⊙λ_t``, from the compiled loop if it ran on ``lam``."""
-        if self._adjoints is not None and self._adjoints[0] is lam:
-            return self._adjoints[1]
-        return self._bp_factors * lam[1:].unsqueeze(2)
-
-    def directions(self, lam: Tensor, needs) -> dict[str, Tensor]:
+    def directions(self, lam: Tensor, needs, adjoints: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. (3): the cell's vector-Jacobian product over all rows with cotangent −λ_t on h_t
         (hence the negations); ``h0`` receives −λ_0. With ``G`` the pre-activation adjoints, the
         hidden side ``h W_hhᵀ + b_hh`` receives ``[G_r, G_z, G_n]`` (n's through r⊙q), the input
         side ``x W_ihᵀ + b_ih`` receives ``[G_r, G_z, (1−n²)(1−z)⊙λ]``. Keyed by name, for the
-        names in ``needs`` (as the Elman tape's)."""
+        names in ``needs`` (as the Elman tape's); ``adjoints`` as in :meth:`preactivation_adjoints`."""
         need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = (k in needs for k in GRADIENTS)
         T, B, p = self.out.shape
-        rows = self._preactivation_adjoints(lam).reshape(T * B, 4 * p)  # contiguous: a view
+        rows = self.preactivation_adjoints(lam, adjoints).reshape(T * B, 4 * p)  # contiguous: a view
         # column blocks of the rows, as strided views (BLAS reads them in place; no copies)
         hidden, gates_rz, gate_n = rows[:, :3 * p], rows[:, :2 * p], rows[:, 3 * p:]
         x = self.x.reshape(T * B, -1)
@@ -208,31 +181,7 @@ class GRUTape:
             grad_whh = torch.addmm(hidden[:B].T @ self.h0, hidden[B:].T, prev).neg_()
         if need_bhh and self.bias_hh is not None:
             grad_bhh = hidden.sum(0).neg_()
-        return _named(grad_x, lam[0].neg() if need_h0 else None, grad_wih, grad_whh, grad_bih, grad_bhh)
+        return named(grad_x, lam[0].neg() if need_h0 else None, grad_wih, grad_whh, grad_bih, grad_bhh)
 
 
-Tape = GRUTape
-
-
-@register(NAME, "bp")
-class BP:
-    uses_target_step = False
-    input_map = "adjoint"  # down a stack: z = y W_ih (docs/maths.md, "Stacks")
-
-    def prepare(self, tape: GRUTape, config):
-        return tape.adjoint_recursion()
-
-    def input_displacement(self, tape: GRUTape, lam: Tensor, config) -> Tensor:
-        return tape.input_displacement(lam, False, 0.0)
-
-
-@register(NAME, "linearized")
-class Linearized:
-    uses_target_step = True
-    input_map = "inverse"  # down a stack: the ridge solve of y against W_ih (docs/maths.md, "Stacks")
-
-    def input_displacement(self, tape: GRUTape, lam: Tensor, config) -> Tensor:
-        return tape.input_displacement(lam, True, config.tol)
-
-    def prepare(self, tape: GRUTape, config):
-        return tape.linearized_recursion(config.reg, config.tol, keep_adjoints=not config.through_time)
+Tape = GRUTape  # the name the engine looks up on a cell module
