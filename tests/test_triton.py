@@ -282,7 +282,7 @@ def test_stacked_bidirectional_packed_layer(triton, cls, through_time):
     own end), float32 on the device against the float64 PyTorch path."""
     gen = torch.Generator().manual_seed(13)
     T, B, d, p = 12, 5, 3, 9
-    ref = cls(d, p, 2, bidirectional=True, dtype=D64, reg=1.0, through_time=through_time)
+    ref = cls(d, p, 2, bidirectional=True, dtype=D64, reg=1.0, through_time=through_time, backend="torch")
     ours = cls(d, p, 2, bidirectional=True, reg=1.0, through_time=through_time, backend="triton").to(DEVICE)
     ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     x, lengths = torch.randn(T, B, d, generator=gen, dtype=D64), torch.tensor([7, 12, 3, 9, 12])
@@ -295,3 +295,49 @@ def test_stacked_bidirectional_packed_layer(triton, cls, through_time):
         results.append([out.data, h_n, xg.grad] + [w.grad for w in m.parameters()])
     for i, (a, b) in enumerate(zip(*results, strict=True)):
         assert_rel(b.detach().cpu().double(), a.detach(), tol=1e-4, where=f"{cls.__name__} stack tensor {i}")
+
+
+# ---------------------------------------------------------------------------- compiled for a GPU, without one
+
+#: every branch of each kernel (its constexpr flags), compiled at the smallest width
+VARIANTS = [("elman_forward", {"ACT": a}) for a in range(4)] + [
+    ("scaled_recursion", {"DIVIDE": d}) for d in (False, True)] + [
+    ("gru_forward", {"HAS_BIAS": b}) for b in (False, True)] + [
+    ("gru_recursion", {"LINEARIZED": lin, "EMIT": e}) for lin in (False, True) for e in (False, True)]
+#: the variant of each kernel that keeps the most on chip
+LARGEST = {"elman_forward": {"ACT": 0}, "scaled_recursion": {"DIVIDE": True}, "gru_forward": {"HAS_BIAS": True},
+           "gru_recursion": {"LINEARIZED": True, "EMIT": True}}
+
+
+def _compile_for_gpu(name, flags, P, capability=90):
+    """Triton's compiler, for an NVIDIA target, without a device (its own ptxas): the kernel as
+    the launcher compiles it (float32 pointers, i32 sizes, the launch options)."""
+    import triton as tt
+    from triton.backends.compiler import GPUTarget
+
+    fn = triton_rnn._kernels(False)[name]
+    scalars = {"T": "i32", "B": "i32", "p": "i32", "floor": "fp32"}
+    signature = {a: scalars.get(a, "*fp32" if a.endswith("_ptr") else "constexpr") for a in fn.arg_names}
+    constexprs = dict(flags, P=P, BB=triton_rnn.BLOCK_B, PRECISION=triton_rnn.PRECISION)
+    return tt.compile(tt.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                      target=GPUTarget("cuda", capability, 32), options=triton_rnn.launch_options(name, P))
+
+
+@pytest.mark.parametrize("name,flags", VARIANTS, ids=[f"{n}-{'-'.join(map(str, f.values()))}" for n, f in VARIANTS])
+def test_every_kernel_compiles_for_a_gpu(name, flags):
+    """Catches what the interpreter cannot: the compiled mode's typing and lowering (to sm_90 PTX
+    and a cubin) of every branch."""
+    kernel = _compile_for_gpu(name, flags, 16)
+    assert kernel.asm["cubin"] and ".local" not in kernel.asm["ptx"]  # nothing spilled to local memory
+
+
+@pytest.mark.parametrize("name", list(LARGEST))
+@pytest.mark.parametrize("capability", [80, 90])
+def test_the_matrices_stay_in_shared_memory_within_the_bound_the_choice_assumes(name, capability):
+    """At p = 100 (padded to 128): the kernel's shared memory is at least its matrices (held for the
+    whole loop) and at most ``shared_bytes``, the bound ``select_kernels`` checks against the device;
+    no register spills."""
+    P, blocks = 128, 3 if name.startswith("gru") else 1
+    kernel = _compile_for_gpu(name, LARGEST[name], P, capability)
+    assert blocks * P * P * 4 <= kernel.metadata.shared <= triton_rnn.shared_bytes(blocks, P)
+    assert "local_alloc" in kernel.asm["ttgir"] and ".local" not in kernel.asm["ptx"]

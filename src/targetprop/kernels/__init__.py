@@ -181,7 +181,7 @@ def select_triton(x: Tensor, w_hh: Tensor):
     A KernelUnavailableError when Triton is not installed or the tensors are elsewhere; None (the
     pure-PyTorch path) with one warning where the kernels do not cover the layer: a dtype other
     than float32 on CUDA (float64 runs in the interpreter only), a hidden size above
-    ``triton_rnn.MAX_WIDTH``."""
+    ``triton_rnn.MAX_WIDTH``, matrices larger than the device's shared memory (``triton_rnn.fits``)."""
     device = x.device.type
     if device != "cuda" and not (device == "cpu" and triton_interpreter_enabled()):
         raise KernelUnavailableError(
@@ -194,10 +194,15 @@ def select_triton(x: Tensor, w_hh: Tensor):
                                      "install it with: pip install 'targetprop[gpu]'") from exc
     allowed = triton_rnn.GPU_DTYPES if device == "cuda" else triton_rnn.INTERPRETER_DTYPES
     p = w_hh.shape[-1]
+    blocks = w_hh.shape[0] // max(p, 1)  # matrix blocks: 1 for the Elman cell, 3 for the GRU
     if x.dtype not in allowed or w_hh.dtype not in allowed or p > triton_rnn.MAX_WIDTH:
-        # the default warning filter shows this once per call site
-        warnings.warn(f"targetprop: backend='triton' covers {', '.join(str(d) for d in allowed)} {device} "
-                      f"tensors with hidden size <= {triton_rnn.MAX_WIDTH}; this layer ({x.dtype}, hidden size "
-                      f"{p}) runs the pure-PyTorch path", RuntimeWarning, stacklevel=3)
-        return None
-    return triton_rnn
+        why = (f"covers {', '.join(str(d) for d in allowed)} {device} tensors with hidden size <= "
+               f"{triton_rnn.MAX_WIDTH}; this layer ({x.dtype}, hidden size {p})")
+    elif device == "cuda" and not triton_rnn.fits(x.device, blocks, p):
+        why = (f"needs {triton_rnn.shared_bytes(blocks, triton_rnn.padded(p)) // 1024} KiB of shared memory at "
+               f"hidden size {p}, more than {torch.cuda.get_device_name(x.device)} has per block; this layer")
+    else:
+        return triton_rnn
+    # the default warning filter shows this once per call site and message
+    warnings.warn(f"targetprop: backend='triton' {why} runs the pure-PyTorch path", RuntimeWarning, stacklevel=3)
+    return None

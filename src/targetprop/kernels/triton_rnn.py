@@ -15,16 +15,19 @@ The same four in-place functions, with the same semantics, as the compiled CPU l
 
 Each is **one launch over all T steps**: a program owns :data:`BLOCK_B` batch rows (the batch is
 split across programs, rows being independent through every recursion), loads the recurrent
-matrix (p×p, or the GRU's three p×p blocks) once, keeps it in registers for the whole loop over
-time, and carries its rows' state from step to step on chip; each step is one ``tl.dot`` per
+matrix (p×p, or the GRU's three p×p blocks) once, before the loop over time (Triton keeps it in
+shared memory: read in the compiled kernels' IR, ``ttg.local_alloc`` hoisted out of the loop), and
+carries its rows' state from step to step in registers; each step is one ``tl.dot`` per
 matrix block plus elementwise work. Hidden sizes are padded to the next power of two ≥ 16 (what
 ``tl.dot`` needs on a GPU) and masked: padded rows of the matrix are zero and padded columns of
 the state are held at zero, so they add nothing.
 
-Covered: float32, hidden sizes 1..:data:`MAX_WIDTH`, any T and B (B = 0 or T = 0 launch
-nothing). float64 runs in Triton's CPU interpreter only (``tl.dot`` in float64 has not been run
-on a GPU here): :func:`targetprop.kernels.select_kernels` falls back to the PyTorch path for
-float64 CUDA tensors and for wider layers, with one warning. Products run at IEEE float32
+Covered: float32, hidden sizes 1..:data:`MAX_WIDTH` whose matrices fit the device's shared
+memory (:func:`fits`: every width for the Elman cell; for the GRU every width on an H100/H200, up
+to 64 on an A100), any T and B (B = 0 or T = 0 launch nothing). float64 runs in Triton's CPU
+interpreter only (``tl.dot`` in float64 has not been run on a GPU here):
+:func:`targetprop.kernels.select_kernels` falls back to the PyTorch path, with one warning, for
+float64 CUDA tensors and for layers that are too wide. Products run at IEEE float32
 precision (no TF32), so the results match the other backends to float32 rounding.
 
 The kernels are built per mode: Triton's JIT for CUDA tensors, Triton's interpreter
@@ -42,8 +45,9 @@ from torch import Tensor
 
 #: batch rows per program: ``tl.dot`` needs at least 16 rows on a GPU
 BLOCK_B = 16
-#: widest hidden size handled: the GRU's three 128×128 float32 blocks are 192 KiB, most of a
-#: streaming multiprocessor's register file; wider layers fall back (the matrix would not stay on chip)
+#: widest hidden size handled: the matrices stay in shared memory, at most 227 KiB per block on
+#: current GPUs; an Elman layer at p = 256 would need 256 KiB (a GRU at p = 128 needs 216 KiB, which
+#: :func:`fits` checks against the device); wider layers fall back
 MAX_WIDTH = 128
 #: dtypes the kernels accept: compiled for the GPU, and under the interpreter
 GPU_DTYPES = (torch.float32,)
@@ -54,6 +58,21 @@ ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}
 def padded(p: int) -> int:
     """The block width for hidden size ``p``: the next power of two, at least 16."""
     return max(16, triton.next_power_of_2(p))
+
+
+def shared_bytes(blocks: int, P: int, itemsize: int = 4) -> int:
+    """Shared memory a kernel holding ``blocks`` P×P matrices needs: Triton keeps the matrices
+    there (loaded once, before the loop over time), plus at most three BLOCK_B×P staging buffers
+    (measured on the compiled kernels for sm_80 and sm_90: tests/test_triton.py checks it)."""
+    return blocks * P * P * itemsize + 3 * BLOCK_B * P * itemsize
+
+
+def fits(device: torch.device, blocks: int, p: int) -> bool:
+    """Whether the kernels for ``blocks`` matrix blocks of width ``p`` fit the device's shared memory
+    (a GRU at p = 128 needs 216 KiB: an H100/H200 has 227 KiB per block, an A100 163 KiB)."""
+    props = torch.cuda.get_device_properties(device)
+    limit = getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+    return shared_bytes(blocks, padded(p)) <= limit
 
 
 def _warps(blocks: int, P: int) -> int:
@@ -271,15 +290,24 @@ def _kernels(interpreted: bool) -> dict:
 PRECISION = "ieee"
 
 
-def _launch(name: str, like: Tensor, B: int, *args, warps: int, **constexprs) -> None:
+def launch_options(name: str, P: int) -> dict:
+    """Compiler options of kernel ``name`` at padded width ``P``: warps, multiply-adds fused (Triton
+    3.9's default, said explicitly), and for the GRU's kernels
+    no software pipelining of the per-step loads (its staging buffers would take 64 KiB more
+    shared memory than the three matrices leave at P = 128)."""
+    blocks = 3 if name.startswith("gru") else 1
+    return {"num_warps": _warps(blocks, P), "enable_fp_fusion": True, **({"num_stages": 1} if blocks == 3 else {})}
+
+
+def _launch(name: str, like: Tensor, B: int, *args, P: int, **constexprs) -> None:
     interpreted = like.device.type != "cuda"
     kernel = _kernels(interpreted)[name]
     grid = (triton.cdiv(B, BLOCK_B),)
     if interpreted:
-        kernel[grid](*args, BB=BLOCK_B, PRECISION=PRECISION, **constexprs)
+        kernel[grid](*args, P=P, BB=BLOCK_B, PRECISION=PRECISION, **constexprs)
         return
     with torch.cuda.device(like.device):
-        kernel[grid](*args, BB=BLOCK_B, PRECISION=PRECISION, num_warps=warps, **constexprs)
+        kernel[grid](*args, P=P, BB=BLOCK_B, PRECISION=PRECISION, **constexprs, **launch_options(name, P))
 
 
 def _check(name: str, *tensors: tuple[str, Tensor]) -> None:
@@ -309,7 +337,7 @@ def elman_forward_(out: Tensor, h0: Tensor, wt: Tensor, activation: int) -> None
         raise ValueError(f"elman_forward_: unknown activation code {activation}")
     if T and B and p:
         P = padded(p)
-        _launch("elman_forward", out, B, out, h0, wt, T, B, p, ACT=activation, P=P, warps=_warps(1, P))
+        _launch("elman_forward", out, B, out, h0, wt, T, B, p, ACT=activation, P=P)
 
 
 def scaled_recursion_(lam: Tensor, factor: Tensor, mat: Tensor, divide: bool, floor: float) -> None:
@@ -320,8 +348,7 @@ def scaled_recursion_(lam: Tensor, factor: Tensor, mat: Tensor, divide: bool, fl
     _shape("scaled_recursion_", "mat", mat, p, p)
     if T and B and p:
         P = padded(p)
-        _launch("scaled_recursion", lam, B, lam, factor, mat, T, B, p, float(floor), DIVIDE=bool(divide), P=P,
-                warps=_warps(1, P))
+        _launch("scaled_recursion", lam, B, lam, factor, mat, T, B, p, float(floor), DIVIDE=bool(divide), P=P)
 
 
 def gru_forward_(gi: Tensor, h0: Tensor, wt: Tensor, bias: Tensor, out: Tensor, gates: Tensor) -> None:
@@ -340,7 +367,7 @@ def gru_forward_(gi: Tensor, h0: Tensor, wt: Tensor, bias: Tensor, out: Tensor, 
     if T and B and p:
         P = padded(p)
         _launch("gru_forward", out, B, gi, h0, wt, bias if has_bias else gi, out, gates, T, B, p, HAS_BIAS=has_bias,
-                P=P, warps=_warps(3, P))
+                P=P)
 
 
 def gru_recursion_(lam: Tensor, gates: Tensor, h0: Tensor, out: Tensor, mat: Tensor, linearized: bool, floor: float,
@@ -361,4 +388,4 @@ def gru_recursion_(lam: Tensor, gates: Tensor, h0: Tensor, out: Tensor, mat: Ten
     if T and B and p:
         P = padded(p)
         _launch("gru_recursion", lam, B, lam, gates, h0, out, mat, adjoints if emit else lam, T, B, p, float(floor),
-                LINEARIZED=bool(linearized), EMIT=emit, P=P, warps=_warps(3, P))
+                LINEARIZED=bool(linearized), EMIT=emit, P=P)
