@@ -1,7 +1,8 @@
 """The backward pass through time of one layer and direction, shared by every rule and every cell
 (paper, Section 3), and the scratch and settings it runs with.
 
-Displacements ``λ_t = v_t − h_t`` (t = 0..T) are stored time-major in one (T+1, B, p) buffer.
+Displacements ``λ_t = v_t − h_t`` (t = 0..T) are stored time-major in one (T+1, B, p) buffer (for a
+cell whose step carries more than ``h``, the LSTM's ``[h, c]``, one (T+1, B, S·p) buffer of the whole state).
 It is first filled with the injected loss gradients, ``λ_t ← −s·g_t`` where ``g_t = ∂ℓ/∂h_t``
 is the loss's direct dependence on ``h_t`` and ``s = γ_h`` (``s = 1`` for ``bp``), eq. (1), plus,
 in a stack, the displacement handed down from the layer above (no second ``γ_h``); then, for
@@ -137,15 +138,19 @@ def injection_scale(settings: Settings) -> float:
 
 
 def inject(grad_output: Tensor | None, scale: float, out: Tensor, workspace) -> Tensor:
-    """The (T+1, B, p) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0, for hidden
-    states ``out`` (T, B, p); a gradient given as None (an output the loss does not use) is 0."""
-    T, B, p = out.shape
-    lam = workspace.empty("displacements", (T + 1, B, p), out)
-    if grad_output is None:
+    """The (T+1, B, W) buffer holding ``−scale·g_t`` at t = 1..T and 0 at t = 0, for the states
+    ``out`` (T, B, W); a gradient given as None (an output the loss does not use) is 0. A cell
+    whose state is wider than its output (the LSTM's ``[h, c]``) gets ``g_t`` (T, B, p) in its
+    first ``p`` columns, the rest 0."""
+    T, B, width = out.shape
+    lam = workspace.empty("displacements", (T + 1, B, width), out)
+    if grad_output is None or grad_output.shape[-1] != width:
         lam.zero_()
     else:
         lam[0].zero_()
-        torch.mul(grad_output, -scale, out=lam[1:])
+    if grad_output is not None:
+        torch.mul(grad_output, -scale, out=lam[1:, :, :grad_output.shape[-1]] if grad_output.shape[-1] != width
+                  else lam[1:])
     return lam
 
 

@@ -50,6 +50,7 @@ class Shape:
 
     num_layers: int
     directions: int
+    hidden_size: int
     dropout: float = 0.0
     training: bool = False
     name: str = "TPRNN"  # the layer's class, for error messages
@@ -62,8 +63,9 @@ class Shape:
 
 
 class RecurrentFunction(torch.autograd.Function):
-    """``(cell, settings, shape, workspace, keep, lengths, x (T,B,d), h0 (L·D,B,p), *params) ->
-    (out (T,B,D·p), h_n (L·D,B,p))``; ``params`` four per layer and direction in ``torch.nn``'s
+    """``(cell, settings, shape, workspace, keep, lengths, x (T,B,d), h0 (L·D,B,S·p), *params) ->
+    (out (T,B,D·p), h_n (L·D,B,S·p))``, ``S = cell.STATES`` (the state ``[h, c]`` of an LSTM:
+    ``out`` holds the ``h`` part); ``params`` four per layer and direction in ``torch.nn``'s
     order (``W_ih, W_hh, b_ih, b_hh``, the biases None without bias); ``lengths`` (B,) or None;
     ``keep``: whether a backward may follow (the caller's grad mode and something requiring grad),
     else nothing is kept: the memory of one layer at a time."""
@@ -90,7 +92,7 @@ class RecurrentFunction(torch.autograd.Function):
 
 def _forward(ctx, cell, settings, shape, workspace, keep, lengths, x, h0, params):
     T, B, _ = x.shape
-    L, D = shape.num_layers, shape.directions
+    L, D, p = shape.num_layers, shape.directions, shape.hidden_size
     steps = Steps(T, B, lengths, x.device)
     kernels = select_kernels(settings.backend, x, params[1])
     run = cell.forward_for_backward if keep else lambda *a: (cell.forward(*a),)
@@ -106,7 +108,8 @@ def _forward(ctx, cell, settings, shape, workspace, keep, lengths, x, h0, params
                 extras.append(extra)
                 outs.append(out)
             h_n.append(steps.last(out))
-            directions.append(steps.reverse(out) if d else out)
+            h = out if cell.STATES == 1 else out[..., :p]
+            directions.append(steps.reverse(h) if d else h)
         if keep:
             inputs.append(layer_in)  # a reverse direction's input is re-made from it in the backward
         layer_out = torch.cat(directions, -1) if D > 1 else directions[0]
@@ -145,9 +148,8 @@ def _unpack(ctx, L: int, D: int):
 
 def _backward(ctx, grad_out, grad_hn):
     cell, settings, shape, steps = ctx.cell, ctx.settings, ctx.shape, ctx.steps
-    L, D = shape.num_layers, shape.directions
+    L, D, p = shape.num_layers, shape.directions, shape.hidden_size
     h0, params, outs, inputs, extras, masks = _unpack(ctx, L, D)
-    p = h0.shape[-1]
     needs = ctx.needs_input_grad[6:]
     rule = settings.rule
     scale = engine.injection_scale(settings)
@@ -173,7 +175,7 @@ def _backward(ctx, grad_out, grad_hn):
                 steps.add_at_last_(lam, grad_hn[k], -scale)
             if z is not None:
                 zd = z[..., d * p:(d + 1) * p] if D > 1 else z
-                lam[1:].add_(steps.reverse(zd) if d else zd)
+                lam[1:, :, :p].add_(steps.reverse(zd) if d else zd)
             adjoints.append(engine.propagate_targets(tape, lam, settings))
             tapes.append(tape)
             lams.append(lam)

@@ -43,7 +43,7 @@ def check_input(layer, x, hx: Tensor | None):
         if not isinstance(hx, Tensor):
             raise InputError(f"hx must be a torch.Tensor or None, got {type(hx).__name__}")
         states = layer.num_layers * (2 if layer.bidirectional else 1)
-        want = (states, x.shape[1], layer.hidden_size) if batched else (states, layer.hidden_size)
+        want = (states, x.shape[1], layer.state_size) if batched else (states, layer.state_size)
         if tuple(hx.shape) != want:
             raise InputError(f"hx must have shape {want}, got {tuple(hx.shape)}")
         if hx.dtype != x.dtype:

@@ -84,6 +84,11 @@ class TPRecurrent(nn.Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def state_size(self) -> int:
+        """Width of a step's state: ``p``, or ``S·p`` for a cell carrying more than ``h``."""
+        return self.cell_module.STATES * self.hidden_size
+
+    @property
     def all_weights(self) -> list[list[nn.Parameter]]:
         """The parameters per layer and direction, ``[[W_ih, W_hh, b_ih, b_hh], …]`` as ``torch.nn``."""
         return [[getattr(self, n) for n in names] for names in self._all_weights]
@@ -157,14 +162,15 @@ class TPRecurrent(nn.Module):
         x, h0, batched, packing = check_input(self, input, hx)
         T, B, _ = x.shape
         if h0 is None:
-            h0 = x.new_zeros(self.num_layers * self.directions, B, self.hidden_size)
+            h0 = x.new_zeros(self.num_layers * self.directions, B, self.state_size)
         weights = self._weights()
         if B == 0:  # as torch.nn: empty outputs, zero gradients
             out, h_n = _empty(x, h0, weights, self.directions * self.hidden_size)
         else:
             trained = [w for w in weights if w is not None and w.requires_grad]
             keep = torch.is_grad_enabled() and bool(x.requires_grad or h0.requires_grad or trained)
-            shape = Shape(self.num_layers, self.directions, self.dropout, self.training, type(self).__name__)
+            shape = Shape(self.num_layers, self.directions, self.hidden_size, self.dropout, self.training,
+                          type(self).__name__)
             settings = self._settings(update_inverse=keep and self.training and bool(trained))
             out, h_n = _run(self.cell_module, settings, shape, self.workspace, keep,
                             None if packing is None else packing.lengths, x, h0, weights)

@@ -6,8 +6,11 @@ A *cell* is a module listed in :data:`CELLS` that provides:
 
 * ``NAME``: the cell's name (``"rnn"``, ``"gru"``), its key in :data:`CELLS` and in the rule table;
 * ``GATES``: rows of ``W_ih`` / ``W_hh`` per hidden unit (1, 3);
-* ``forward(x, h0, w_ih, w_hh, b_ih, b_hh, activation, kernels) -> out``: the hidden states
-  (T, B, p) of time-major ``x`` (T, B, d), without a graph;
+* ``STATES``: how many (B, p) blocks a step's state has: 1 (``h``), or e.g. 2 for an LSTM's
+  ``[h, c]``, concatenated along the last axis with ``h`` first; the layer's output is the ``h``
+  part, ``h0`` and ``h_n`` are whole states, and displacements are the whole state's;
+* ``forward(x, h0, w_ih, w_hh, b_ih, b_hh, activation, kernels) -> out``: the states
+  (T, B, S·p) of time-major ``x`` (T, B, d) from ``h0`` (B, S·p), without a graph;
 * ``forward_for_backward(same) -> (out, *extra)``: run instead when a backward may follow; ``extra``
   is what the tape needs besides the hidden states (the GRU's gates; nothing for the Elman cell);
 * ``Tape(x, h0, out, w_ih, w_hh, b_ih, b_hh, activation, kernels, *extra)`` with attributes

@@ -22,6 +22,7 @@ from .protocol import GRADIENTS, named
 
 NAME = "rnn"  # as torch.nn.RNN
 GATES = 1
+STATES = 1  # a step's state is h alone
 
 _ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # kernels/kernels.cpp
 

@@ -31,6 +31,7 @@ from .protocol import GRADIENTS, named
 
 NAME = "gru"
 GATES = 3
+STATES = 1  # a step's state is h alone
 
 
 def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
