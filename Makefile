@@ -4,19 +4,23 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean gpu-check
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,gpu]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 test: setup
 	$(PY) -m pytest -q
+
+# On a machine with a CUDA GPU: the CUDA and Triton tests, then the GPU benchmark (scripts/gpu-check.sh)
+gpu-check: setup
+	PYTHON=$(PY) scripts/gpu-check.sh
 
 demo: setup
 	$(PY) -m targetprop compare demo --overwrite

@@ -156,3 +156,80 @@ def test_each_environment_and_source_has_its_own_build_folder(monkeypatch, tmp_p
     source.write_bytes(open(kernels._SOURCE, "rb").read() + b"\n// edited\n")
     monkeypatch.setattr(kernels, "_SOURCE", str(source))
     assert len({name, other_env, kernels._name()}) == 3
+
+
+def _path_without_ninja(tmp_path) -> str:
+    """A PATH holding every program of this one (the compiler, the linker) but no ``ninja`` and
+    not the running interpreter's folder: a venv's python run directly, not activated."""
+    import os
+    import sys
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    skip = {os.path.realpath(os.path.dirname(sys.executable))}
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not os.path.isdir(folder) or os.path.realpath(folder) in skip:
+            continue
+        for name in os.listdir(folder):
+            target, link = os.path.join(folder, name), tools / name
+            if name != "ninja" and not link.exists() and os.access(target, os.X_OK) and os.path.isfile(target):
+                link.symlink_to(target)
+    return str(tools)
+
+
+def test_the_kernels_build_with_the_interpreter_run_directly_on_a_path_without_ninja(tmp_path):
+    """PyTorch's builder runs ``ninja`` from PATH; the loader adds the interpreter's own folder
+    (where a venv's ninja is) and the ninja package's for the build."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    kernels.load(required=True)  # built (or found) in this environment's cache first
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH")}
+    env["PATH"] = _path_without_ninja(tmp_path)
+    assert shutil.which("ninja", path=env["PATH"]) is None
+    code = "from targetprop import kernels; m = kernels.load(required=True); print('isa', m.isa())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"isa {kernels.load().isa()}" in done.stdout
+
+
+def test_the_build_puts_the_interpreters_folder_on_path_and_restores_it(monkeypatch):
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", "/nowhere")
+    with kernels._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == "/nowhere"
+        assert os.path.dirname(sys.executable) in os.environ["PATH"].split(os.pathsep)
+    assert os.environ["PATH"] == "/nowhere"
+
+
+def test_kernels_build_command_prints_the_build_folder_and_instruction_set(capsys):
+    import argparse
+    import os
+
+    from targetprop.kernels import commands
+
+    parser = argparse.ArgumentParser(prog="targetprop")
+    commands.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["kernels", "build"])
+    assert args.handler(args, args.subparser) == 0
+    folder, isa = capsys.readouterr().out.splitlines()
+    module = kernels.load()
+    assert folder.startswith(f"compiled kernels: {os.path.dirname(module.__file__)} (")
+    assert isa == f"instruction set: {module.isa()} (widest on this CPU: {module.widest_isa()})"
+
+
+def test_kernels_build_command_fails_with_the_reason(monkeypatch, capsys):
+    import argparse
+
+    from targetprop.kernels import commands
+
+    monkeypatch.setattr(kernels, "_build", lambda: (None, "OSError: no compiler"))
+    parser = argparse.ArgumentParser(prog="targetprop")
+    commands.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["kernels", "build"])
+    assert args.handler(args, args.subparser) == 1
+    assert "could not be built (OSError: no compiler)" in capsys.readouterr().err
