@@ -71,3 +71,24 @@ def cifar_pickle(data, labels, protocol: int = 2, bytes_keys: bool = False) -> b
 def write_cifar(folder: Path, batches: dict, protocol: int = 2, bytes_keys: bool = False) -> dict[str, Path]:
     return {name: write_bytes(folder / name, cifar_pickle(data, labels, protocol, bytes_keys))
             for name, (data, labels) in batches.items()}
+
+
+def ts_text(cases: list[tuple[list[list[float]], str]], *, classes: str = "a b", univariate: bool | None = None,
+            extra_header: str = "", problem: str = "Toy") -> str:
+    """A ``.ts`` file of ``cases`` (each: one list of values per dimension, and its label); ``None``
+    in a value list is written as ``?``. The header says what the cases are unless overridden."""
+    dims = {len(channels) for channels, _ in cases}
+    lengths = {len(channels[0]) for channels, _ in cases}
+    uni = (dims == {1}) if univariate is None else univariate
+    header = [f"# a generated test file", f"@problemName {problem}", "@timeStamps false",
+              f"@univariate {str(uni).lower()}"]
+    if not uni:
+        header.append(f"@dimensions {max(dims)}")
+    header.append(f"@equalLength {str(len(lengths) == 1).lower()}")
+    if len(lengths) == 1:
+        header.append(f"@seriesLength {lengths.pop()}")
+    header += [line for line in extra_header.splitlines() if line]
+    header += [f"@classLabel true {classes}", "@data"]
+    body = [":".join(",".join("?" if v is None else repr(float(v)) for v in ch) for ch in channels) + f":{label}"
+            for channels, label in cases]
+    return "\n".join(header + body) + "\n"

@@ -293,3 +293,69 @@ def test_real_mnist_tasks(installed_mnist):
     px, py = permuted.train_batch(0)
     assert torch.equal(py, y) and not torch.equal(px, x)
     assert torch.equal(px.sort(dim=1).values, x.sort(dim=1).values)  # the same pixels, in another order
+
+
+# ---------------------------------------------------------------- the UEA/UCR files out of the sktime wheel
+
+
+def fake_wheel(tmp_path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    path = tmp_path / "sktime-1.2.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("sktime/__init__.py", "raise ImportError('never imported')\n")
+        for member, data in files.items():
+            z.writestr(member, data)
+    return path
+
+
+def test_ucr_files_come_out_of_the_pinned_wheel_checked_by_sha256(tmp_path, monkeypatch):
+    train, test = b"@problemName GunPoint\n", b"@problemName GunPoint, test\n"
+    sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    monkeypatch.setitem(fetch.CHECKSUMS, "ucr:GunPoint", {"GunPoint_TRAIN.ts": sha(train), "GunPoint_TEST.ts": sha(test)})
+    wheel = fake_wheel(tmp_path, {"sktime/datasets/data/GunPoint/GunPoint_TRAIN.ts": train,
+                                  "sktime/datasets/data/GunPoint/GunPoint_TEST.ts": test})
+    source = fetch.SOURCES["ucr:GunPoint"][0]
+    assert isinstance(source, sources.PyPIWheel) and source.requirement == "sktime==1.2.0"
+    monkeypatch.setattr(source, "wheel", lambda: wheel)
+    folder = fetch.fetch("ucr:GunPoint", tmp_path / "data", log=lambda line: None)
+    assert folder == tmp_path / "data" / "ucr" / "GunPoint"
+    assert listing(folder) == {"GunPoint_TRAIN.ts": train, "GunPoint_TEST.ts": test}
+    assert fetch.status("ucr:GunPoint", tmp_path / "data").state == "verified"
+    (folder / "GunPoint_TEST.ts").write_bytes(b"changed")
+    s = fetch.status("ucr:GunPoint", tmp_path / "data")
+    assert s.state == "corrupt" and s.problems == (f"GunPoint_TEST.ts: SHA-256 {sha(b'changed')}, expected {sha(test)}",)
+
+
+def test_a_ucr_file_not_matching_its_sha256_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setitem(fetch.CHECKSUMS, "ucr:GunPoint", {"GunPoint_TRAIN.ts": "0" * 64, "GunPoint_TEST.ts": "0" * 64})
+    wheel = fake_wheel(tmp_path, {"sktime/datasets/data/GunPoint/GunPoint_TRAIN.ts": b"x",
+                                  "sktime/datasets/data/GunPoint/GunPoint_TEST.ts": b"y"})
+    monkeypatch.setattr(fetch.SOURCES["ucr:GunPoint"][0], "wheel", lambda: wheel)
+    with pytest.raises(FetchError, match="GunPoint_TRAIN.ts from PyPI wheel sktime==1.2.0: SHA-256 .*not kept"):
+        fetch.fetch("ucr:GunPoint", tmp_path / "data", log=lambda line: None)
+    assert not (tmp_path / "data" / "ucr" / "GunPoint").exists()
+
+
+def test_ucr_group_name_and_pinned_table():
+    assert fetch.expand(["ucr:PLAID", "ucr", "mnist"])[:2] == ["ucr:PLAID", "ucr:JapaneseVowels"]
+    assert fetch.expand(["ucr"]) == [f"ucr:{n}" for n in datasets.UCR_SETS] and "ucr:ACSF1" in fetch.expand(["ucr"])
+    assert all(len(d) == 64 for n in datasets.UCR_SETS for d in fetch.CHECKSUMS[f"ucr:{n}"].values())
+    assert fetch.algorithm("ucr:PLAID") == "sha256" and fetch.algorithm("mnist") == "md5"
+    assert sources._SKTIME.sha256 == "dbffc6731d2d683b668dceb5e2bbc5804bebc8446b4c580803a281684d90e4ae"
+
+
+def test_real_ucr_from_the_sktime_wheel(tmp_path):
+    """The real wheel (8.2 MB; skipped when pip or the index is unreachable): every file verified
+    and read, with the archive's sizes and lengths."""
+    from targetprop.tasks.ucr import load_ucr
+
+    try:
+        fetch.fetch("ucr:JapaneseVowels", tmp_path, log=lambda line: None)
+    except FetchError as err:
+        if err.causes and all(isinstance(cause, SourceUnavailable) for cause in err.causes):
+            pytest.skip(f"pip or the package index is unreachable: {err.causes[0]}")
+        raise
+    d = load_ucr("JapaneseVowels", tmp_path)
+    assert (len(d.train), len(d.test), d.input_size, d.num_classes) == (270, 370, 12, 9)
+    assert (min(d.lengths), max(d.lengths)) == (7, 29) and d.train_labels.bincount().tolist() == [30] * 9
