@@ -119,3 +119,20 @@ def test_a_stack_gets_every_layers_weights_set_and_a_head_on_both_directions():
     run = bench.cases.iteration("tp-linearized", bench.Shape(5, 2, 6, 2, 2, True), "cpu")
     forward, backward, total = run()
     assert 0 < forward < total and 0 < backward < total
+
+
+def test_triton_loops_are_timed_beside_the_others(tmp_path, monkeypatch):
+    """``--loops triton`` times backend="triton" (here in Triton's CPU interpreter; on CUDA with
+    ``--device cuda``, as scripts/gpu-check.sh does)."""
+    pytest.importorskip("triton", reason="Triton is not installed (pip install 'targetprop[gpu]')")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "table.md"
+    assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--regime", "default",
+                       "--methods", "native-bptt", "tp-through-time", "gru-tp-linearized", "--loops", "torch", "triton",
+                       "--output", str(out)]) == 0
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| 12 |")]
+    assert [r[8].strip() for r in rows] == ["native-bptt", "tp-through-time [torch]", "tp-through-time [triton]",
+                                            "gru-tp-linearized [torch]", "gru-tp-linearized [triton]"]
+    assert all(float(r[9]) > 0 for r in rows)
+    assert bench.check_loops("triton") == "triton"
+    assert [s[:3] for s in bench.GRIDS["gpu"]] == [(784, 16, 100), (784, 512, 100), (60, 20, 100), (784, 16, 100)]

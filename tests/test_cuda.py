@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from targetprop.training import checkpoint
+from targetprop.training import checkpoint, rundir
 from targetprop.training.trainer import Trainer, TrainConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
@@ -24,8 +24,8 @@ def test_auto_puts_everything_on_the_device(tmp_path):
     assert summary["status"] == "completed" and summary["iterations"] == 40
     assert all(p.is_cuda for p in trainer.model.parameters())
     assert all(v.is_cuda for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
-    saved = checkpoint.latest(checkpoint.checkpoint_dir(tmp_path / "r")).payload
-    assert "cuda" in saved["rng"] and saved["trainer"]["iteration"] == 40
+    saved = checkpoint.latest(rundir.checkpoint_dir(tmp_path / "r")).payload
+    assert "cuda" in saved["rng"] and saved["run"]["iteration"] == 40
 
 
 def test_the_trainers_step_does_not_wait_for_the_device():
@@ -35,12 +35,13 @@ def test_the_trainers_step_does_not_wait_for_the_device():
     trainer.step(0)  # warm-up: handles, pinned-memory pool
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
+    total = torch.zeros((), dtype=torch.float64, device=trainer.device)
     try:
         for i in range(1, 4):
-            trainer._loss_sum += trainer.step(i)
+            total += trainer.step(i)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert math.isfinite(trainer._loss_sum.item())
+    assert math.isfinite(total.item())
 
 
 def test_a_nan_direction_is_named_at_the_next_check(tmp_path):
@@ -54,8 +55,8 @@ def test_a_nan_direction_is_named_at_the_next_check(tmp_path):
     trainer.model.head.bias.register_hook(hook)
     summary = trainer.run(tmp_path / "r", checkpoint_every=5)
     assert summary["status"] == "failed" and "of iteration 12 holds NaN or inf" in summary["message"]
-    saved = checkpoint.latest(checkpoint.checkpoint_dir(tmp_path / "r")).payload
-    assert saved["trainer"]["iteration"] == 10 and all(torch.isfinite(v).all() for v in saved["model"].values())
+    saved = checkpoint.latest(rundir.checkpoint_dir(tmp_path / "r")).payload
+    assert saved["run"]["iteration"] == 10 and all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
 def test_resume_on_the_device(tmp_path):
@@ -73,7 +74,7 @@ def test_resume_on_the_device(tmp_path):
     trainer.step = step
     assert trainer.run(part, checkpoint_every=10)["status"] == "interrupted"
     Trainer(config).run(part, resume=True, checkpoint_every=10)
-    a, b = (checkpoint.latest(checkpoint.checkpoint_dir(r)).payload["model"] for r in (whole, part))
+    a, b = (checkpoint.latest(rundir.checkpoint_dir(r)).payload["model"] for r in (whole, part))
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"CUDA resume: max parameter difference to the uninterrupted run {worst:.2e}")
     for k in a:
@@ -120,3 +121,26 @@ def test_half_precision_and_autocast_on_the_device(dtype):
             assert (a.grad.float() - b.grad).norm() <= 3e-2 * b.grad.norm(), k
         with torch.autocast("cuda", dtype=dtype):
             assert full(x)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", ["rnn", "gru"])
+@pytest.mark.parametrize("through_time", [False, True])
+@pytest.mark.parametrize("B", [16, 512])
+def test_triton_on_the_device_at_the_benchmark_shapes(cls, through_time, B):
+    """backend="triton" (the compiled Triton recursions) against the layer's PyTorch path on the
+    device, float32, T = 784, p = 100 (two of the GPU check's shapes), a loss on h_n."""
+    pytest.importorskip("triton", reason="Triton is not installed (pip install 'targetprop[gpu]')")
+    from targetprop import TPGRU, TPRNN, orthogonal_init_
+
+    torch.manual_seed(0)
+    layer = orthogonal_init_((TPGRU if cls == "gru" else TPRNN)(1, 100, reg=1.0, through_time=through_time)).cuda()
+    x, c = torch.randn(784, B, 1, device="cuda"), torch.randn(B, 100, device="cuda")
+    grads = []
+    for backend in ("torch", "triton"):
+        layer.backend = backend
+        layer.zero_grad()
+        out, h_n = layer(x)
+        (h_n[0] * c).sum().backward()
+        grads.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        assert (b - a).norm() <= 1e-4 * a.norm() + 1e-12

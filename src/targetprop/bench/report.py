@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from .. import kernels
+from .. import kernels, markdown
 from ..training import environment
 from .cases import is_gru
 from .timing import Result
@@ -23,24 +23,34 @@ def table(results: list[Result]) -> str:
 
     cells = {"": (medians("native-bptt"), medians("engine-bp")),
              "gru-": (medians("gru-native-bptt"), medians("gru-engine-bp"))}
-    lines = ["| T | B | p | d | layers | threads | regime | method | iteration ms | fwd ms | bwd ms | ÷ native "
-             "| ÷ engine-bp | saved/peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["T", "B", "p", "d", "layers", "threads", "regime", "method", "iteration ms", "fwd ms", "bwd ms",
+              "÷ native", "÷ engine-bp", "saved/peak MB"]
+    rows = []
     for r in results:
         native, bp = cells["gru-" if is_gru(r.method) else ""]
         rn = f"{r.median_ms / native[key(r)]:.2f}" if key(r) in native else "–"
         rb = f"{r.median_ms / bp[key(r)]:.2f}" if key(r) in bp else "–"
-        lines.append(f"| {r.T} | {r.B} | {r.p} | {r.d} | {r.stack} | {r.threads} | {r.regime} | {r.method} | {r.median_ms:.2f} | "
-                     f"{r.forward_ms:.2f} | {r.backward_ms:.2f} | {rn} | {rb} | {r.memory_mb:.2f} |")
-    return "\n".join(lines)
+        rows.append([r.T, r.B, r.p, r.d, r.stack, r.threads, r.regime, r.method, f"{r.median_ms:.2f}",
+                     f"{r.forward_ms:.2f}", f"{r.backward_ms:.2f}", rn, rb, f"{r.memory_mb:.2f}"])
+    return markdown.table(header, rows)
 
 
 def machine() -> str:
-    """The CPU model, its vector extensions, the compiled loops' instruction set and the versions."""
+    """The CPU model, its vector extensions, the compiled loops' instruction set, the GPU (if any),
+    Triton's version (if installed) and the versions."""
     module = kernels.load()
     loops = f"compiled loops: {module.isa()}" if module is not None else "compiled loops unavailable"
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = f", GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    try:
+        import triton
+
+        gpu += f", Triton {triton.__version__}"
+    except ImportError:
+        pass
     return (f"{environment.cpu_model()} ({' '.join(environment.cpu_flags()) or 'vector extensions unknown'}), "
-            f"{os.cpu_count()} logical CPUs, {loops}, torch {torch.__version__}, Python {platform.python_version()}")
+            f"{os.cpu_count()} logical CPUs, {loops}{gpu}, torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def plot(results: list[Result], path: str) -> None:

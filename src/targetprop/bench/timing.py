@@ -23,6 +23,8 @@ GRIDS = {
     # stacks: two layers, bidirectional, both, at the sequential-MNIST shape
     "stacked": [(784, 16, 100, 1, 2, False), (784, 16, 100, 1, 1, True), (784, 16, 100, 1, 2, True)],
     "tiny-stacked": [(12, 4, 8, 1, 2, True)],
+    # the GPU check (scripts/gpu-check.sh): small and large batch, a short sequence, a 2-layer bidirectional stack
+    "gpu": [(784, 16, 100, 1), (784, 512, 100, 1), (60, 20, 100, 6), (784, 16, 100, 1, 2, True)],
 }
 
 
@@ -45,8 +47,9 @@ class Result:
 
 
 #: how a TP layer's loops run: ``auto`` (the layer's default), ``torch`` (one BLAS product per
-#: step), ``cpp:ISA`` (the compiled loops built for that instruction set)
-LOOPS = ("auto", "torch", "cpp:base", "cpp:avx2", "cpp:avx512")
+#: step), ``cpp:ISA`` (the compiled loops built for that instruction set), ``triton`` (the Triton
+#: recursions, CUDA)
+LOOPS = ("auto", "torch", "cpp:base", "cpp:avx2", "cpp:avx512", "triton")
 
 
 def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3,
@@ -92,7 +95,9 @@ def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmu
 def check_loops(text: str) -> str:
     if text not in LOOPS:
         raise BenchSettingError(f"loops must be one of {list(LOOPS)}, got {text!r}")
-    module = kernels.load(required=text.startswith("cpp:"))
-    if text.startswith("cpp:") and LOOPS.index(text) > LOOPS.index("cpp:" + module.widest_isa()):
+    if not text.startswith("cpp:"):
+        return text
+    module = kernels.load(required=True)
+    if LOOPS.index(text) > LOOPS.index("cpp:" + module.widest_isa()):
         raise BenchSettingError(f"this CPU cannot run {text} (widest: cpp:{module.widest_isa()})")
     return text
