@@ -8,6 +8,7 @@ only, and on CUDA falls back to the PyTorch path). Skipped, with the reason, whe
 installed (it comes with the ``gpu`` extra; the Makefile's environment installs it).
 """
 import copy
+import types
 import warnings
 
 import pytest
@@ -184,7 +185,7 @@ def test_selection(monkeypatch):
     wide = torch.zeros(triton_rnn.MAX_WIDTH + 1, triton_rnn.MAX_WIDTH + 1)
     with pytest.warns(RuntimeWarning, match="hidden size <= 128.*pure-PyTorch path"):
         assert kernels.select_kernels("triton", x, wide) is None
-    compiled = object()  # stands for the compiled CPU loops (not built by this test)
+    compiled = types.SimpleNamespace(set_flush_enabled=lambda on: None)  # the compiled CPU loops, not built here
     monkeypatch.setattr(kernels, "_build", lambda: (compiled, None))
     assert kernels.select_kernels("auto", x, w) is compiled  # auto never picks Triton
     if CUDA:
