@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import cli_fails as fails
 
-from targetprop.training import checkpoint
+from targetprop.training import checkpoint, rundir
 from targetprop.cli import main
 from targetprop.training.rundir import read_metrics
 
@@ -150,7 +150,7 @@ def test_ctrl_c_exits_130_with_valid_files(tmp_path):
     rows = read_metrics(out)["iteration"]
     assert len(rows) >= 3 and rows == [10.0 * i for i in range(len(rows))]
     assert f"continue with: targetprop train --resume {out}" in stdout
-    saved = [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))]
+    saved = [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))]
     assert saved[-1] == summary["iterations"]  # a checkpoint where Ctrl-C stopped it
 
 
@@ -196,8 +196,70 @@ def test_an_ignored_sigint_stays_ignored_during_a_run():
         signal.signal(signal.SIGINT, old)
 
 
-@pytest.mark.parametrize("command", ["train", "diagnose", "compare", "reproduce", "tune", "plot", "table", "bench"])
+@pytest.mark.parametrize("command", ["train", "diagnose", "compare", "reproduce", "tune", "plot", "table", "bench",
+                                     "kernels"])
 def test_every_commands_help_renders(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
     assert exc.value.code == 0 and "--" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- output and help
+
+
+def test_table_passes_over_the_files_of_a_comparison_folder(tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(["train", *TINY, "--rule", "bp", "--out", str(tmp_path / "demo" / name)]) == 0
+    (tmp_path / "demo" / "comparison.md").write_text("| method |\n")
+    capsys.readouterr()
+    paths = sorted(str(p) for p in (tmp_path / "demo").iterdir())  # what runs/demo/* expands to
+    assert main(["table", *paths]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 4 and rows[2].startswith(f"| {tmp_path / 'demo' / 'a'} |")
+    fails(["table", str(tmp_path / "demo" / "comparison.md")], capsys, "no run among", "comparison.md")
+
+
+def test_a_closed_stdout_ends_without_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--rule", "bp", "--out", str(run)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "targetprop", "table", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written, as `| head` after its lines
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == "", err
+
+
+def test_a_broken_pipe_in_any_command_is_exit_141(monkeypatch, tmp_path):
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise OSError("no file descriptor")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["diagnose", "--length", "10", "--hidden-size", "4", "--rules", "bp"]) == 141
+
+
+def test_help_explains_diagnose_columns_and_what_resume_may_change(capsys):
+    with pytest.raises(SystemExit):
+        main(["diagnose", "--help"])
+    text = capsys.readouterr().out
+    for column in ("cosine with BP:", "norm ratio:", "horizon 1e-6:", "horizon zero:", "last step:", "last 10:"):
+        assert column in text, column
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("only --iterations (not below the iterations done), --checkpoint-every, --diagnose-every and "
+            "--threads may be given anew") in text
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    proc = subprocess.Popen([sys.executable, "-m", "targetprop", "train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == "", err  # argparse drops a help it cannot write; nothing else is said

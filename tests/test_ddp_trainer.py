@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from processes import max_rel_diff, spawn, torchrun
-from targetprop.training import checkpoint, distributed
+from targetprop.training import checkpoint, distributed, rundir
 from targetprop.cli import main
 from targetprop.training.distributed import World
 from targetprop.training.trainer import Trainer, TrainConfig
@@ -33,7 +33,7 @@ def _worker(rank, size, outs):
 
 
 def final_model(run) -> dict:
-    return checkpoint.latest(checkpoint.checkpoint_dir(run)).payload["model"]
+    return checkpoint.latest(rundir.checkpoint_dir(run)).payload["model"]
 
 
 def assert_same_training(ddp_run, single_run, rule, how="spawned") -> float:
@@ -93,7 +93,7 @@ def test_a_lost_process_fails_the_run_naming_it_and_the_same_command_continues(t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["lost_ranks"] == [1] and summary["iterations"] == 12
     assert summary["message"] == errors[0].removeprefix("targetprop train: error: ")
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [5, 10]
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [5, 10]
     code, stdout, stderr = torchrun(["-m", "targetprop"], argv, {})
     assert code == 0, stderr
     assert stdout.splitlines()[0] == (f"continuing the unfinished run in {out} from its checkpoint of iteration 10 "

@@ -123,8 +123,8 @@ def test_command_line_writes_json_and_plot_and_reads_a_run(tmp_path, capsys):
 
 
 def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):
-    from targetprop import diagnose as diag
     from targetprop.experiments.plotting import plot_runs
+    from targetprop.training import diagnostics
 
     common = ["--task", "temporal-order", "--length", "10", "--hidden-size", "8", "--eval-every", "25",
               "--test-size", "50", "--quiet", "--rule", "learned"]  # the learned rule draws noise: RNG untouched?
@@ -134,7 +134,7 @@ def test_training_with_diagnostics_logs_them_and_changes_nothing_else(tmp_path):
     assert main(["train", "--resume", str(logged), "--iterations", "100"]) == 0  # the cadence comes back
     for column in ("iteration", "batch_loss", "train_loss", "test_accuracy"):
         assert read_metrics(plain)[column] == read_metrics(logged)[column], column
-    rows = diag.read(logged / "diagnostics.csv")
+    rows = diagnostics.read(logged / "diagnostics.csv")
     assert [(int(r["iteration"]), r["rule"]) for r in rows] == [
         (i, rule) for i in (0, 50, 100) for rule in ("learned", "learned-through-time", "bp")]
     assert all(-1 <= float(r["cosine_whh"]) <= 1 for r in rows)

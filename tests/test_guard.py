@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from targetprop.training import checkpoint
+from targetprop.training import checkpoint, rundir
 from targetprop.training.guard import FiniteGuard, NonFinite, direction_norm
 from targetprop.tasks.synthetic import TemporalOrder
 from targetprop.training.trainer import Trainer, TrainConfig
@@ -103,8 +103,8 @@ class BadBatchTask(TemporalOrder):
 
 
 def newest(run) -> tuple[int, dict]:
-    found = checkpoint.latest(checkpoint.checkpoint_dir(run))
-    return found.payload["trainer"]["iteration"], found.payload
+    found = checkpoint.latest(rundir.checkpoint_dir(run))
+    return found.payload["run"]["iteration"], found.payload
 
 
 def nan_grad_at(trainer: Trainer, iteration: int) -> None:

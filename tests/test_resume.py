@@ -13,7 +13,7 @@ import pytest
 from helpers import cli_fails
 import torch
 
-from targetprop.training import checkpoint
+from targetprop.training import checkpoint, rundir
 from targetprop.cli import main
 from targetprop.training.trainer import Trainer, TrainConfig
 from targetprop.training.rundir import read_metrics
@@ -58,7 +58,7 @@ def sigterm():
 
 
 def final_state(run) -> dict:
-    return checkpoint.latest(checkpoint.checkpoint_dir(run)).payload
+    return checkpoint.latest(rundir.checkpoint_dir(run)).payload
 
 
 def rows(run) -> list[dict]:
@@ -69,7 +69,7 @@ def rows(run) -> list[dict]:
 def assert_same_run(a, b) -> None:
     """Two run directories ended in the same state, bit for bit, with the same metrics rows."""
     sa, sb = final_state(a), final_state(b)
-    assert sa["trainer"]["iteration"] == sb["trainer"]["iteration"]
+    assert sa["run"]["iteration"] == sb["run"]["iteration"]
     assert sa["model"].keys() == sb["model"].keys()
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
@@ -109,7 +109,7 @@ def test_ctrl_c_then_resume_is_bit_identical(method, tmp_path, reference):
     assert stopped["status"] == "interrupted" and stopped["iterations"] == 36
     assert stopped["message"].endswith("the last good checkpoint, iteration 30, is kept")
     assert read_metrics(out)["iteration"] == [0, 7, 14, 21, 28, 35]  # 35: a row after the checkpoint
-    assert final_state(out)["trainer"]["iteration"] == 30
+    assert final_state(out)["run"]["iteration"] == 30
     resumed = Trainer(config(method)).run(out, resume=True, checkpoint_every=10)
     assert resumed["status"] == "completed" and resumed["iterations"] == 60
     assert_same_run(out, reference(method))  # row 35 was cut and written again, once
@@ -119,11 +119,11 @@ def test_sigterm_saves_a_checkpoint_where_it_stops(tmp_path, reference):
     out = tmp_path / "run"
     trainer = Trainer(config(), task=StopAt(config(), 33, sigterm))
     stopped = trainer.run(out, checkpoint_every=10)
-    assert stopped["status"] == "interrupted" and trainer.stop_signal == signal.SIGTERM
+    assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"
     assert stopped["iterations"] == 34  # iteration 33 finished, then the loop stopped
     assert stopped["message"] == (f"stopped by SIGTERM at iteration 34; checkpoint saved, continue with: "
                                   f"targetprop train --resume {out}")
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [30, 34]
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [30, 34]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
     Trainer(config()).run(out, resume=True, checkpoint_every=10)
     assert_same_run(out, reference("tp-momentum"))
@@ -134,12 +134,12 @@ def test_the_same_run_again_continues_it_then_reuses_it(tmp_path, reference):
     Trainer(config(), task=StopAt(config(), 36, ctrl_c)).run(out, checkpoint_every=10)
     trainer = Trainer(config())  # no resume, no cadence given: continues, with the run's cadence
     summary = trainer.run(out)
-    assert summary["status"] == "completed" and summary["iterations"] == 60 and not trainer.reused
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [50, 60]
+    assert summary["status"] == "completed" and summary["iterations"] == 60
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [50, 60]
     assert_same_run(out, reference("tp-momentum"))
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     again = Trainer(config())
-    assert again.run(out) == summary and again.reused  # finished: returned as it is, nothing touched
+    assert again.run(out) == summary  # finished: returned as it is, nothing touched
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
@@ -147,7 +147,7 @@ def test_overwrite_starts_over_dropping_the_old_checkpoints(tmp_path, reference)
     out = tmp_path / "run"
     Trainer(config()).run(out, checkpoint_every=10)  # a finished run …
     Trainer(config(), task=StopAt(config(), 25, ctrl_c)).run(out, overwrite=True, checkpoint_every=10)  # … again
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [10, 20]  # not 50, 60
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [10, 20]  # not 50, 60
     Trainer(config()).run(out, resume=True)
     assert_same_run(out, reference("tp-momentum"))
 
@@ -155,7 +155,7 @@ def test_overwrite_starts_over_dropping_the_old_checkpoints(tmp_path, reference)
 def test_resume_keeps_the_checkpoint_cadence(tmp_path):
     out = tmp_path / "run"
     Trainer(config(), task=StopAt(config(), 23, ctrl_c)).run(out, checkpoint_every=7)
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(out))] == [14, 21]
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [14, 21]
     assert json.loads((out / "config.json").read_text())["run"] == {"checkpoint_every": 7}
     seen = []
     real = checkpoint.save_in
@@ -166,7 +166,7 @@ def test_resume_keeps_the_checkpoint_cadence(tmp_path):
     assert json.loads((out / "config.json").read_text())["run"] == {"checkpoint_every": 7}
     Trainer(config(), task=StopAt(config(), 5, sigterm)).run(tmp_path / "b", checkpoint_every=0)  # saved at 6
     Trainer(config()).run(tmp_path / "b", resume=True, checkpoint_every=25)  # given: the new cadence
-    assert [i for i, _ in checkpoint.listed(checkpoint.checkpoint_dir(tmp_path / "b"))] == [50, 60]
+    assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(tmp_path / "b"))] == [50, 60]
     assert json.loads((tmp_path / "b" / "config.json").read_text())["run"] == {"checkpoint_every": 25}
 
 
@@ -243,7 +243,7 @@ def test_other_settings_are_refused_with_the_differing_keys(tmp_path, capsys):
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, reference):
     out = tmp_path / "run"
     Trainer(config(), task=StopAt(config(), 45, ctrl_c)).run(out, checkpoint_every=10)
-    newest = checkpoint.checkpoint_dir(out) / "iteration-00000040.pt"
+    newest = rundir.checkpoint_dir(out) / "iteration-00000040.pt"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     newest.write_bytes(bytes(data))
@@ -255,19 +255,19 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, r
 def test_no_usable_checkpoint(tmp_path, reference):
     out = tmp_path / "run"
     Trainer(config(), task=StopAt(config(), 25, ctrl_c)).run(out, checkpoint_every=10)
-    for _, path in checkpoint.listed(checkpoint.checkpoint_dir(out)):
+    for _, path in checkpoint.listed(rundir.checkpoint_dir(out)):
         path.write_bytes(path.read_bytes()[:100])
     with pytest.warns(checkpoint.CheckpointWarning), pytest.raises(ValueError, match="no usable checkpoint"):
         Trainer(config()).run(out, resume=True)
-    corrupt = sorted(p.name for p in checkpoint.checkpoint_dir(out).iterdir())
+    corrupt = sorted(p.name for p in rundir.checkpoint_dir(out).iterdir())
     assert corrupt == ["iteration-00000010.pt.corrupt", "iteration-00000020.pt.corrupt"]
     for again in ({"resume": True}, {}):  # a second resume, and the same run again: refused, files kept
         with pytest.raises(ValueError, match="2 set aside as \\*.corrupt \\(kept for inspection\\); start the run "
                                              "over with --overwrite"):
             Trainer(config()).run(out, **again)
-        assert sorted(p.name for p in checkpoint.checkpoint_dir(out).iterdir()) == corrupt
+        assert sorted(p.name for p in rundir.checkpoint_dir(out).iterdir()) == corrupt
     Trainer(config()).run(out, overwrite=True, checkpoint_every=10)  # only --overwrite removes them
-    assert [p.name for p in checkpoint.checkpoint_dir(out).iterdir() if p.suffix == ".corrupt"] == []
+    assert [p.name for p in rundir.checkpoint_dir(out).iterdir() if p.suffix == ".corrupt"] == []
     assert_same_run(out, reference("tp-momentum"))
     fresh = tmp_path / "fresh"  # killed before its first checkpoint: starts from iteration 0
     Trainer(config(), task=StopAt(config(), 5, ctrl_c)).run(fresh, checkpoint_every=10)
@@ -292,7 +292,7 @@ def start(out) -> subprocess.Popen:
 def wait_for_checkpoint(proc, out, iteration: int) -> None:
     """Wait (at most 60 s) until the run in ``out`` has a checkpoint at ``iteration`` or later."""
     deadline = time.monotonic() + 60
-    folder = checkpoint.checkpoint_dir(out)
+    folder = rundir.checkpoint_dir(out)
     while not any(i >= iteration for i, _ in checkpoint.listed(folder)):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
@@ -325,7 +325,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cli_reference, capsys):
     proc, _ = signal_after_checkpoint(out, 100, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()  # it really died mid-run
-    killed_at = final_state(out)["trainer"]["iteration"]
+    killed_at = final_state(out)["run"]["iteration"]
     assert 100 <= killed_at < 400
     assert main(["train", "--resume", str(out), "--quiet", "--threads", "1"]) == 0
     assert "completed after 400 iterations" in capsys.readouterr().out
@@ -339,7 +339,7 @@ def test_sigterm_exits_143_then_the_same_command_continues(tmp_path, cli_referen
     assert proc.returncode == 128 + signal.SIGTERM
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "stopped by SIGTERM" in stdout and f"--resume {out}" in stdout
-    assert final_state(out)["trainer"]["iteration"] == summary["iterations"]  # saved where it stopped
+    assert final_state(out)["run"]["iteration"] == summary["iterations"]  # saved where it stopped
     assert read_metrics(out)["iteration"][-1] <= summary["iterations"]
     capsys.readouterr()
     assert main(["train", *CLI, "--out", str(out)]) == 0  # a re-queued job: the same command

@@ -63,23 +63,23 @@ def config_reads(monkeypatch):
 
 
 def test_a_run_checks_its_folder_once(tmp_path, monkeypatch, capsys):
-    plans, reads = count_calls(monkeypatch, rundir, "plan"), config_reads(monkeypatch)
+    decisions, reads = count_calls(monkeypatch, rundir, "decide"), config_reads(monkeypatch)
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
-    assert len(plans) == 1 and reads.count("config.json") == 0  # a new folder: nothing to read
-    plans.clear()
+    assert len(decisions) == 1 and reads.count("config.json") == 0  # a new folder: nothing to read
+    decisions.clear()
     capsys.readouterr()
     assert main(["train", *TINY, "--out", str(out)]) == 0  # the same run: reused
-    assert len(plans) == 1 and reads.count("config.json") == 1
+    assert len(decisions) == 1 and reads.count("config.json") == 1
     assert capsys.readouterr().out.startswith(f"{out} already holds this run")
 
 
 def test_a_resume_checks_its_folder_once(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
-    plans, reads = count_calls(monkeypatch, rundir, "plan"), config_reads(monkeypatch)
+    decisions, reads = count_calls(monkeypatch, rundir, "decide"), config_reads(monkeypatch)
     assert main(["train", "--resume", str(out), "--iterations", "9", "--quiet"]) == 0
-    assert len(plans) == 1  # the one check: same settings but the budget
+    assert len(decisions) == 1  # the one check: same settings but the budget
     assert reads.count("config.json") == 2  # the settings to continue with, and the check
     assert rundir.read_summary(out)["iterations"] == 9
 
@@ -96,7 +96,6 @@ def test_reading_api_reads_what_a_run_wrote(tmp_path):
     assert rundir.read_summary(out)["status"] == "completed"
     assert rundir.read_metrics(out)["iteration"] == [0.0, 3.0, 6.0]
     assert [i for i, _ in checkpoint.listed(rundir.checkpoint_dir(out))] == [3, 6]
-    assert checkpoint.checkpoint_dir(out) == rundir.checkpoint_dir(out)  # the earlier name
     with pytest.raises(files.RunFolderError, match="holds no run"):
         rundir.read_config(tmp_path)
     assert rundir.read_summary(tmp_path) is None
@@ -136,19 +135,19 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     assert files.temporary_path(target).name == ".x.json.tmp" and files.is_temporary(files.temporary_path(target))
 
 
-def test_plan_states(tmp_path):
+def test_decide_states(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
     settings = rundir.read_config(out)
-    assert rundir.plan(tmp_path / "new", settings).state == "empty"
-    finished = rundir.plan(out, settings)
+    assert rundir.decide(tmp_path / "new", settings).state == "empty"
+    finished = rundir.decide(out, settings)
     assert finished.state == "finished" and finished.checkpoint == 6 and finished.options["checkpoint_every"] == 3
-    assert rundir.plan(out, settings, resume=True).state == "unfinished"
-    assert rundir.plan(out, {**settings, "seed": 1}, overwrite=True).overwrite
+    assert rundir.decide(out, settings, resume=True).state == "unfinished"
+    assert rundir.decide(out, {**settings, "seed": 1}, overwrite=True).overwrite
     summary = json.loads(rundir.summary_path(out).read_text())
     rundir.write_summary(out, {**summary, "status": "interrupted"})
-    assert rundir.plan(out, settings).state == "unfinished"
+    assert rundir.decide(out, settings).state == "unfinished"
     with pytest.raises(files.RunFolderError, match="different settings.*seed: 0 → 1"):
-        rundir.plan(out, {**settings, "seed": 1})
+        rundir.decide(out, {**settings, "seed": 1})
     with pytest.raises(files.RunFolderError, match="cannot resume .* only iterations may change"):
-        rundir.plan(out, {**settings, "seed": 1}, resume=True)
+        rundir.decide(out, {**settings, "seed": 1}, resume=True)

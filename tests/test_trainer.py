@@ -10,7 +10,9 @@ import torch
 import targetprop
 from targetprop.tasks.synthetic import TemporalOrder
 from targetprop.training.trainer import Trainer, TrainConfig
+from targetprop.training.outcome import Diverged
 from targetprop.training.rundir import METRICS, read_metrics
+from targetprop.training.state import RunState
 
 # T=10 temporal order: the authors' T=60 TP settings reach 100% within 300-600
 # iterations on seeds 0-5; BP with Adam within 100. Budgets leave a wide margin.
@@ -105,22 +107,22 @@ def test_exploding_loss_is_diverged(tmp_path):
 
 
 def test_divergence_rules():
-    trainer = Trainer(TrainConfig(**SMALL, **BP, iterations=10))
-    trainer._check_divergence(1.4)  # the first value sets the reference
-    trainer._check_divergence(2.79)
-    with pytest.raises(Exception, match="exceeds 2 times its initial value 1.4"):
-        trainer._check_divergence(2.81)
-    with pytest.raises(Exception, match="nan"):
-        trainer._check_divergence(math.nan)
-    patient = Trainer(config(BP, iterations=10, divergence_factor=None))
-    patient._check_divergence(1.0)
-    patient._check_divergence(1e6)  # no factor: only NaN/inf stop the run
-    with pytest.raises(Exception, match="inf"):
-        patient._check_divergence(math.inf)
-    strict = Trainer(config(BP, iterations=10, divergence_factor=1.5))
-    strict._check_divergence(1.0)
-    with pytest.raises(Exception, match="exceeds 1.5 times"):
-        strict._check_divergence(1.51)
+    state = RunState(iteration=7)
+    state.check_divergence(1.4, 2.0)  # the first value sets the reference
+    state.check_divergence(2.79, 2.0)
+    with pytest.raises(Diverged, match="loss 2.81 at iteration 7 exceeds 2 times its initial value 1.4"):
+        state.check_divergence(2.81, 2.0)
+    with pytest.raises(Diverged, match="the training loss is nan at iteration 7"):
+        state.check_divergence(math.nan, 2.0)
+    patient = RunState()
+    patient.check_divergence(1.0, None)
+    patient.check_divergence(1e6, None)  # no factor: only NaN/inf stop the run
+    with pytest.raises(Diverged, match="the training loss is inf"):
+        patient.check_divergence(math.inf, None)
+    strict = RunState()
+    strict.check_divergence(1.0, 1.5)
+    with pytest.raises(Diverged, match="exceeds 1.5 times"):
+        strict.check_divergence(1.51, 1.5)
 
 
 def test_nan_weights_stop_as_diverged(tmp_path):

@@ -8,12 +8,14 @@ Exit codes (:data:`EXIT_HELP`): ``train`` 0 completed, 3 diverged, 4 failed (a l
 under torchrun included); ``compare``, ``reproduce`` and ``tune`` 0 when they did their job (the
 runs that diverged or failed are listed), 1 when they could not; every command 2 for bad input,
 130 when interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (``train`` saves a checkpoint first; the
-same command, or ``train --resume RUN``, continues).
+same command, or ``train --resume RUN``, continues), 141 when the reader of its output went away
+(``targetprop diagnose … | head``: no traceback).
 
 ``train`` under ``torchrun --nproc-per-node N -m targetprop train …`` trains data-parallel
 (:mod:`targetprop.training.distributed`): process 0 prints and writes the run's files.
 
-``compare``, ``plot`` and ``table`` are :mod:`targetprop.experiments.commands`'s.
+``compare``, ``plot``, ``table``, ``reproduce`` and ``tune`` are :mod:`targetprop.experiments.commands`'s,
+``data`` :mod:`targetprop.tasks.fetch`'s, ``kernels`` :mod:`targetprop.kernels.commands`'.
 
 Settings are the fields of :class:`targetprop.training.config.TrainConfig`: ``train`` and ``diagnose``
 generate one option per field from it (dashes for underscores; ``--config FILE.toml`` reads the
@@ -22,6 +24,7 @@ same fields from a file, which the options override).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -30,17 +33,19 @@ import torch
 
 from . import __version__, diagnose
 from .argtypes import for_setting, key_value, non_negative_int, positive_int, wants_progress
-from .experiments import commands, reports
+from .experiments import commands, diagnose_report, reports
+from .kernels import commands as kernel_commands
 from .tasks import fetch
 from .training import checkpoint, config, distributed, rundir, threads
 from .training.build import LOSSES, build_device, build_model, build_task, to_run
 from .training.files import RunFolderError
-from .training.loop import CHECKPOINT_EVERY
+from .training.state import CHECKPOINT_EVERY
 from .training.rundir import EXIT_CODES, read_config
 from .training.config import TrainConfig
 from .training.trainer import Trainer
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, as the shell's own tools end
 EXIT_HELP = ("exit codes: 0 completed (or already finished), 3 diverged, 4 failed (a NaN/inf direction, a "
              "failed inverse, a lost process under torchrun), 2 bad input, 130 interrupted by Ctrl-C, 143 by "
              "SIGTERM (a checkpoint is saved first). Re-running the same command continues an unfinished run "
@@ -50,15 +55,32 @@ EXIT_HELP = ("exit codes: 0 completed (or already finished), 3 diverged, 4 faile
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    threads.set_automatic(getattr(args, "threads", 0) is None)
     try:
-        return args.handler(args, args.subparser)
+        try:
+            args = parser.parse_args(argv)
+            if getattr(args, "threads", None):
+                torch.set_num_threads(args.threads)
+            threads.set_automatic(getattr(args, "threads", 0) is None)
+            return args.handler(args, args.subparser)
+        finally:  # --help and every command: a closed pipe shows here, not in the interpreter's last flush
+            sys.stdout.flush()
     except KeyboardInterrupt:  # Ctrl-C before a run's own handling starts (building the task, the model)
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader is gone (``targetprop diagnose … | head``)
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's final flush of the lines the
+    closed pipe did not take raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no file descriptor (e.g. captured): nothing to flush later
+        pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_diagnose(sub)
     fetch.add_commands(sub)  # data fetch, data list
+    kernel_commands.add_commands(sub)  # kernels build
     return parser
 
 
@@ -100,8 +123,9 @@ def _add_train(sub) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="start over: replace the run in --out (its checkpoints included), whatever it holds")
     g.add_argument("--resume", type=Path, metavar="RUN",
-                   help="continue the run in RUN from its newest valid checkpoint, with its settings; of the "
-                        "options, only --iterations may change them (not below the iterations done)")
+                   help="continue the run in RUN from its newest valid checkpoint, with its settings, checkpoint "
+                        "cadence and thread count; of the options only --iterations (not below the iterations "
+                        "done), --checkpoint-every, --diagnose-every and --threads may be given anew")
     g.add_argument("--checkpoint-every", type=non_negative_int, metavar="N",
                    help=f"save a checkpoint every N iterations (0: only at the end and on SIGINT/SIGTERM) "
                         f"(default: the run's own when it continues, else {CHECKPOINT_EVERY})")
@@ -184,28 +208,28 @@ def _train_in(args, parser, settings: TrainConfig, task, out: Path, world: distr
     print the summary (process 0)."""
     try:
         trainer = Trainer(settings, task, world=world)
-        plan = rundir.plan(out, settings.to_dict(), overwrite=args.overwrite, resume=args.resume is not None)
+        decision = rundir.decide(out, settings.to_dict(), overwrite=args.overwrite, resume=args.resume is not None)
     except ValueError as err:  # bad settings found when building, or a folder that refuses the run
         parser.error(str(err))
-    if plan.state != "empty" and args.resume is None and world.main:
-        print(plan.describe(), flush=True)
-    if args.threads is None and plan.state == "unfinished":
-        torch.set_num_threads(plan.options.get("threads", torch.get_num_threads()))
+    if decision.state != "empty" and args.resume is None and world.main:
+        print(decision.describe(), flush=True)
+    if args.threads is None and decision.state == "unfinished":
+        torch.set_num_threads(decision.options.get("threads", torch.get_num_threads()))
     else:
         threads.apply(task, settings)
     try:
-        summary = trainer.run(plan=plan, progress=wants_progress(args) and world.main,
+        summary = trainer.run(decision=decision, progress=wants_progress(args) and world.main,
                               checkpoint_every=args.checkpoint_every, diagnose_every=args.diagnose_every)
     except RunFolderError as err:  # e.g. every checkpoint of the run is corrupt; a bug keeps its own type
         parser.error(str(err))
-    if trainer.lost_ranks is not None:  # every surviving process says so, in one line
+    if summary.get("lost_ranks") is not None:  # every surviving process says so, in one line
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stopping the survivors: the run is over anyway
         print(f"{parser.prog}: error: {summary['message']}", file=sys.stderr, flush=True)
     elif world.main:
         print(reports.summary_line(out, summary))
     if summary["status"] != "interrupted":
         return EXIT_CODES[summary["status"]]
-    return 128 + trainer.stop_signal if trainer.stop_signal else EXIT_INTERRUPTED
+    return 128 + signal.Signals[summary["signal"]] if "signal" in summary else EXIT_INTERRUPTED
 
 
 def _saved_settings(args, parser) -> dict:
@@ -223,7 +247,9 @@ def _saved_settings(args, parser) -> dict:
 
 def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="TP's directions against BP's gradient on one batch, and how far "
-                       "back its targets reach", description=diagnose.__doc__.split("\n\n")[0])
+                       "back its targets reach", description=diagnose.__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="columns of the table:\n" + diagnose_report.legend())
     _add_settings(p)
     g = p.add_argument_group("diagnose")
     g.add_argument("--run", type=Path, help="a run's settings and its last checkpoint's weights (options "
@@ -255,11 +281,11 @@ def _diagnose(args, parser) -> int:
                                    args.rules or diagnose.default_rules(cfg.rule))
     except ValueError as err:
         parser.error(str(err))
-    print(diagnose.table(result))
+    print(diagnose_report.table(result))
     if args.output:
-        diagnose.write_json(result, args.output)
+        diagnose_report.write_json(result, args.output)
     if args.plot:
-        diagnose.plot(result, args.plot, f"{cfg.task} T={getattr(task, 'length', '?')}, r={cfg.reg:g}, "
+        diagnose_report.plot(result, args.plot, f"{cfg.task} T={getattr(task, 'length', '?')}, r={cfg.reg:g}, "
                       f"γ_h={cfg.target_step:g}")
     return 0
 

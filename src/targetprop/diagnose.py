@@ -18,14 +18,14 @@ On one fixed batch, for each rule asked (``linearized``, ``linearized-through-ti
 
 For an orthogonal ``W_hh``, eq. 2 multiplies a displacement by about ``1/(1+r)`` per step back
 (times ``1/a' ≥ 1``), so the horizon is about ``ln(10⁶)/ln(1+r)`` steps (docs/maths.md).
+
+This module measures only; printing, writing and plotting a result is
+:mod:`targetprop.experiments.diagnose_report`'s, and a run's ``diagnostics.csv``
+:mod:`targetprop.training.diagnostics`'.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import json
-import math
-from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -122,107 +122,3 @@ def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[s
         out["last_step_share"][name], out["last10_share"][name] = _shares(record, (1, 10))
     out["bp_adjoint_norm"] = _steps_back_norms(runs["bp"][1][2])
     return out
-
-
-def table(result: dict) -> str:
-    """A Markdown table: per rule, the W_hh cosine and norm ratio, the horizons and the shares."""
-    lines = ["| rule | parameter | cosine with BP | norm ratio | horizon 1e-6 | horizon zero | last step | last 10 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, cosines in result["cosine_with_bp"].items():
-        h = result["horizon"][name]
-        for i, (param, c) in enumerate(cosines.items()):
-            extra = (f"{_k(h['1e-6'])} | {_k(h['zero'])} | {result['last_step_share'][name]:.3f} | "
-                     f"{result['last10_share'][name]:.3f}") if i == 0 else " |  |  | "
-            lines.append(f"| {name if i == 0 else ''} | {param} | {c:.4f} | {result['norm_ratio'][name][param]:.4g} | "
-                         f"{extra} |")
-    return "\n".join(lines)
-
-
-def _k(k) -> str:
-    return "none" if k is None else str(k)
-
-
-def write_json(result: dict, path: str | Path) -> None:
-    def clean(v):  # NaN is not JSON
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(w) for k, w in v.items()}
-        if isinstance(v, list):
-            return [clean(w) for w in v]
-        return v
-
-    Path(path).write_text(json.dumps(clean(result), indent=1) + "\n", encoding="utf-8")
-
-
-def plot(result: dict, path: str | Path, title: str = "") -> None:
-    """Log-scale displacement norms against steps back, one line per rule, BP's adjoint beside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, norms in result["displacement_norm"].items():
-        if name != "bp":
-            ax.plot(range(len(norms)), [d if d > 0 else float("nan") for d in norms], label=f"{name}: ‖λ_(T−k)‖",
-                    linestyle=":" if name.endswith(THROUGH_TIME) else "-")
-    bp = result["bp_adjoint_norm"]
-    ax.plot(range(len(bp)), [d if d > 0 else float("nan") for d in bp], "k--", label="bp: adjoint norm")
-    ax.set_yscale("log")
-    ax.set_xlabel("steps back k")
-    ax.set_ylabel("batch mean norm")
-    ax.set_title(title or "How far back the targets reach")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------- through training
-
-#: columns of a run's ``diagnostics.csv`` (one row per rule per diagnosed iteration)
-COLUMNS = ("iteration", "rule", "cosine_whh", "norm_ratio_whh", "horizon_1e-6", "horizon_zero",
-           "last_step_share", "last10_share")
-
-
-def rows(iteration: int, result: dict) -> list[dict]:
-    """The ``diagnostics.csv`` rows of one :func:`diagnose` result (W_hh's cosine and norm ratio)."""
-    out = []
-    for name, cosines in result["cosine_with_bp"].items():
-        h = result["horizon"][name]
-        out.append({"iteration": iteration, "rule": name, "cosine_whh": cosines["weight_hh_l0"],
-                    "norm_ratio_whh": result["norm_ratio"][name]["weight_hh_l0"], "horizon_1e-6": h["1e-6"],
-                    "horizon_zero": h["zero"], "last_step_share": result["last_step_share"][name],
-                    "last10_share": result["last10_share"][name]})
-    return out
-
-
-class Log:
-    """A run's ``diagnostics.csv``, appended row by row and flushed; opened to continue a run from
-    its checkpoint of ``iteration``, it keeps the rows up to that iteration (the checkpoint's past)."""
-
-    def __init__(self, path: str | Path, iteration: int = 0):
-        self.path = Path(path)
-        kept = [r for r in read(self.path) if int(r["iteration"]) <= iteration] if iteration else []
-        self._file = open(self.path, "w", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, COLUMNS)
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._file.flush()
-
-    def append(self, iteration: int, result: dict) -> None:
-        self._writer.writerows(rows(iteration, result))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read(path: str | Path) -> list[dict]:
-    """The rows of a ``diagnostics.csv`` (empty if there is none), values as strings."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []

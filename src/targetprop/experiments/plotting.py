@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import diagnose
-from ..training import rundir
+from ..training import diagnostics, rundir
 from ..training.config import TrainConfig
 from ..training.rundir import find_runs, read_metrics
 
@@ -66,7 +65,7 @@ def plot_diagnostics(runs, output: Path, *, title: str | None = None) -> Path | 
     """For the runs with a ``diagnostics.csv`` (``train --diagnose-every``): the W_hh direction's
     cosine with BP's gradient and the horizon (steps back to 10⁻⁶) against iterations, one line per
     run and rule, into ``output``; None when no run has diagnostics."""
-    found = {run: diagnose.read(rundir.diagnostics_path(run)) for run in runs}
+    found = {run: diagnostics.read(rundir.diagnostics_path(run)) for run in runs}
     found = {run: rows for run, rows in found.items() if rows}
     if not found:
         return None

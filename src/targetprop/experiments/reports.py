@@ -30,7 +30,7 @@ def results_table(keys: Sequence[str], rows: Iterable[tuple[Sequence, Path | Non
 
 def append_results(path: Path, keys: Sequence[str], rows: list[tuple[Sequence, Path | None]]) -> None:
     """Append ``rows`` to the results table in the Markdown file ``path``; a new file (or one
-    whose last table has other columns, written by an earlier version) gets the header first."""
+    whose last table has other columns) gets the header first."""
     text = results_table(keys, rows)
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     lines = old.splitlines()
@@ -52,17 +52,16 @@ def result_cells(run: Path | None) -> list[str]:
         summary = rundir.read_summary(run) or _partial_summary(run)
         threads = (summary.get("environment") or {}).get("threads") or rundir.read_options(run).get("threads", "?")
         auc = loss_auc(run)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{run}: unreadable run files ({err})") from None
-    if "best_test_accuracy" not in summary:  # written by targetprop 0.1.0 before the best was recorded
-        best = "—"
-    else:
         best = NOT_RUN if summary["best_test_accuracy"] is None else \
             f"{summary['best_test_accuracy']:.1%} ({summary['best_at']})"
-    reached = "not reached" if summary["iteration_to_100"] is None else str(summary["iteration_to_100"])
-    return [settings, summary["status"], str(summary["iterations"]), percent(summary["final_test_accuracy"]), best,
-            reached, NOT_RUN if not math.isfinite(auc) else f"{auc:.4g}", f"{summary['train_time']:.0f} s",
-            f"{summary['wall_time']:.0f} s", str(threads)]
+        reached = "not reached" if summary["iteration_to_100"] is None else str(summary["iteration_to_100"])
+        return [settings, summary["status"], str(summary["iterations"]), percent(summary["final_test_accuracy"]),
+                best, reached, NOT_RUN if not math.isfinite(auc) else f"{auc:.4g}",
+                f"{summary['train_time']:.0f} s", f"{summary['wall_time']:.0f} s", str(threads)]
+    except KeyError as err:
+        raise ValueError(f"{run}: unreadable run files ({rundir.SUMMARY_FILE} has no {err})") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{run}: unreadable run files ({err})") from None
 
 
 def _partial_summary(run: Path) -> dict:

@@ -50,11 +50,11 @@ class RunRefused(ValueError):
 @dataclass
 class Job:
     """One run of an experiment: its settings, its folder and, once checked, what the run does
-    with the folder (:class:`targetprop.training.rundir.Plan`)."""
+    with the folder (:class:`targetprop.training.rundir.Decision`)."""
 
     config: TrainConfig
     out: Path
-    plan: rundir.Plan | None = None
+    decision: rundir.Decision | None = None
 
 
 def task_for(config: TrainConfig):
@@ -69,32 +69,32 @@ def task_for(config: TrainConfig):
 
 def check_jobs(jobs: list[Job], overwrite: bool = False) -> list[Job]:
     """Decide what every job does with its folder before any run starts
-    (:func:`targetprop.training.rundir.plan`, which reads only): a
+    (:func:`targetprop.training.rundir.decide`, which reads only): a
     :class:`~targetprop.training.files.RunFolderError` (a ValueError) names the first folder that
     holds a run with other settings or files that are not a run's (with ``overwrite``: only a
-    folder path that is a file). Returns ``jobs`` with ``plan`` filled in."""
+    folder path that is a file). Returns ``jobs`` with ``decision`` filled in."""
     for job in jobs:
-        job.plan = rundir.plan(job.out, job.config.to_dict(), overwrite=overwrite)
+        job.decision = rundir.decide(job.out, job.config.to_dict(), overwrite=overwrite)
     return jobs
 
 
 def run_job(job: Job, *, progress: bool = False) -> dict:
     """Run or reuse one checked job (see the module docstring); return its summary. Raises
     :class:`Stopped` when the run was interrupted, :class:`RunRefused` when its trainer cannot be built."""
-    if job.plan.state != "empty":
-        log.info(job.plan.describe())
-    if job.plan.state == "finished":
-        return job.plan.summary
+    if job.decision.state != "empty":
+        log.info(job.decision.describe())
+    if job.decision.state == "finished":
+        return job.decision.summary
     try:
         task = task_for(job.config)
         trainer = Trainer(job.config, task)
     except ValueError as err:  # missing data, or a layer option the layer does not take
         raise RunRefused(f"{job.out}: {err}") from None
     threads.apply(task, job.config)
-    summary = trainer.run(plan=job.plan, progress=progress)
+    summary = trainer.run(decision=job.decision, progress=progress)
     log.info(summary_line(job.out, summary))
     if summary["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop the whole experiment, not one run
-        raise Stopped(job.out, 128 + (trainer.stop_signal or signal.SIGINT))
+        raise Stopped(job.out, 128 + signal.Signals[summary.get("signal", "SIGINT")])
     return summary
 
 

@@ -37,7 +37,8 @@ A ``grid`` (kind = "grid")::
 A budget may hold a ``grid`` table laid over ``[grid]`` and ``[budgets.B.methods.NAME]``
 tables laid over the methods'. Settings are layered ``[common]``, then the budget, then the
 method's table, then the command line's overrides. TOML has no null: the string ``"none"`` is
-"off" (None) for any setting, in either kind of file and on the command line.
+"off" (None) for any optional setting, in either kind of file and on the command line
+(:func:`targetprop.training.config.merge`, the one merge of settings).
 """
 from __future__ import annotations
 
@@ -60,7 +61,6 @@ METRICS = ("auc", "accuracy")
 SHARED_KEYS = ("description", "title", "kind", "grid", "common", "methods")
 COMPARISON_KEYS = SHARED_KEYS + ("out", "plot")
 PANEL_KEYS = SHARED_KEYS + ("figure", "budgets")
-OFF = "none"  # the one spelling of "no value" (TOML has no null)
 OPTION_PREFIXES = {"task": "task_options", "layer": "layer_options"}
 
 
@@ -193,30 +193,18 @@ def budgets_of(table: dict) -> tuple:
 
 
 def set_value(values: dict, key: str, value) -> dict:
-    """``values`` with the setting ``key`` set: a TrainConfig field, or ``task.K`` / ``layer.K``
-    (``"none"`` is None)."""
+    """``values`` with the setting ``key`` set: a TrainConfig field (``"none"`` unsets an optional
+    one), or ``task.K`` / ``layer.K``."""
     prefix, dot, rest = key.partition(".")
     values = {**values}
     if dot and prefix in OPTION_PREFIXES:
         field = OPTION_PREFIXES[prefix]
         values[field] = {**values.get(field, {}), rest: value}
     elif key in FIELDS:
-        values[key] = off_is_none(value)
+        values[key] = config.unset_none(key, value)
     else:
         raise ValueError(f"unknown setting {key!r} (a TrainConfig field, task.KEY or layer.KEY)")
     return values
-
-
-def off_is_none(value):
-    """None for the string ``"none"`` (any case), else ``value``."""
-    return None if isinstance(value, str) and value.lower() == OFF else value
-
-
-def merge(*layers: dict) -> dict:
-    """Settings laid over each other (:func:`targetprop.training.config.merge`: the option tables
-    merge key by key), ``"none"`` read as None."""
-    return config.merge(*({k: v if isinstance(v, dict) else off_is_none(v) for k, v in layer.items()}
-                          for layer in layers))
 
 
 def _budget_table(table: dict, budget: str | None) -> dict:
@@ -235,7 +223,7 @@ def method_settings(table: dict, budget: str | None = None, overrides: dict | No
     base = {k: v for k, v in _budget_table(table, budget).items() if k not in ("grid", "methods")}
     out = {}
     for name, settings in method_tables(table, budget).items():
-        values = merge(table.get("common", {}), base, {k: v for k, v in settings.items() if k != "select"})
+        values = config.merge(table.get("common", {}), base, {k: v for k, v in settings.items() if k != "select"})
         for key, value in (overrides or {}).items():
             values = set_value(values, key, value)
         values.setdefault("label", name)

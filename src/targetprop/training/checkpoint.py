@@ -1,7 +1,7 @@
 """Checkpoint files of a run: their format, atomic writing, checksums, and choosing one to resume.
 
-This module owns the bytes on disk; *what* a checkpoint holds is the trainer's
-(:meth:`targetprop.training.trainer.Trainer.state_dict`). A run keeps its checkpoints in its checkpoint folder
+This module owns the bytes on disk; *what* a checkpoint holds is the loop's
+(:meth:`targetprop.training.loop.Session.payload`: the trainer's state and the run state). A run keeps its checkpoints in its checkpoint folder
 (:func:`targetprop.training.rundir.checkpoint_dir`) as ``iteration-NNNNNNNN.pt``, the last
 :data:`KEEP` of them.
 
@@ -43,14 +43,6 @@ class CorruptCheckpoint(ValueError):
 
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped as corrupt, or a resumed run had none yet."""
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    """Where the checkpoints of ``run_dir`` live (:func:`targetprop.training.rundir.checkpoint_dir`,
-    kept here under its earlier name)."""
-    from .rundir import checkpoint_dir as in_run
-
-    return in_run(run_dir)
 
 
 def file_name(iteration: int) -> str:

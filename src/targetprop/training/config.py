@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 import torch
 
 from .. import _validation as check
-from .. import rules
+from .. import hyperparams, rules
 from ..activations import ACTIVATIONS
 from .models import MODELS
 from ..tasks.images import IMAGE_TASKS
@@ -38,6 +38,7 @@ OPTIMIZERS = ("sgd", "adam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the kinds of setting: how a value is written on the command line and checked
 KINDS = ("choice", "count", "integer", "real", "switch", "text", "table")
+OFF = "none"  # the one spelling of "unset" in files and on the command line (TOML has no null)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Setting:
     def validate(self, name: str, value):
         """``value`` checked (and normalized: ints to floats for reals, ``"none"`` to None), or a
         ValueError naming ``name``."""
-        if self.optional and (value is None or isinstance(value, str) and value.lower() == "none"):
+        if self.optional and (value is None or isinstance(value, str) and value.lower() == OFF):
             return None
         if self.kind == "choice":
             return check.choice(name, value, list(self.choices()))
@@ -110,6 +111,12 @@ def setting(default, help: str, group: str, kind: str, **spec):
     return field(default=default, metadata=meta)
 
 
+def _hyperparameter(p: hyperparams.Real):
+    """The field of one of the layer's real hyper-parameters: its default, bounds and help are the
+    layer's own (:mod:`targetprop.hyperparams`)."""
+    return setting(p.default, p.help, "model", "real", bounds=p.bounds)
+
+
 def _sorted(names) -> Callable[[], list[str]]:
     return lambda: sorted(names)
 
@@ -139,21 +146,19 @@ class TrainConfig:
     hidden_size: int = setting(100, "hidden units p", "model", "count")
     nonlinearity: str | None = setting(None, "the recurrent activation", "model", "choice", choices=lambda: ACTIVATIONS,
                                        optional=True, default_help="the cell's own, tanh as in the paper")
-    rule: str = setting("linearized", "how the layer trains: bp, or a TP rule (linearized is eq. 2, the paper's)",
+    rule: str = setting(hyperparams.RULE, "how the layer trains: bp, or a TP rule (linearized is eq. 2, the paper's)",
                         "model", "choice", choices=lambda: rules.RULE_NAMES)
-    reg: float = setting(1.0, "r, regularization of the inverse", "model", "real", bounds=(0.0, math.inf, False, True))
-    target_step: float = setting(1e-2, "γ_h, the target step of eq. 1", "model", "real",
-                                 bounds=(0.0, math.inf, True, True))
-    tol: float = setting(1e-3, "τ, margin of the projection onto the activation's range", "model", "real",
-                         bounds=(0.0, 0.5, True, False))
-    through_time: bool = setting(False, "the authors' public-code variant: back-propagate the target losses "
-                                        "through time", "model", "switch")
+    reg: float = _hyperparameter(hyperparams.REG)
+    target_step: float = _hyperparameter(hyperparams.TARGET_STEP)
+    tol: float = _hyperparameter(hyperparams.TOL)
+    through_time: bool = setting(hyperparams.THROUGH_TIME, "the authors' public-code variant: back-propagate the "
+                                                           "target losses through time", "model", "switch")
     init: str = setting("orthogonal", "orthogonal (the paper's) or default (the layers' own)", "model", "choice",
                         choices=lambda: ("orthogonal", "default"))
     layer_options: dict = setting({}, "a further option of the recurrent layer, e.g. check_finite=false",
-                                  "model", "table", entries=(
-        Entry("inverse_lr", "real", "learned rule: step size of the reverse layer (layer default 1e-3)"),
-        Entry("inverse_noise", "real", "learned rule: noise σ of its reconstruction loss (default 0.1)")))
+                                  "model", "table", entries=tuple(
+        Entry(p.name, "real", f"{p.help} (layer default {p.default:g})")
+        for p in (hyperparams.INVERSE_LR, hyperparams.INVERSE_NOISE)))
     optimizer: str = setting("sgd", "the optimizer", "optimizer", "choice", choices=lambda: OPTIMIZERS)
     lr: float = setting(0.1, "step size (γ_θ for TP)", "optimizer", "real", bounds=(0.0, math.inf, True, True))
     momentum: float = setting(0.0, "SGD momentum", "optimizer", "real", bounds=(0.0, 1.0, False, True))
@@ -240,6 +245,7 @@ class TrainConfig:
 
 #: the names of every setting
 FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+_SETTINGS = {f.name: f.metadata["setting"] for f in dataclasses.fields(TrainConfig)}
 
 
 def settings() -> dict[str, tuple[Setting, object]]:
@@ -260,13 +266,21 @@ def check_names(values: dict, where: str) -> None:
 
 def merge(*layers: dict) -> dict:
     """The settings of ``layers``, each over the ones before it; the option tables are merged
-    entry by entry (``--task-option`` adds to a file's ``[task_options]``)."""
+    entry by entry (``--task-option`` adds to a file's ``[task_options]``), and ``"none"`` (any
+    case) unsets an optional setting (:func:`unset_none`)."""
     merged: dict = {}
     for layer in layers:
         for key, value in layer.items():
             table = isinstance(value, dict) and isinstance(merged.get(key), dict)
-            merged[key] = {**merged[key], **value} if table else value
+            merged[key] = {**merged[key], **value} if table else unset_none(key, value)
     return merged
+
+
+def unset_none(key: str, value):
+    """None for ``"none"`` (any case) given to an optional setting ``key``, else ``value`` as it
+    is (a required setting given ``"none"`` is then refused by its check, naming it)."""
+    optional = key in FIELDS and _SETTINGS[key].optional
+    return None if optional and isinstance(value, str) and value.lower() == OFF else value
 
 
 def read_settings_file(path: str | Path) -> dict:

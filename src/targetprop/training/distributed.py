@@ -144,6 +144,15 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
     return device
 
 
+def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA index of ``device`` as a list (``[]`` for a CPU device; a bare ``cuda`` is the
+    current device): the one way this package turns a device into the index torch's per-device
+    calls take (``fork_rng``, ``get_device_name``)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def check_environment(device: str, batch_size: int | None = None) -> None:
     """A ValueError if ``torchrun``'s environment is unusable, or ``device`` or ``batch_size`` in it
     (what each process can check alone, before the process group waits for all of them)."""

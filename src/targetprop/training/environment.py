@@ -12,26 +12,28 @@ from pathlib import Path
 
 import torch
 
+from .distributed import cuda_devices
+
 CPUINFO = Path("/proc/cpuinfo")
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
                 "amx_tile", "asimd", "sve")
 
 
-def describe(device: str | torch.device = "cpu") -> dict:
-    """The conditions of a run on ``device``, as plain JSON values::
+def describe(device: str | torch.device = "cpu", world_size: int = 1) -> dict:
+    """The conditions of a run on ``device`` in ``world_size`` processes, as plain JSON values::
 
         {"threads": 2, "torch": "2.13.0+cpu", "python": "3.11.9", "platform": "Linux-…",
-         "cpu": "AMD EPYC …", "cpu_flags": ["avx", "avx2", "fma"], "device": "cpu"}
+         "cpu": "AMD EPYC …", "cpu_flags": ["avx", "avx2", "fma"], "device": "cpu", "world_size": 1}
 
     ``threads`` is torch's intra-op thread count now; ``cpu_flags`` the vector extensions of
     :data:`VECTOR_FLAGS` the CPU reports (empty where ``/proc/cpuinfo`` is not readable);
-    ``device`` the device's name (for CUDA, with the GPU's name and CUDA version).
+    ``device`` the device's name (for CUDA, with the GPU's name and CUDA version); ``world_size``
+    the number of data-parallel processes (``torchrun``'s ``WORLD_SIZE``; 1 without it).
     """
     device = torch.device(device)
     name = str(device)
     if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        name = f"{device} ({torch.cuda.get_device_name(index)}, CUDA {torch.version.cuda})"
+        name = f"{device} ({torch.cuda.get_device_name(cuda_devices(device)[0])}, CUDA {torch.version.cuda})"
     return {
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -40,6 +42,7 @@ def describe(device: str | torch.device = "cpu") -> dict:
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "device": name,
+        "world_size": world_size,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 from pathlib import Path
 
 import torch
@@ -28,19 +29,19 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM stopped the run at an iteration boundary (after saving a checkpoint)."""
 
 
-def failure(trainer, err: Exception) -> tuple[str, str]:
-    """Status and message of a run stopped by ``err``; with deferred checks, a NaN/inf
-    recorded before ``err`` is reported instead, as its cause."""
+def failure(trainer, err: Exception, checkpoints: Path | None) -> tuple[str, str]:
+    """Status and message of a run stopped by ``err`` (``checkpoints``: its checkpoint folder, or
+    None); with deferred checks, a NaN/inf recorded before ``err`` is reported instead, as its cause."""
     try:
         trainer.guard.flush()
     except NonFinite as earlier:
         err = earlier
     if isinstance(err, NonFinite):
         status = "diverged" if err.what == "loss" else "failed"
-        return status, str(err) + bad_parameters(trainer, err) + kept(trainer.checkpoints)
+        return status, str(err) + bad_parameters(trainer, err) + kept(checkpoints)
     if isinstance(err, Diverged):
-        return "diverged", str(err) + kept(trainer.checkpoints)
-    return "failed", f"{type(err).__name__}: {err}{kept(trainer.checkpoints)}"
+        return "diverged", str(err) + kept(checkpoints)
+    return "failed", f"{type(err).__name__}: {err}{kept(checkpoints)}"
 
 
 def kept(folder: Path | None, what: str = "last good checkpoint") -> str:
@@ -58,12 +59,12 @@ def bad_parameters(trainer, err: NonFinite) -> str:
     return f" in {', '.join(bad)}" if bad else ""
 
 
-def lost_message(trainer, err: RuntimeError, folder: Path | None) -> str:
-    """The message of a data-parallel run whose peer was lost (``err``: the failed collective;
-    ``folder``: the run's checkpoint folder, on every process)."""
-    lost = ", ".join(map(str, trainer.lost_ranks)) or "none found (a collective failed)"
+def lost_message(world, lost_ranks: list[int], iteration: int, err: RuntimeError, folder: Path | None) -> str:
+    """The message of a data-parallel run whose peers ``lost_ranks`` were lost at ``iteration``
+    (``err``: the failed collective; ``folder``: the run's checkpoint folder, on every process)."""
+    lost = ", ".join(map(str, lost_ranks)) or "none found (a collective failed)"
     again = "; the same command continues the run" if folder is not None else ""
-    return (f"lost process(es) {lost} of {trainer.world.size} at iteration {trainer.iteration} "
+    return (f"lost process(es) {lost} of {world.size} at iteration {iteration} "
             f"({first_sentence(err)}){kept(folder, 'last checkpoint')}{again}")
 
 
@@ -75,26 +76,30 @@ def first_sentence(err: BaseException) -> str:
     return text.split(". ")[0][:160]
 
 
-def summary(trainer, status: str, message: str, wall_time: float) -> dict:
-    """The run's outcome (``summary.json``); non-finite numbers are written as null."""
-    last = trainer.last or {}
-    best = trainer.best
+def summary(config, state, status: str, message: str, environment: dict, *, lost_ranks: list[int] | None = None,
+            stopped_by: int = 0) -> dict:
+    """The outcome (``summary.json``) of a run of ``config`` that stands at ``state`` (a
+    :class:`~targetprop.training.state.RunState`); ``lost_ranks`` when a data-parallel peer was
+    lost, ``signal`` the name of the signal that stopped it (``stopped_by``, 0: none). Non-finite
+    numbers are written as null."""
+    last, best = state.last or {}, state.best
     values = {
         "status": status,
         "message": message,
-        "label": trainer.config.describe(),
-        "iterations": trainer.iteration,
+        "label": config.describe(),
+        "iterations": state.iteration,
         "final_test_accuracy": last.get("test_accuracy"),
         "final_test_loss": last.get("test_loss"),
         "final_train_loss": last.get("train_loss"),
         "final_train_accuracy": last.get("train_accuracy"),
         "best_test_accuracy": best[0] if best else None,
         "best_at": best[1] if best else None,
-        "iteration_to_100": trainer.reached_at,
-        "train_time": trainer.train_time,
-        "wall_time": wall_time,
+        "iteration_to_100": state.reached_at,
+        "train_time": state.train_time,
+        "wall_time": state.elapsed(),
         "version": __version__,
-        "environment": trainer.environment,
-        **({"lost_ranks": trainer.lost_ranks} if trainer.lost_ranks is not None else {}),
+        "environment": environment,
+        **({"lost_ranks": lost_ranks} if lost_ranks is not None else {}),
+        **({"signal": signal.Signals(stopped_by).name} if stopped_by else {}),
     }
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}

@@ -12,7 +12,7 @@
 Every file is written atomically (:func:`targetprop.training.files.atomic_write`) but the two
 logs, which are appended row by row and cut back atomically when a run continues.
 
-What a run does with its folder is decided once, before anything is written (:func:`plan`):
+What a run does with its folder is decided once, before anything is written (:func:`decide`):
 start there (``empty``), continue the same run (``unfinished``: no summary, ``interrupted``, or
 ``failed`` because a process was lost) from its newest valid checkpoint, or reuse it
 (``finished``: ``completed``, ``diverged`` or ``failed``). A run with other settings, or files
@@ -79,17 +79,23 @@ def is_run(path: str | Path) -> bool:
 
 def find_runs(paths) -> list[Path]:
     """The runs among ``paths``: a run's folder stands for itself, a folder of runs (e.g. the
-    output of ``targetprop compare``) for the runs directly inside it, in name order. A
-    ValueError names a path that is neither."""
-    runs = []
+    output of ``targetprop compare``) for the runs directly inside it, in name order; a file is
+    passed over (``runs/demo/*`` also names ``comparison.md``). A ValueError names a path that
+    does not exist or a folder that holds no run, or says that the files given are no runs."""
+    runs, files = [], []
     for path in map(Path, paths):
         if is_run(path):
             runs.append(path)
-            continue
-        inner = sorted(p for p in path.iterdir() if is_run(p)) if path.is_dir() else []
-        if not inner:
-            raise RunFolderError(f"{path} is not a run directory (no {METRICS_FILE} in it or in its subdirectories)")
-        runs.extend(inner)
+        elif path.is_file():
+            files.append(path)
+        else:
+            inner = sorted(p for p in path.iterdir() if is_run(p)) if path.is_dir() else []
+            if not inner:
+                raise RunFolderError(f"{path} is not a run directory (no {METRICS_FILE} in it or in its "
+                                     f"subdirectories)")
+            runs.extend(inner)
+    if not runs and files:
+        raise RunFolderError(f"no run among {', '.join(map(str, files))}: a run is a folder holding {METRICS_FILE}")
     return runs
 
 
@@ -106,7 +112,7 @@ def read_config(run: str | Path) -> dict:
 
 def read_options(run: str | Path) -> dict:
     """What the run's ``config.json`` records besides the settings: ``checkpoint_every``,
-    ``diagnose_every`` and ``threads`` (each absent when not recorded, as in runs of targetprop 0.1.0)."""
+    ``diagnose_every`` and ``threads`` (each absent when not recorded: ``diagnose_every`` when 0)."""
     return _options(_read_json(config_path(run)) or {})
 
 
@@ -134,8 +140,6 @@ def read_metrics(run: str | Path) -> dict[str, list[float]]:
     with open(metrics_path(run), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in METRICS}
-
-
 
 
 # ---------------------------------------------------------------------------- writing runs
@@ -183,8 +187,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 @dataclass
-class Plan:
-    """What a run does with its folder, decided once by :func:`plan` (which reads only):
+class Decision:
+    """What a run does with its folder, decided once by :func:`decide` (which reads only):
 
     ``state``: ``empty`` (the run starts at iteration 0 there; with ``overwrite``, replacing
     whatever the folder holds), ``unfinished`` (the same run, continued from its newest valid
@@ -213,10 +217,8 @@ class Plan:
         return ""
 
 
-
-
-def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bool = False) -> Plan:
-    """What a run of ``settings`` does with the folder ``out`` (see :class:`Plan`); reads only.
+def decide(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bool = False) -> Decision:
+    """What a run of ``settings`` does with the folder ``out`` (see :class:`Decision`); reads only.
 
     Without ``overwrite`` or ``resume``, the same run there is continued or reused, and a
     :class:`RunFolderError` refuses a run with other settings or files that are not a run's. With
@@ -230,9 +232,9 @@ def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bo
     if blocked is not None:
         raise RunFolderError(f"output path {out} is under {blocked}, which is a file, not a directory")
     if overwrite:
-        return Plan(out, "empty", overwrite=True)
+        return Decision(out, "empty", overwrite=True)
     if not resume and (not out.is_dir() or not any(out.iterdir())):
-        return Plan(out, "empty")
+        return Decision(out, "empty")
     if not config_path(out).exists():
         if resume:
             raise RunFolderError(f"{out} holds no run (no {CONFIG_FILE})")
@@ -257,13 +259,10 @@ def plan(out: str | Path, settings: dict, *, overwrite: bool = False, resume: bo
     listed = checkpoint.listed(checkpoint_dir(out))
     newest = listed[-1][0] if listed else None
     done = summary is not None and summary["status"] != "interrupted" and not summary.get("lost_ranks")
-    return Plan(out, "finished" if done and not resume else "unfinished", summary, newest, _options(saved))
+    return Decision(out, "finished" if done and not resume else "unfinished", summary, newest, _options(saved))
 
 
-
-
-
-def start(run: Plan) -> None:
+def start(run: Decision) -> None:
     """Make the folder of ``run`` ready for a run starting at iteration 0: create it; remove an
     earlier summary and, when overwriting, the earlier diagnostics and checkpoints."""
     run.path.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
-"""Training one model on one task: :class:`Trainer`, what a checkpoint holds, and one step.
+"""Training one model on one task: :class:`Trainer`, its model and optimizer, and one step.
 
-This module owns the trainer's state (model, optimizer, iteration counter, running statistics):
+This module owns the model, the optimizer and what one iteration does with them:
 :meth:`Trainer.step` trains on one mini-batch, :meth:`Trainer.evaluate` measures the fixed
-evaluation sets, :meth:`Trainer.state_dict` is what a checkpoint holds. A run from start to end
-is :mod:`targetprop.training.loop`'s (:meth:`Trainer.run`); building the task, model and
+evaluation sets, :meth:`Trainer.state_dict` is the trainer's part of a checkpoint. A run from
+start to end, and where it stands (:class:`~targetprop.training.state.RunState`), is
+:mod:`targetprop.training.loop`'s (:meth:`Trainer.run`); building the task, model and
 optimizer :mod:`targetprop.training.build`'s; how a run ends :mod:`targetprop.training.outcome`'s;
 the run folder's files :mod:`targetprop.training.rundir`'s; the settings
 :class:`~targetprop.training.config.TrainConfig`'s (importable from here too).
@@ -25,10 +26,11 @@ asked (``overwrite``): :meth:`Trainer.run` into a folder holding the same run co
 is unfinished and returns its summary if it is finished. Resuming loads the newest valid
 checkpoint: model, optimizer, the global torch generators (the ``learned`` rule draws its noise
 there; a run seeds them from ``(seed, "global")`` and restores the caller's state when it
-returns), the iteration, the running statistics and the number of metrics rows, cutting
+returns) and the run state (the iteration, the running statistics, the number of metrics rows),
+cutting
 ``metrics.csv`` back to that many. On the CPU a resumed run ends bit-identical to an
 uninterrupted one. Only the iteration budget may differ from the saved settings, and not fall
-below the iterations done; the checkpoint cadence is the run's own unless given.
+below the iterations done; the checkpoint and diagnostics cadences are the run's own unless given.
 
 Host syncs in :meth:`Trainer.step`: on the CPU the loss and the direction's norm are read at
 every step (free there). On CUDA the trainer adds none: the checks wait on the device until the
@@ -44,38 +46,27 @@ counts as unfinished and is continued by the same command.
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
-from . import checkpoint, loop, rundir
+from ..tasks.base import Task
+from . import loop, rundir
 from .build import LOSSES, build_device, build_model, build_optimizer, build_task, to_run
 from .config import DTYPES, TrainConfig
 from .distributed import World
-from .files import RunFolderError
 from .guard import FiniteGuard, direction_norm
-from .outcome import Diverged
-from ..tasks.base import Task
-
-CHECKPOINT_FORMAT = 1
 
 
 class Trainer:
     """Trains a :class:`~targetprop.training.models.SequenceModel` on a task, as set by a :class:`TrainConfig`.
 
-    State: ``model``, ``optimizer``, ``iteration`` (iterations done), ``initial_loss`` (loss on
-    the fixed training sample at iteration 0), ``reached_at`` (first logged iteration with 100%
-    test accuracy), ``best`` (best logged test accuracy and its iteration), ``train_time``
-    (seconds in :meth:`step`), ``wall_time`` (seconds of the run's earlier sessions, when
-    resumed), ``rows`` (metrics rows logged), ``finished`` / ``stopped_early`` (the loop ended,
-    by its budget or by ``stop_at_accuracy``), ``stop_signal`` (the signal that interrupted it,
-    else 0), ``log`` (the metrics log) and ``checkpoints`` (the folder process 0 writes them to).
-    Building one validates every setting and touches no file; :meth:`run` with an output
-    directory writes the run's files.
+    It holds what a step needs: ``model`` (and ``net``, the model as this process trains it),
+    ``optimizer``, ``task``, ``loss_fn``, ``device``, ``dtype``, ``world`` and ``guard`` (the
+    finiteness checks). Where a run stands (iterations done, best accuracy, clocks) is the loop's
+    (:class:`~targetprop.training.state.RunState`). Building one validates every setting and
+    touches no file; :meth:`run` with an output directory writes the run's files.
 
     Args:
         config: the settings.
@@ -99,27 +90,6 @@ class Trainer:
         self.loss_fn = LOSSES[self.task.loss]
         self.guard = FiniteGuard(self.device, deferred=self.device.type != "cpu",
                                  check_loss=not self.world.distributed)
-        self.iteration = 0
-        self.initial_loss: float | None = None
-        self.reached_at: int | None = None
-        self.best: tuple[float, int] | None = None  # best test accuracy and its iteration
-        self.log: rundir.MetricsLog | None = None
-        self.diagnostics = None  # diagnose.Log of diagnostics.csv
-        self.last: dict | None = None
-        self.train_time = 0.0
-        self.wall_time = 0.0
-        self.rows = 0
-        self.finished = self.stopped_early = False
-        self.stop_signal = 0
-        self.reused = False  # run() found the same run finished and returned its summary
-        self.lost_ranks: list[int] | None = None  # set when a data-parallel peer was lost
-        self.environment: dict = {}
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._loss_count = 0
-        self._out: Path | None = None
-        self.checkpoints: Path | None = None
-        self._checkpoint_every = self._diagnose_every = 0
-        self._clock: float | None = None
 
     # ------------------------------------------------------------------ one iteration
 
@@ -133,7 +103,7 @@ class Trainer:
         self.model.train()
         batch = self.task.train_batch(iteration)
         self.guard.check_batch(iteration, *batch)
-        x, y = self._to_device(self.world.shard(batch))
+        x, y = self.to_device(self.world.shard(batch))
         loss = self.loss_fn(self.net(x), y)
         self.guard.check_loss(iteration, loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -158,7 +128,7 @@ class Trainer:
             correct = torch.zeros((), dtype=torch.float64, device=self.device)
             n = 0
             for batch in self.task.eval_batches(split):
-                x, y = self._to_device(self.world.eval_shard(batch))
+                x, y = self.to_device(self.world.eval_shard(batch))
                 if x.shape[0] == 0:
                     continue
                 out = self.model(x)
@@ -172,7 +142,7 @@ class Trainer:
 
     def run(self, out: str | Path | None = None, *, overwrite: bool = False, progress: bool = False,
             resume: bool = False, checkpoint_every: int | None = None, diagnose_every: int | None = None,
-            plan: rundir.Plan | None = None) -> dict:
+            decision: rundir.Decision | None = None) -> dict:
         """Train for ``config.iterations`` (or until stopped); return the summary
         (:func:`targetprop.training.loop.run`).
 
@@ -180,96 +150,36 @@ class Trainer:
         holding a run with different settings, or other files, is refused
         (:class:`~targetprop.training.files.RunFolderError`, a ValueError) unless ``overwrite``,
         which starts the run over. The same run there is continued if unfinished, and returned as
-        it is if finished (``reused`` is then True; nothing is trained or written). With
-        ``resume``, the run in ``out`` must exist and continues from its newest valid checkpoint
-        (a corrupt one is reported as a :class:`~targetprop.training.checkpoint.CheckpointWarning`,
-        set aside as ``*.corrupt`` and the one before it used); the error lists the settings that
-        differ from the run's, other than the iteration budget. ``plan``: what to do with the
-        folder, already decided by :func:`targetprop.training.rundir.plan` (instead of ``out``,
-        ``overwrite`` and ``resume``). ``checkpoint_every``: iterations between checkpoints (0:
-        only at the end and on SIGINT/SIGTERM; None: the run's own when it continues, else 1000).
-        ``diagnose_every``: every that many iterations (at evaluations), append
-        :mod:`targetprop.diagnose`'s diagnostics of one fixed batch to ``diagnostics.csv`` (0:
-        never; None: the run's own when it continues, else 0). Ctrl-C ends the run with status
-        ``interrupted``.
+        it is if finished (nothing is trained or written). With ``resume``, the run in ``out``
+        must exist and continues from its newest valid checkpoint (a corrupt one is reported as a
+        :class:`~targetprop.training.checkpoint.CheckpointWarning`, set aside as ``*.corrupt`` and
+        the one before it used); the error lists the settings that differ from the run's, other
+        than the iteration budget. ``decision``: what to do with the folder, already decided by
+        :func:`targetprop.training.rundir.decide` (instead of ``out``, ``overwrite`` and
+        ``resume``). ``checkpoint_every``: iterations between checkpoints (0: only at the end and
+        on SIGINT/SIGTERM; None: the run's own when it continues, else 1000). ``diagnose_every``:
+        every that many iterations (at evaluations), append :mod:`targetprop.diagnose`'s
+        diagnostics of one fixed batch to ``diagnostics.csv`` (0: never; None: the run's own when
+        it continues, else 0). Ctrl-C ends the run with status ``interrupted``; a signal that
+        stopped it is named in the summary (``signal``).
         """
         return loop.run(self, out, overwrite=overwrite, progress=progress, resume=resume,
-                        checkpoint_every=checkpoint_every, diagnose_every=diagnose_every, plan=plan)
-
-    def _mean_batch_loss(self) -> float:
-        """Mean mini-batch loss since the last evaluation point, over all processes (NaN if none)."""
-        if not self._loss_count:
-            return math.nan
-        return self.world.sum_(self._loss_sum.clone()).item() / (self._loss_count * self.world.size)
-
-    def _check_divergence(self, loss: float) -> None:
-        if self.initial_loss is None:
-            self.initial_loss = loss
-        if not math.isfinite(loss):
-            raise Diverged(f"the training loss is {loss} at iteration {self.iteration}")
-        factor = self.config.divergence_factor
-        if factor is not None and loss > factor * self.initial_loss:
-            raise Diverged(f"the training loss {loss:.4g} at iteration {self.iteration} exceeds {factor:g} "
-                           f"times its initial value {self.initial_loss:.4g}")
+                        checkpoint_every=checkpoint_every, diagnose_every=diagnose_every, decision=decision)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        """Everything a resumed run needs (the payload of a checkpoint): settings, model,
-        optimizer, global generators, the iteration and the loop's running statistics."""
-        wall = time.perf_counter() - self._clock if self._clock is not None else self.wall_time
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": __version__,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None,  # no setting makes one yet
-            "rng": _rng_state(self.device),
-            "trainer": {
-                "iteration": self.iteration,
-                "initial_loss": self.initial_loss,
-                "reached_at": self.reached_at,
-                "best": list(self.best) if self.best else None,
-                "train_time": self.train_time,
-                "wall_time": wall,
-                "rows": self.rows,
-                "last": self.last,
-                "loss_sum": self._loss_sum.detach().cpu(),
-                "loss_count": self._loss_count,
-                "finished": self.finished,
-                "stopped_early": self.stopped_early,
-            },
-        }
+        """The trainer's part of a checkpoint: model, optimizer and the global generators."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": _rng_state(self.device)}
 
-    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
-        """Restore :meth:`state_dict`'s output; a ValueError if it is from a run with other settings."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise RunFolderError(f"{source}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        differs = rundir.describe_changes(state.get("config"), self.config.to_dict(), ignore=rundir.RESUMABLE)
-        if differs:
-            raise RunFolderError(f"{source} is from a run with different settings ({differs})")
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], self.device)
-        t = state["trainer"]
-        self.iteration, self.initial_loss, self.reached_at = t["iteration"], t["initial_loss"], t["reached_at"]
-        self.best = tuple(t["best"]) if t["best"] is not None else None
-        self.train_time, self.wall_time, self.rows, self.last = t["train_time"], t["wall_time"], t["rows"], t["last"]
-        self._loss_sum = t["loss_sum"].to(self.device, torch.float64)
-        self._loss_count = t["loss_count"]
-        self.finished, self.stopped_early = t["finished"], t["stopped_early"]
 
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current iteration into the run directory (process 0, when
-        the run has one); return its path."""
-        if self.checkpoints is None:
-            return None
-        if self.log is not None:
-            self.log.sync()
-        return checkpoint.save_in(self.checkpoints, self.iteration, self.state_dict())
-
-    def _to_device(self, batch):
+    def to_device(self, batch):
         """``(x, y)`` on the run's device in its dtype (:func:`~targetprop.training.build.to_run`)."""
         return to_run(batch, self.dtype, self.device)
 
