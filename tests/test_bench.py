@@ -83,10 +83,10 @@ def test_naive_yardstick_equals_the_library_rule():
 
 
 def test_run_regime_times_a_checkpointed_runs_weights(tmp_path):
-    from targetprop.training import checkpoint
+    from targetprop.training import checkpoint, rundir
 
     layer = TPRNN(3, 7)
-    checkpoint.save_in(checkpoint.checkpoint_dir(tmp_path), 5,
+    checkpoint.save_in(rundir.checkpoint_dir(tmp_path), 5,
                        {"model": {"rnn." + k: v for k, v in layer.state_dict().items()} | {"head.bias": torch.zeros(2)}})
     regime = "run:" + str(tmp_path)
     assert bench.check_regime(regime) == regime and bench.run_shape(regime) == (7, 3, False)

@@ -11,7 +11,7 @@ import torch
 
 from ..init import orthogonal_init_
 from ..rnn import TPGRU, TPRNN
-from ..training import checkpoint
+from ..training import checkpoint, rundir
 
 #: name -> TP layer keyword arguments (``cell="gru"``: a TPGRU), ``"native"`` / ``"native-gru"``
 #: for torch.nn.RNN / torch.nn.GRU autograd, ``"naive"`` for the per-step baseline
@@ -92,8 +92,8 @@ class BenchSettingError(argparse.ArgumentTypeError, ValueError):
 def check_regime(regime: str) -> str:
     """``regime`` if known (a ``run:PATH`` whose folder has a checkpoint), else a ValueError."""
     if regime.startswith("run:"):
-        if not checkpoint.listed(checkpoint.checkpoint_dir(regime[4:])):
-            raise BenchSettingError(f"regime {regime!r}: no checkpoint in {checkpoint.checkpoint_dir(regime[4:])}")
+        if not checkpoint.listed(rundir.checkpoint_dir(regime[4:])):
+            raise BenchSettingError(f"regime {regime!r}: no checkpoint in {rundir.checkpoint_dir(regime[4:])}")
     elif regime not in REGIMES:
         raise BenchSettingError(f"regime must be one of {list(REGIMES)} or run:PATH, got {regime!r}")
     return regime
@@ -101,7 +101,7 @@ def check_regime(regime: str) -> str:
 
 def run_weights(regime: str) -> dict[str, torch.Tensor]:
     """The recurrent layer's weights (``weight_ih_l0``, ...) from the last checkpoint of a run."""
-    found = checkpoint.latest(checkpoint.checkpoint_dir(regime[4:]))
+    found = checkpoint.latest(rundir.checkpoint_dir(regime[4:]))
     if found.payload is None:
         raise ValueError(f"regime {regime!r}: no usable checkpoint ({'; '.join(found.problems)})")
     prefix = "rnn."
