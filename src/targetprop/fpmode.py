@@ -32,10 +32,7 @@ def set_flush_denormals(enabled: bool) -> None:
     global _enabled
     if not isinstance(enabled, bool):
         raise TypeError(f"set_flush_denormals expects a bool, got {enabled!r}")
-    _enabled = enabled
-    from . import kernels  # the compiled loops keep their own copy of the setting
-
-    kernels.sync_flush_setting()
+    _enabled = enabled  # the compiled loops read it each time they are selected (targetprop.kernels.load)
 
 
 def flush_denormals_enabled() -> bool:

@@ -100,11 +100,6 @@ def _ninja_on_path():
             os.environ["PATH"] = old
 
 
-def build_dir() -> str:
-    """The folder the compiled loops are (or will be) built in."""
-    return os.path.join(_build_root(), _name())
-
-
 @functools.cache
 def _build():
     """(module, None) or (None, reason). PyTorch's builder holds a lock file in the build folder,
@@ -126,14 +121,6 @@ def _build():
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
 
 
-def sync_flush_setting() -> None:
-    """Pass :func:`targetprop.fpmode.set_flush_denormals`'s setting to the compiled loops, if built."""
-    if _build.cache_info().currsize:
-        module, _ = _build()
-        if module is not None:
-            module.set_flush_enabled(fpmode.flush_denormals_enabled())
-
-
 def load(required: bool = False):
     """The compiled module, or None (warning once) if it cannot be built; raise if ``required``."""
     module, reason = _build()
@@ -143,6 +130,8 @@ def load(required: bool = False):
         # the default warning filter shows this once per call site
         warnings.warn(f"targetprop: compiled kernels unavailable, using the pure-PyTorch path ({reason})",
                       RuntimeWarning, stacklevel=3)
+    else:  # the loops keep their own copy of targetprop.fpmode's setting: passed at every use
+        module.set_flush_enabled(fpmode.flush_denormals_enabled())
     return module
 
 
