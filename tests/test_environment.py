@@ -29,5 +29,6 @@ def test_describe_records_threads_versions_and_device():
     described = environment.describe()
     assert described["threads"] == 3 and described["torch"] == torch.__version__
     assert described["python"] == platform.python_version() and described["device"] == "cpu"
-    assert set(described) == {"threads", "torch", "python", "platform", "cpu", "cpu_flags", "device"}
+    assert set(described) == {"threads", "torch", "python", "platform", "cpu", "cpu_flags", "device", "world_size"}
+    assert described["world_size"] == 1 and environment.describe(torch.device("cpu"), 4)["world_size"] == 4
     assert environment.describe(torch.device("cpu"))["device"] == "cpu"
