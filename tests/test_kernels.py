@@ -233,3 +233,20 @@ def test_kernels_build_command_fails_with_the_reason(monkeypatch, capsys):
     args = parser.parse_args(["kernels", "build"])
     assert args.handler(args, args.subparser) == 1
     assert "could not be built (OSError: no compiler)" in capsys.readouterr().err
+
+
+def test_a_killed_builds_lock_is_cleared_and_a_fresh_one_kept(monkeypatch, tmp_path):
+    """PyTorch's builder waits without end on its lock file; a build stopped midway leaves it."""
+    import os
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "some_build" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    kernels._clear_stale_lock("some_build")
+    assert lock.exists()  # fresh: a build in progress
+    old = time.time() - kernels.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    kernels._clear_stale_lock("some_build")
+    assert not lock.exists()

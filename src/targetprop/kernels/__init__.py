@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import sysconfig
+import time
 import warnings
 
 import torch
@@ -100,6 +101,30 @@ def _ninja_on_path():
             os.environ["PATH"] = old
 
 
+#: a build lock older than this is a killed build's (a build takes about a minute)
+STALE_LOCK_SECONDS = 900
+
+
+def _clear_stale_lock(name: str) -> None:
+    """Remove the build folder's lock file if it is older than :data:`STALE_LOCK_SECONDS`: PyTorch's
+    builder waits for it without end, and a build killed midway (a timeout, Ctrl-C) leaves it."""
+    from torch.utils import cpp_extension
+
+    try:
+        folder = cpp_extension._get_build_directory(name, verbose=False)
+    except Exception:  # a private helper of PyTorch's: without it, leave the lock to PyTorch
+        return
+    lock = os.path.join(folder, "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        _log.warning("targetprop: removing the stale build lock %s (%.0f s old: a build that was stopped)", lock, age)
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+
+
 @functools.cache
 def _build():
     """(module, None) or (None, reason). PyTorch's builder holds a lock file in the build folder,
@@ -113,6 +138,7 @@ def _build():
             # a warning so that it shows without any logging set up (the wait is long the first time)
             _log.warning("targetprop: building the fused CPU kernels %s under %s (once per environment, "
                          "about a minute)...", name, root)
+        _clear_stale_lock(name)
         with _ninja_on_path():
             module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS, verbose=False)
         module.set_flush_enabled(fpmode.flush_denormals_enabled())
