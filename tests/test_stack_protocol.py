@@ -10,12 +10,12 @@ from targetprop.activations import get_activation
 
 
 def test_cells_are_found_by_name():
-    assert get_cell("rnn") is elman and get_cell("gru") is gru and set(CELLS) == {"rnn", "gru"}
+    assert get_cell("rnn") is elman and get_cell("gru") is gru and set(CELLS) == {"rnn", "gru", "lstm"}
     assert (TPRNN(2, 3).cell, TPGRU(2, 3).cell) == ("rnn", "gru")
     with pytest.raises(ValueError, match="cell must be one of"):
         get_cell("elman")
-    with pytest.raises(ValueError, match="cell must be one of \\['gru', 'rnn'\\], got 'lstm'"):
-        get_cell("lstm")
+    with pytest.raises(ValueError, match="cell must be one of \\['gru', 'lstm', 'rnn'\\], got 'lru'"):
+        get_cell("lru")
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])

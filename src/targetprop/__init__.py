@@ -9,12 +9,14 @@ from .init import orthogonal_, orthogonal_init_
 from .inverse import RegularizedInverseError, inverse_operator, invert_step
 from .function import NonFiniteDirectionError
 from .rnn import TPGRU, TPRNN
+from .lstm_layer import TPLSTM
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TPRNN",
     "TPGRU",
+    "TPLSTM",
     "orthogonal_",
     "orthogonal_init_",
     "inverse_operator",

@@ -7,10 +7,10 @@ directions of eq. (3). Slow and obviously right. :func:`run` is the entry point.
 """
 from __future__ import annotations
 
-from . import elman, gru
+from . import elman, gru, lstm
 from .targets import run_cell
 
-CELLS = {"rnn": elman, "gru": gru}
+CELLS = {"rnn": elman, "gru": gru, "lstm": lstm}
 
 
 def run(cell: str, rule: str, P: dict, x, h0, g, *, nonlinearity: str = "tanh", target_step: float,

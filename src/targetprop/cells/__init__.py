@@ -42,11 +42,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import elman, gru
+from . import elman, gru, lstm
 from .protocol import GRADIENTS, PARAMETERS, named
 
 #: every cell, by name
-CELLS: dict[str, ModuleType] = {elman.NAME: elman, gru.NAME: gru}
+CELLS: dict[str, ModuleType] = {elman.NAME: elman, gru.NAME: gru, lstm.NAME: lstm}
 
 __all__ = ["CELLS", "GRADIENTS", "PARAMETERS", "get_cell", "named"]
 

@@ -8,7 +8,7 @@ whether γ_h applies, and its step down a stack; one file per cell (``rules/elma
 """
 from __future__ import annotations
 
-from . import elman, gru
+from . import elman, gru, lstm
 from .base import AdjointRule, InverseRule, Rule
 
 #: (cell name, rule name) → the rule, in the order the docs list them
@@ -20,6 +20,8 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("rnn", "learned"): elman.Learned(),
     ("gru", "bp"): gru.BP(),
     ("gru", "linearized"): gru.Linearized(),
+    ("lstm", "bp"): lstm.BP(),
+    ("lstm", "linearized"): lstm.Linearized(),
 }
 
 #: every rule name, in the table's order

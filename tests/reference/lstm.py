@@ -1,0 +1,69 @@
+"""The LSTM cell as PyTorch computes it (gate rows i, f, g, o) and its rules (docs/maths.md,
+"LSTM"), row by row, on the state ``s = [h, c]`` (B, 2p):
+``i, f, o = σ(x W_i•ᵀ + b_i• + h W_h•ᵀ + b_h•)``, ``g = tanh(…)``, ``c' = f⊙c + i⊙g``,
+``h' = o⊙tanh(c')``. ``bp`` is autograd's transposed Jacobian of the step; the TP rule is its
+formula written out with explicit solves.
+"""
+from __future__ import annotations
+
+import torch
+
+from .targets import vjp
+
+
+def gates(x_t, s, P):
+    """``i, f, g, o`` of one step (rows)."""
+    p = s.shape[-1] // 2
+    h = s[:, :p]
+    pre = x_t @ P["weight_ih_l0"].T + h @ P["weight_hh_l0"].T
+    if "bias_ih_l0" in P:
+        pre = pre + P["bias_ih_l0"] + P["bias_hh_l0"]
+    a_i, a_f, a_g, a_o = pre.split(p, dim=-1)
+    return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+
+
+def step(x_t, s, P):
+    p = s.shape[-1] // 2
+    i, f, g, o = gates(x_t, s, P)
+    c = f * s[:, p:] + i * g
+    return torch.cat([o * torch.tanh(c), c], -1)
+
+
+def stepper(P: dict, name: str | None = None):
+    return step
+
+
+def written_out(P: dict, mats, divide: bool, tol: float):
+    """``R(x_t, s_{t-1}, s_t, λ_t)`` of the documented formula: ``λc* = λc + o⊙(1−tanh²c_t)⊙λh``,
+    ``λc_{t-1} = f⊙λc*``, ``λh_{t-1} = Σ_k u_k N_k`` with ``N_k = mats[k]`` and the gate derivative
+    ``d_k`` divided (floored: σ' ≥ τ(1−τ), tanh' ≥ 1−(1−τ)²) or multiplied."""
+
+    def rule_step(x_t, s_prev, s_t, lam):
+        p = s_t.shape[-1] // 2
+        i, f, g, o = gates(x_t, s_prev, P)
+        c_prev, c_t = s_prev[:, p:], s_t[:, p:]
+        th = torch.tanh(c_t)
+        lh, lc = lam[:, :p], lam[:, p:]
+        cstar = lc + o * (1 - th ** 2) * lh
+        fs, ft = (tol * (1 - tol), 1 - (1 - tol) ** 2) if divide else (0.0, 0.0)
+        derivs = [(i * (1 - i), fs), (f * (1 - f), fs), (1 - g ** 2, ft), (o * (1 - o), fs)]
+        values = [g * cstar, c_prev * cstar, i * cstar, th * lh]
+        u = [v / torch.clamp(d, min=fl) if divide else v * d for v, (d, fl) in zip(values, derivs)]
+        dh = sum(uk @ nk for uk, nk in zip(u, mats))
+        return torch.cat([dh, f * cstar], -1)
+
+    return rule_step
+
+
+def rule(rule_name: str, P: dict, name: str | None = None, *, reg: float, tol: float, inverse=None):
+    """``bp``: autograd's vector-Jacobian product of the step; ``linearized``: the formula with
+    ``N_k = M_kᵀ``, ``M_k = (W_hkᵀW_hk + rI)⁻¹W_hkᵀ`` by an explicit solve, derivatives divided."""
+    if rule_name == "bp":
+        return lambda x_t, s_prev, s_t, lam: vjp(lambda s: step(x_t, s, P), s_prev, lam)
+    if rule_name != "linearized":
+        raise ValueError(f"no reference for the lstm rule {rule_name!r}")
+    W = P["weight_hh_l0"]
+    p = W.shape[1]
+    eye = torch.eye(p, dtype=W.dtype)
+    mats = [torch.linalg.solve(Wk.T @ Wk + reg * eye, Wk.T).T for Wk in W.split(p)]
+    return written_out(P, mats, True, tol)
