@@ -36,12 +36,17 @@ def build_device(config: TrainConfig, world: World) -> torch.device:
     return device
 
 
-def build_model(config: TrainConfig, task: Task) -> SequenceModel:
+def build_model(config: TrainConfig, task: Task, processes: int = 1) -> SequenceModel:
     """The config's model for ``task``, initialized from ``(seed, "init")``; what a layer draws
     from the global generator (the ``learned`` rule's reverse layer) comes from ``(seed,
-    "init-global")``, and the caller's global generator is left as it was."""
+    "init-global")``, and the caller's global generator is left as it was. ``processes``: how
+    many data-parallel processes will train it."""
     options = dict(rule=config.rule, reg=config.reg, target_step=config.target_step, tol=config.tol,
                    through_time=config.through_time, dtype=DTYPES[config.dtype], **config.layer_options)
+    if processes > 1 and "check_finite" not in config.layer_options:
+        # a layer that raised on one process alone would leave the others waiting in the all-reduce:
+        # the trainer's guard checks the all-reduced direction on every process instead
+        options["check_finite"] = False
     if config.nonlinearity is not None:
         options["nonlinearity"] = config.nonlinearity
     with torch.random.fork_rng(devices=[]):

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 WHAT = {1: "loss", 2: "direction"}
 DESCRIPTION = {
@@ -70,7 +71,7 @@ class FiniteGuard:
 
     def check_batch(self, iteration: int, x: Tensor, y: Tensor) -> None:
         """Raise :class:`NonFinite` if the batch holds NaN or inf (host-side for CPU batches)."""
-        finite = bool(torch.isfinite(x).all())
+        finite = bool(torch.isfinite(x.data if isinstance(x, PackedSequence) else x).all())
         if finite and y.is_floating_point():
             finite = bool(torch.isfinite(y).all())
         if not finite:

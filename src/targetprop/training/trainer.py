@@ -84,7 +84,7 @@ class Trainer:
         self.device = build_device(config, self.world)
         self.task = task if task is not None else build_task(config)
         self.world.check_batch_size(getattr(self.task, "batch_size", None))
-        self.model = build_model(config, self.task).to(self.device)
+        self.model = build_model(config, self.task, self.world.size).to(self.device)
         self.net = self.world.wrap(self.model, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.loss_fn = LOSSES[self.task.loss]
@@ -129,12 +129,12 @@ class Trainer:
             n = 0
             for batch in self.task.eval_batches(split):
                 x, y = self.to_device(self.world.eval_shard(batch))
-                if x.shape[0] == 0:
+                if y.shape[0] == 0:
                     continue
                 out = self.model(x)
-                total += self.loss_fn(out, y).double() * x.shape[0]
+                total += self.loss_fn(out, y).double() * y.shape[0]
                 correct += self.task.correct(out, y)
-                n += x.shape[0]
+                n += y.shape[0]
             sums += [total, correct, torch.tensor(float(n), dtype=torch.float64, device=self.device)]
         total, correct, n, test_total, test_correct, test_n = self.world.sum_(torch.stack(sums)).tolist()
         return {"train_loss": total / n, "train_accuracy": correct / n,
