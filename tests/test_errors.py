@@ -52,7 +52,7 @@ def test_a_bug_in_the_model_keeps_its_type_and_the_run_ends_failed(error, tmp_pa
 
 
 def test_a_model_building_runtime_error_is_not_called_an_unusable_device(monkeypatch):
-    def build_model(config, task):
+    def build_model(config, task, processes=1):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(trainer_module, "build_model", build_model)

@@ -141,14 +141,15 @@ def test_nan_direction_fails_before_the_step(tmp_path):
     assert newest(tmp_path / "r")[0] == 15
 
 
-@pytest.mark.parametrize("bad,stopped", [(14, 15), (12, 14)], ids=["at-the-next-check", "by-a-later-error"])
+@pytest.mark.parametrize("bad,stopped", [(14, 15), (12, 13)], ids=["at-the-next-check", "by-a-later-error"])
 def test_deferred_guard_names_the_first_bad_step_and_writes_no_bad_checkpoint(tmp_path, bad, stopped):
     trainer = Trainer(TrainConfig(**SMALL, **TP, iterations=100))
     trainer.guard = FiniteGuard(trainer.device, deferred=True)  # as on CUDA, here on the CPU
     nan_grad_at(trainer, bad)
     summary = trainer.run(tmp_path / "r", checkpoint_every=5)
-    # bad=14: found at the checkpoint point 15; bad=12: the NaN weights make the inverse fail at
-    # iteration 14 first, and the message names the cause, iteration 12, not that error
+    # bad=14: found at the checkpoint point 15; bad=12: the NaN weights make the layer's backward
+    # raise at iteration 13 first (its own finite check), and the message names the cause,
+    # iteration 12, not that error
     assert summary["status"] == "failed" and summary["iterations"] == stopped
     assert summary["message"].startswith(f"the training direction (the parameters' .grad after backward) of "
                                          f"iteration {bad} holds NaN or inf (found at a later check")
