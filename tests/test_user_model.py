@@ -139,6 +139,7 @@ def test_a_batch_of_no_sequences_gives_empty_outputs_as_torch_nn(cls, nn_cls, ba
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ours.parameters())
 
 
+@pytest.mark.filterwarnings("error:Dynamo detected")  # no tracing into cached helpers or the kernel loader
 @pytest.mark.parametrize("cls", [TPRNN, TPGRU])
 def test_torch_compile_runs_the_layer_eagerly_and_equals_eager(cls):
     """The layer is a graph break (its loops are compiled code of their own): a compiled model

@@ -181,10 +181,17 @@ class TPRecurrent(nn.Module):
         return (out.transpose(0, 1) if self.batch_first else out), h_n
 
 
-@torch.compiler.disable
-def _run(cell, settings, shape, workspace, keep, lengths, x, h0, weights):
-    """The Function, run eagerly under ``torch.compile`` (a graph break: its loops are compiled
-    code of their own); a one-line error under ``torch.func`` transforms."""
+def _run(*args):
+    """The Function; under ``torch.compile`` run eagerly (a graph break: its loops are compiled
+    code of their own). ``torch.compiler.disable`` is applied only while compiling: applying it
+    imports ``torch._dynamo`` (1.6 s), which a model that is never compiled should not pay."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(_apply)(*args)
+    return _apply(*args)
+
+
+def _apply(cell, settings, shape, workspace, keep, lengths, x, h0, weights):
+    """``RecurrentFunction.apply``; a one-line error under ``torch.func`` transforms."""
     try:
         return RecurrentFunction.apply(cell, settings, shape, workspace, keep, lengths, x, h0, *weights)
     except RuntimeError as err:
