@@ -144,13 +144,12 @@ def inject(grad_output: Tensor | None, scale: float, out: Tensor, workspace) -> 
     first ``p`` columns, the rest 0."""
     T, B, width = out.shape
     lam = workspace.empty("displacements", (T + 1, B, width), out)
-    if grad_output is None or grad_output.shape[-1] != width:
-        lam.zero_()
+    if grad_output is not None and grad_output.shape[-1] == width:
+        lam[0].zero_()  # every other slot is written below
     else:
-        lam[0].zero_()
+        lam.zero_()
     if grad_output is not None:
-        torch.mul(grad_output, -scale, out=lam[1:, :, :grad_output.shape[-1]] if grad_output.shape[-1] != width
-                  else lam[1:])
+        torch.mul(grad_output, -scale, out=lam[1:, :, :grad_output.shape[-1]])
     return lam
 
 
