@@ -1,7 +1,7 @@
 """Building a run from its settings: the task, the device, the model, the optimizer and the loss.
 
 This module owns turning a :class:`~targetprop.training.config.TrainConfig` into the objects a
-:class:`~targetprop.training.trainer.Trainer` trains, and the seeding of what they draw at
+:class:`~targetprop.training.trainer.Trainer` trains (the optimizer's parameter groups included), and the seeding of what they draw at
 construction (the model's initialization comes from ``(seed, "init")``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from ..tasks.base import Task
 from ..tasks.registry import make_task
 from ..tasks.seeding import derived_generator, derived_seed
-from .config import DTYPES, TrainConfig
+from .config import DTYPES, LR_GROUPS, TrainConfig
 from .distributed import World, resolve_device
 from .models import SequenceModel
 
@@ -66,9 +66,33 @@ def to_run(batch, dtype: torch.dtype, device: torch.device):
     return x.to(device), y.to(device)
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` (with optional (Nesterov) momentum) or ``torch.optim.Adam``."""
+def param_groups(config: TrainConfig, model: SequenceModel) -> list[dict]:
+    """The optimizer's parameter groups: one group of every parameter at ``lr`` when no part has
+    its own step size (so such a run's checkpoints keep one group), else one group per part of
+    :data:`~targetprop.training.config.LR_GROUPS` (``name``: the setting), each at its own step
+    size or ``lr``, and any other parameter in a last group at ``lr``."""
+    if all(getattr(config, name) is None for name in LR_GROUPS):
+        return [{"params": list(model.parameters()), "lr": config.lr}]
+    parts = {"lr_recurrent": model.rnn, "lr_head": model.head}
+    groups, seen = [], set()
+    for name, module in parts.items():
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(map(id, params))
+        lr = getattr(config, name)
+        groups.append({"params": params, "lr": config.lr if lr is None else lr, "name": name})
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr": config.lr, "name": "lr"})
+    return groups
+
+
+def build_optimizer(config: TrainConfig, model: SequenceModel) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (with optional (Nesterov) momentum), ``torch.optim.Adam`` or
+    ``torch.optim.RMSprop`` (with optional momentum; alpha 0.99, torch's default), over
+    :func:`param_groups`; their other hyper-parameters are torch's defaults."""
+    groups = param_groups(config, model)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov)
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(groups, lr=config.lr)

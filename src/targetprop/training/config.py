@@ -34,7 +34,11 @@ from .models import MODELS
 from ..tasks.images import IMAGE_TASKS
 from ..tasks.registry import TASKS, _factory
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+#: the optimizers a momentum applies to (Nesterov's: SGD only)
+WITH_MOMENTUM = ("sgd", "rmsprop")
+#: the parameter groups that may take their own step size: setting → the model's part it steps
+LR_GROUPS = {"lr_recurrent": "recurrent layer", "lr_head": "head"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the kinds of setting: how a value is written on the command line and checked
 KINDS = ("choice", "count", "integer", "real", "switch", "text", "table")
@@ -159,9 +163,17 @@ class TrainConfig:
                                   "model", "table", entries=tuple(
         Entry(p.name, "real", f"{p.help} (layer default {p.default:g})")
         for p in (hyperparams.INVERSE_LR, hyperparams.INVERSE_NOISE)))
-    optimizer: str = setting("sgd", "the optimizer", "optimizer", "choice", choices=lambda: OPTIMIZERS)
+    optimizer: str = setting("sgd", "the optimizer, torch.optim's with its defaults: sgd, adam (betas 0.9, 0.999, "
+                                    "eps 1e-8), rmsprop (alpha 0.99, eps 1e-8, not centered)", "optimizer", "choice",
+                             choices=lambda: OPTIMIZERS)
     lr: float = setting(0.1, "step size (γ_θ for TP)", "optimizer", "real", bounds=(0.0, math.inf, True, True))
-    momentum: float = setting(0.0, "SGD momentum", "optimizer", "real", bounds=(0.0, 1.0, False, True))
+    lr_recurrent: float | None = setting(
+        None, "step size of the recurrent layer's parameters (every layer of a stack and both directions; the "
+              "model has no modules below the recurrent layer: the input feeds it directly)", "optimizer", "real",
+        bounds=(0.0, math.inf, True, True), optional=True, default_help="lr")
+    lr_head: float | None = setting(None, "step size of the head's parameters (the linear read-out)", "optimizer",
+                                    "real", bounds=(0.0, math.inf, True, True), optional=True, default_help="lr")
+    momentum: float = setting(0.0, "momentum (sgd, rmsprop)", "optimizer", "real", bounds=(0.0, 1.0, False, True))
     nesterov: bool = setting(False, "Nesterov momentum (SGD, with a positive momentum)", "optimizer", "switch")
     clip: float | None = setting(None, "clip the norm of all parameters' directions to this value each iteration",
                                  "optimizer", "real", bounds=(0.0, math.inf, True, True), optional=True,
@@ -201,8 +213,11 @@ class TrainConfig:
             raise ValueError("task_options: normalize='none' feeds raw pixel values (0-255), which saturate the "
                              "activation exactly in the first step, where TP's inverse is undefined (a NaN "
                              "direction at iteration 0); use normalize=scale (the default) or standardize, or rule bp")
-        if self.optimizer != "sgd" and (self.momentum or self.nesterov):
-            raise ValueError(f"momentum and nesterov apply to optimizer 'sgd', not {self.optimizer!r}")
+        if self.optimizer not in WITH_MOMENTUM and self.momentum:
+            raise ValueError(f"momentum applies to optimizer {' and '.join(map(repr, WITH_MOMENTUM))}, "
+                             f"not {self.optimizer!r}")
+        if self.optimizer != "sgd" and self.nesterov:
+            raise ValueError(f"nesterov applies to optimizer 'sgd', not {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs a positive momentum")
         try:
@@ -230,9 +245,12 @@ class TrainConfig:
 
     def method(self) -> str:
         """A short description of the method: the cell (when not the simple RNN), the rule, its
-        hyper-parameters and the optimizer."""
+        hyper-parameters and the optimizer (with the step sizes of parameter groups that have their own)."""
         cell = "" if self.cell == "rnn" else f"{self.cell} "
         opt = f"{self.optimizer} lr={self.lr:g}"
+        for name in LR_GROUPS:
+            if getattr(self, name) is not None:
+                opt += f" {name}={getattr(self, name):g}"
         if self.momentum:
             opt += f" {'nesterov' if self.nesterov else 'momentum'}={self.momentum:g}"
         if self.clip is not None:
