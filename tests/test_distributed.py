@@ -1,6 +1,10 @@
 """DistributedDataParallel on CPU (gloo over loopback): because TP writes its direction into
 ``.grad``, DDP's all-reduce (a mean over ranks) gives the same update as one process on the
-whole batch. Two spawned processes (once, for every rule) against one, bounded in time."""
+whole batch. Two spawned processes (once, for every rule) against one, bounded in time.
+
+For the rules whose step back in time is not linear in the displacement (difference, learned) this
+holds because each process scales its injection by its share of the batch (engine.injection_scale);
+the learned rule's reverse layer takes the step averaged over the processes."""
 import pytest
 import torch
 
@@ -8,12 +12,13 @@ from processes import max_rel_diff, spawn
 from targetprop import TPRNN, orthogonal_init_
 
 STEPS, B, T, D, P = 5, 8, 12, 3, 10
-RULES = ["linearized", "bp"]
+RULES = ["linearized", "bp", "difference", "learned"]
 
 
 def _model(rule):
     torch.manual_seed(0)
-    rnn = orthogonal_init_(TPRNN(D, P, batch_first=True, rule=rule, reg=1.0, target_step=0.1),
+    noise = {"inverse_noise": 0.0} if rule == "learned" else {}  # each process draws its own noise
+    rnn = orthogonal_init_(TPRNN(D, P, batch_first=True, rule=rule, reg=1.0, target_step=0.1, **noise),
                            torch.Generator().manual_seed(0))
     return torch.nn.ModuleDict({"rnn": rnn, "head": torch.nn.Linear(P, 4)}).double()
 
@@ -26,7 +31,7 @@ def _data():
 def _train(model, xs, ys, wrap):
     """SGD with momentum on a mean cross-entropy; returns the final state dict."""
     net = wrap(_Net(model))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for x, y in zip(xs, ys):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
@@ -67,6 +72,8 @@ def test_ddp_two_processes_equal_one_process(rule, ddp_parameters):
     single = _train(_model(rule), xs, ys, wrap=lambda net: net)
     worst = max_rel_diff(ddp_parameters[rule], single)
     print(f"DDP ({rule}): max relative parameter difference, 2 processes vs 1: {worst:.2e}")
-    assert worst < 1e-12, worst
+    # the difference formula subtracts two nearly equal inverses (a⁻¹(π(h+λ)) − a⁻¹(π(h))), which turns
+    # the last-bit differences of the two runs' loss gradients into relative ones of about 1e-11
+    assert worst < (1e-9 if rule == "difference" else 1e-12), worst
     moved = (single["rnn.weight_hh_l0"] - _model(rule).state_dict()["rnn.weight_hh_l0"]).abs().max()
     assert moved > 1e-4  # the recurrent weights really trained

@@ -132,9 +132,26 @@ def record(tape, settings: Settings, lam: Tensor) -> None:
             records.append(entry)
 
 
-def injection_scale(settings: Settings) -> float:
-    """``s`` of ``λ_t ← −s·g_t`` (eq. 1): ``γ_h``, or 1 for a rule whose displacements are BP's adjoints."""
-    return settings.target_step if settings.rule.makes_targets else 1.0
+def injection_scale(settings: Settings, shards: int = 1) -> float:
+    """``s`` of ``λ_t ← −s·g_t`` (eq. 1): ``γ_h``, or 1 for a rule whose displacements are BP's adjoints.
+
+    With the batch split over ``shards`` data-parallel processes, each process's loss is a mean
+    over its own shard, so its ``g_t`` is ``shards`` times the whole batch's for the same sequence;
+    ``γ_h / shards`` gives every sequence the displacement one process would give it (which
+    matters for the rules whose step back in time is not linear in λ: difference, learned, and
+    the projection by τ), and the backward multiplies its outputs by ``shards`` to undo the
+    all-reduce's mean over processes (:func:`data_parallel_shards`)."""
+    return settings.target_step / shards if settings.rule.makes_targets else 1.0
+
+
+def data_parallel_shards(settings: Settings) -> int:
+    """How many data-parallel processes share each batch: 1 for a rule that makes no targets
+    (BP's gradients are linear in the loss) or without an initialized ``torch.distributed``
+    process group, else the default group's world size (DDP and FSDP shard every batch over it)."""
+    dist = torch.distributed
+    if not settings.rule.makes_targets or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
 
 
 def inject(grad_output: Tensor | None, scale: float, out: Tensor, workspace) -> Tensor:

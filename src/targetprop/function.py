@@ -152,7 +152,8 @@ def _backward(ctx, grad_out, grad_hn):
     h0, params, outs, inputs, extras, masks = _unpack(ctx, L, D)
     needs = ctx.needs_input_grad[6:]
     rule = settings.rule
-    scale = engine.injection_scale(settings)
+    shards = engine.data_parallel_shards(settings)
+    scale = engine.injection_scale(settings, shards)
     workspace = ctx.workspace if ctx.workspace is not None else engine.Workspace()
     valid = None if steps.lengths is None else steps.valid.to(h0.dtype)
     grad_x, grad_h0 = None, (torch.zeros_like(h0) if needs[1] else None)
@@ -194,6 +195,10 @@ def _backward(ctx, grad_out, grad_hn):
             if "input" in got:
                 gi = steps.reverse(got["input"]) if d else got["input"]
                 grad_x = gi if grad_x is None else grad_x.add_(gi)
+    if shards > 1:  # each process's share of a sum over the whole batch (engine.injection_scale)
+        for g in (grad_x, grad_h0, *grads):
+            if g is not None:
+                g.mul_(shards)
     if settings.signal_below == "gradient" and rule.makes_targets:
         # eq. 3's input and h0 gradients are those of γ_h-sized target losses: handed below in BP's units
         for g in (grad_x, grad_h0):
