@@ -2,12 +2,24 @@
 
 pytest puts this folder on ``sys.path`` (rootdir-relative "prepend" imports: tests/ is not a
 package), so test modules import the shared non-test modules here (helpers, problems,
-processes, datafiles, reference) by name; no test module imports another.
+processes, datafiles, reference, cases) by name; no test module imports another. Which tests run
+on this machine (compiled loops, CUDA, Triton) is decided in helpers.py.
 """
 import pytest
 import torch
 
-from helpers import WORST
+from helpers import WORST, require
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*what): skipped unless this machine has each of what "
+                                       "('cpp', 'cuda', 'triton'; helpers.REQUIREMENTS)")
+
+
+def pytest_runtest_setup(item):
+    """The marks of helpers.needs, decided in one place (helpers.missing)."""
+    for mark in item.iter_markers("needs"):
+        require(*mark.args)
 
 
 @pytest.fixture(autouse=True)

@@ -6,11 +6,11 @@ gradient ``g_t`` (``C_t``, plus ``C_n`` at t = T).
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import reference
-from targetprop import TPGRU, TPRNN, kernels
+from helpers import require
+from targetprop import TPGRU, TPRNN
 
 D64 = torch.float64
 BACKENDS = ["torch", "cpp"]  # the pure-PyTorch path and the compiled loops
@@ -73,9 +73,9 @@ def reference_run(layer, x, h0, C, Cn, rule=None) -> dict:
 
 def use_backend(layer, backend: str):
     """Set ``layer.backend`` (if a layer is given); skip the test when the compiled loops do not build
-    on this machine."""
-    if backend == "cpp" and kernels.load() is None:
-        pytest.skip("the compiled loops do not build here")
+    on this machine (helpers.require)."""
+    if backend == "cpp":
+        require("cpp")
     if layer is not None:
         layer.backend = backend
     return layer
