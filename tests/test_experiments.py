@@ -1,6 +1,6 @@
 """Experiment files (``targetprop/configs/fig*.toml``), ``targetprop reproduce`` and ``targetprop tune``:
 every panel parses and names valid settings, its short budget runs end to end on tiny data (generated
-IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss."""
+IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss or by late test accuracy."""
 import json
 import math
 import os
@@ -11,7 +11,9 @@ from helpers import cli_fails
 
 from datafiles import random_cifar, random_mnist, write_cifar, write_mnist
 from targetprop.experiments import pipeline, reports, specs, tuning
+from targetprop.argtypes import key_value
 from targetprop.cli import main
+from targetprop.training import rundir
 from targetprop.training.trainer import Trainer
 
 PANELS = specs.panel_names()
@@ -281,3 +283,103 @@ def test_tune_heat_map_title_leaves_out_the_swept_settings():
                          "target_step": 0.01, "iterations": 500}, ["lr", "reg"])
     assert "γh=0.01" in title and "r=10" not in title and "lr=0.1" not in title
     assert title.endswith("500 iterations; grid: lr × reg (blank: diverged)")
+
+
+# ---------------------------------------------------------------------------- tune: selection by late accuracy
+
+# lr=0.1 learns fastest (the smallest area, the best-ever accuracy) and collapses in its last
+# evaluations; lr=0.01 learns slower and holds; lr=1 "diverged" after reaching the highest accuracy.
+COLLAPSE = {0.1: ([2.0, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.6, 0.7], [0.5, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.3, 0.2]),
+            0.01: ([2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.7, 0.7], [0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.9, 0.9, 0.9]),
+            1: ([2.0, 0.1, 0.1], [0.5, 1.0, 1.0])}
+TUNE_SETTINGS = ["task=adding", "length=10", "iterations=80", "eval_every=10", "rule=bp"]
+
+
+def fake_finished_run(job, losses, accuracies, status="completed", every=10):
+    """The files of a finished run of ``job``'s settings (reused as they are by the runner)."""
+    job.out.mkdir(parents=True)
+    rundir.write_config(job.out, job.config.to_dict(), checkpoint_every=0, environment={})
+    rows = ["iteration,time,batch_loss,train_loss,train_accuracy,test_loss,test_accuracy,wall_time"]
+    rows += [f"{i * every},0,0,{loss},0,0,{acc},0" for i, (loss, acc) in enumerate(zip(losses, accuracies))]
+    (job.out / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = {"status": status, "iterations": (len(losses) - 1) * every, "label": job.config.describe(),
+               "final_test_accuracy": accuracies[-1], "best_test_accuracy": max(accuracies), "best_at": 0,
+               "iteration_to_100": None, "train_time": 0.0, "wall_time": 0.0}
+    rundir.write_summary(job.out, summary)
+
+
+def fake_collapse_grid(out):
+    base = dict(key_value(text) for text in TUNE_SETTINGS)  # as tune --set reads them
+    axis = tuning.parse_axis("lr=0.01,0.1,1")
+    _, jobs = tuning.plan(base, [axis], out)
+    for (lr, _), (job,) in jobs.items():
+        losses, accuracies = COLLAPSE[lr]
+        fake_finished_run(job, losses, accuracies, status="diverged" if lr == 1 else "completed")
+    grid, jobs = tuning.plan(base, [axis], out)  # checked again: every run is now finished
+    assert all(job.decision.state == "finished" for (job,) in jobs.values())
+    return grid, jobs
+
+
+def test_late_accuracy_is_the_mean_of_the_last_quarter_of_the_evaluations(tmp_path):
+    _, jobs = fake_collapse_grid(tmp_path)
+    runs = {lr: job.out for (lr, _), (job,) in jobs.items()}
+    assert reports.late_accuracy(runs[0.1]) == pytest.approx((0.95 + 0.3 + 0.2) / 3)  # 9 rows: the last 3
+    assert reports.late_accuracy(runs[0.01]) == pytest.approx(0.9)
+    assert reports.late_accuracy(runs[1]) is None  # diverged
+
+
+@pytest.mark.parametrize("rule, chosen", [("loss-auc", 0.1), ("accuracy", 0.01)])
+def test_the_selection_rules_on_a_run_that_collapses_late(rule, chosen, tmp_path):
+    grid, jobs = fake_collapse_grid(tmp_path)
+    cells, best = tuning.tune(grid, jobs, selection=reports.SELECTIONS[rule])  # every run reused
+    assert best["lr"] == chosen and best["select"] == rule
+    assert best["late_accuracy"] == pytest.approx(reports.late_accuracy(tmp_path / f"lr={chosen}"))
+    assert cells[(1, None)]["run"] is None  # the diverged run is never selected, by either rule
+
+
+def test_equal_late_accuracies_are_broken_by_the_smaller_area(tmp_path):
+    fake_run(tmp_path / "slow", [2.0, 2.0, 1.0, 0.0])
+    fake_run(tmp_path / "fast", [2.0, 1.0, 0.0, 0.0])  # both: test accuracy 0 throughout
+    runs = {"slow": tmp_path / "slow", "fast": tmp_path / "fast"}
+    assert reports.select(runs, reports.SELECTIONS["accuracy"]) == "fast"
+    assert reports.select({"gone": fake_run(tmp_path / "gone", [1.0, 0.0], status="failed")},
+                          reports.SELECTIONS["accuracy"]) is None
+
+
+def test_tune_select_accuracy_writes_the_rule_and_the_late_accuracies(tmp_path, capsys):
+    out = tmp_path / "tune"
+    fake_collapse_grid(out)
+    args = ["tune", *(a for t in TUNE_SETTINGS for a in ("--set", t)), "--grid", "lr=0.01,0.1,1", "--out", str(out)]
+    assert main([*args, "--select", "accuracy", "--quiet"]) == 0
+    best = json.loads((out / "best.json").read_text())
+    assert (best["lr"], best["select"], best["late_accuracy"]) == (0.01, "accuracy", pytest.approx(0.9))
+    text = (out / "tune.md").read_text()
+    assert text.startswith("selected by accuracy: the highest test accuracy averaged over the last quarter")
+    assert "never selected" in text
+    assert "| late test accuracy | 90.00% * | 48.33% | diverged |" in text
+    assert "| loss AUC | 81.5 * | 44.5 | diverged |" in text  # the selected cell starred in both tables
+    assert text in capsys.readouterr().out
+    assert main([*args, "--quiet"]) == 0  # the default rule: the same runs, the smallest area
+    assert json.loads((out / "best.json").read_text())["lr"] == 0.1
+    assert (out / "tune.md").read_text().startswith("selected by loss-auc: the smallest area")
+
+
+def test_tune_select_is_checked_and_explained(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--grid", "lr=1,2", "--select", "best"])
+    assert exit_info.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "last quarter of the evaluated iterations" in " ".join(capsys.readouterr().out.split())
+
+
+def test_tune_select_accuracy_draws_the_late_accuracies(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", "--set", "task=adding", "--set", "length=10", "--set", "iterations=8", "--set",
+                 "eval_every=2", "--set", "rule=linearized", "--set", "target_step=0.1", "--set", "tol=1e-6",
+                 "--grid", "lr=1e-2,1e-1", "--grid", "reg=0.1,10", "--select", "accuracy", "--out", str(out),
+                 "--quiet"]) == 0
+    best = json.loads((out / "best.json").read_text())
+    late = {(x, y): reports.late_accuracy(out / f"lr={x},reg={y}") for x in (1e-2, 1e-1) for y in (0.1, 10)}
+    assert best["late_accuracy"] == max(late.values()) and late[(best["lr"], best["reg"])] == max(late.values())
+    assert (out / "heatmap.png").stat().st_size > 10_000

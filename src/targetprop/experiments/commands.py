@@ -25,6 +25,9 @@ from . import pipeline, reports, specs, tuning
 from .runner import RunRefused, Stopped, task_for
 
 EXIT_INCOMPLETE = 1
+#: tune's heat map of the metric it selects by: its caption and how it is coloured
+HEATMAPS = {"auc": ("area under the training loss", "auc"),
+            "late_accuracy": ("test accuracy, mean of the last quarter of the evaluations", "accuracy")}
 REUSE_HELP = ("The same command reuses finished runs in OUT that have the same settings (nothing is trained "
               "again) and continues unfinished ones from their newest checkpoint; a run with other settings "
               "is refused unless --overwrite.")
@@ -233,10 +236,12 @@ def _reproduce(args, parser) -> int:
 
 
 def _add_tune(sub) -> None:
-    p = sub.add_parser("tune", help="grid search over one or two settings, selected by area under the loss",
-                       description="Run a one- or two-axis grid over settings, print the table of areas under "
-                                   "the training-loss curve, write OUT/best.json (the selected settings), "
-                                   "OUT/tune.md and, for two axes, a heat map OUT/heatmap.png (Fig. 6a).")
+    p = sub.add_parser("tune", help="grid search over one or two settings, selected by area under the loss "
+                                    "or by late test accuracy",
+                       description="Run a one- or two-axis grid over settings, print the rule and the tables of "
+                                   "what it selects by (and of the areas under the training-loss curve), write "
+                                   "OUT/best.json (the selected settings), OUT/tune.md and, for two axes, a "
+                                   "heat map OUT/heatmap.png (Fig. 6a). Runs never stop early on accuracy.")
     p.add_argument("--panel", help="start from this panel's settings (default: the task defaults)")
     p.add_argument("--method", help="the panel's method to start from (default: its first)")
     p.add_argument("--budget", choices=specs.BUDGETS, default="short",
@@ -247,6 +252,10 @@ def _add_tune(sub) -> None:
     p.add_argument("--grid", action="append", required=True, metavar="KEY=LO:HI[:N]|KEY=V1,V2,…",
                    type=tuning.parse_axis,
                    help="an axis: a log grid from LO to HI (one point per decade, or N points) or a list")
+    p.add_argument("--select", choices=list(reports.SELECTIONS), default="loss-auc",
+                   help="how the setting is selected: " + "; ".join(
+                       f"{name}: {s.rule}" for name, s in reports.SELECTIONS.items())
+                        + f"; {reports.SELECTION_NOTE} (default: loss-auc)")
     p.add_argument("--title", help="the heat map's title (default: from the task and iterations)")
     _common_options(p, "output folder (default runs/tune)", "replace runs in OUT that have other settings")
     p.set_defaults(handler=_tune, subparser=p)
@@ -256,6 +265,7 @@ def _tune(args, parser) -> int:
     from . import plotting
 
     out = args.out or Path("runs/tune")
+    selection = reports.SELECTIONS[args.select]
     try:
         base = {}
         if args.panel:
@@ -271,21 +281,22 @@ def _tune(args, parser) -> int:
         parser.error(str(err))
     with _echo_log():
         try:
-            cells, best = tuning.tune(grid, jobs, progress=wants_progress(args))
+            cells, best = tuning.tune(grid, jobs, selection=selection, progress=wants_progress(args))
         except Stopped as err:
             return _interrupted(parser, err)
         except RunRefused as err:
             parser.error(str(err))
-    text = tuning.tune_table(grid, cells, best)
+    text = tuning.tune_report(grid, cells, best, selection)
     print(text)
-    print("best:", json.dumps(best) if best else "none (every run diverged)")
+    print("best:", json.dumps(best) if best else "none (every run diverged or failed)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.md").write_text(text + "\n", encoding="utf-8")
     (out / "best.json").write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
     if "y" in grid:
-        png = plotting.plot_heatmaps({"area under the training loss": reports.grid_matrix(cells, grid, "auc")},
+        shown = HEATMAPS[selection.metric]
+        png = plotting.plot_heatmaps({shown[0]: reports.grid_matrix(cells, grid, selection.metric)},
                                      grid["x_values"], grid["y_values"], out / "heatmap.png",
-                                     xlabel=grid["x"], ylabel=grid["y"], metric="auc",
+                                     xlabel=grid["x"], ylabel=grid["y"], metric=shown[1],
                                      title=args.title or tuning.tune_title(base, [key for key, _ in args.grid]))
         print(f"heat map: {png}")
     return 0 if best else EXIT_INCOMPLETE

@@ -3,15 +3,17 @@
 This module owns the one results row (:data:`RESULT_COLUMNS`, :func:`result_cells`; its tables
 are written by :func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce``
 print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
-``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the area under
-a run's training-loss curve by which grids and ``tune`` select (:func:`loss_auc`, as the paper
-does for Fig. 6a). Runs are read through :mod:`targetprop.training.rundir`.
+``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the rules by
+which grids and ``tune`` select a run (:data:`SELECTIONS`, :func:`select`): by the area under its
+training-loss curve (:func:`loss_auc`, as the paper does for Fig. 6a) or by its late test
+accuracy (:func:`late_accuracy`). Runs are read through :mod:`targetprop.training.rundir`.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 from .. import markdown
 from ..training import rundir
@@ -97,6 +99,64 @@ def best_by_auc(aucs: dict) -> object | None:
     return min(finite, key=finite.get) if finite else None
 
 
+LATE_FRACTION = 0.25  # late_accuracy: the share of a run's evaluations it averages, the last ones
+
+
+def late_accuracy(run: str | Path) -> float | None:
+    """The mean test accuracy over the last quarter of a completed run's evaluations (its last
+    ``ceil(n / 4)`` metrics rows of ``n``; the final one at least): unlike the best value, it shows
+    a run that collapsed late in its budget. None when the run diverged, failed or is unfinished,
+    or an accuracy there is not finite."""
+    summary = rundir.read_summary(run)
+    if summary is None or summary["status"] != "completed":
+        return None
+    accuracy = rundir.read_metrics(run)["test_accuracy"]
+    late = accuracy[-math.ceil(len(accuracy) * LATE_FRACTION):] if accuracy else []
+    return sum(late) / len(late) if late and all(math.isfinite(a) for a in late) else None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A rule choosing one run among several (``tune --select``, a grid cell's ``[grid.select]``).
+
+    ``rank(run)``: the run's sort key, smaller first; None for a run that is never selected.
+    ``rule``: the rule in words (the command's help, ``tune.md``). ``metric``: the key of the
+    cells of :func:`~targetprop.experiments.runner.run_cells` it ranks by first (the tables and
+    heat map show it)."""
+
+    name: str
+    rule: str
+    metric: str
+    rank: Callable[[Path], tuple | None]
+
+
+def _rank_by_auc(run: Path) -> tuple | None:
+    auc = loss_auc(run)
+    return (auc,) if math.isfinite(auc) else None
+
+
+def _rank_by_late_accuracy(run: Path) -> tuple | None:
+    accuracy, auc = late_accuracy(run), loss_auc(run)
+    return (-accuracy, auc) if accuracy is not None and math.isfinite(auc) else None
+
+
+SELECTIONS = {s.name: s for s in (
+    Selection("loss-auc", "the smallest area under the training-loss curve (trapezoid over the evaluated "
+                          "iterations)", "auc", _rank_by_auc),
+    Selection("accuracy", "the highest test accuracy averaged over the last quarter of the evaluated iterations "
+                          "(which shows a collapse late in the budget, unlike the best-ever value), ties broken by "
+                          "the smaller area under the training-loss curve", "late_accuracy", _rank_by_late_accuracy),
+)}
+SELECTION_NOTE = "runs that diverged, failed or did not finish are never selected"
+
+
+def select(runs: dict, selection: Selection) -> object | None:
+    """The key of ``runs`` (key → run folder) whose run ``selection`` ranks first; None when it
+    selects none of them (every run diverged or failed). Equal ranks: the first key."""
+    ranks = {key: rank for key, run in runs.items() if (rank := selection.rank(Path(run))) is not None}
+    return min(ranks, key=ranks.get) if ranks else None
+
+
 def percent(value: float | None) -> str:
     return NOT_RUN if value is None else f"{value:.1%}"
 
@@ -127,13 +187,14 @@ def budget_label(budget: str, overrides: dict | None) -> str:
 
 
 def grid_matrix(cells: dict, grid: dict, metric: str) -> list[list[float]]:
-    """Rows over y, columns over x, of ``metric`` (NaN where the cell diverged: blank in the plot)."""
+    """Rows over y, columns over x, of the cells' ``metric`` (``auc``, ``accuracy``: final,
+    ``late_accuracy``; NaN where the cell diverged: blank in the plot)."""
     rows = []
     for y in grid.get("y_values") or [None]:
         row = []
         for x in grid["x_values"]:
             c = cells[(x, y)]
-            value = c["auc"] if metric == "auc" else c["accuracy"]
+            value = c.get(metric)
             row.append(math.nan if value is None or not math.isfinite(value) or c["run"] is None else value)
         rows.append(row)
     return rows

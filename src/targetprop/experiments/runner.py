@@ -5,8 +5,8 @@ does with its folder before any run starts (:func:`check_jobs`, once per run), t
 reuse a finished run with the same settings as it is (nothing is built or trained), continue an
 unfinished one from its newest checkpoint, start an empty one, and refuse a folder holding other
 settings unless ``overwrite`` (which starts the run over). It also owns grids of runs
-(:func:`grid_jobs`, :func:`run_cells`) and the selection in each cell by the area under the
-training-loss curve (:func:`targetprop.experiments.reports.loss_auc`). Training is
+(:func:`grid_jobs`, :func:`run_cells`) and the selection in each cell, by default by the area
+under the training-loss curve (:data:`targetprop.experiments.reports.SELECTIONS`). Training is
 :class:`targetprop.training.trainer.Trainer`'s; the run folder is
 :mod:`targetprop.training.rundir`'s. What happens to each run is logged (logger
 ``targetprop.experiments.runner``, level INFO): the commands print it.
@@ -25,7 +25,7 @@ from ..training.config import TrainConfig
 from ..training.build import build_task
 from ..training.trainer import Trainer
 from . import specs
-from .reports import best_by_auc, loss_auc, summary_line
+from .reports import SELECTIONS, Selection, late_accuracy, loss_auc, select, summary_line
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,18 @@ def grid_jobs(base: dict, grid: dict, out: Path) -> dict[tuple, list[Job]]:
     return cells
 
 
-def run_cells(jobs: dict[tuple, list[Job]], *, progress: bool = False) -> dict:
-    """Run the checked jobs of :func:`grid_jobs`; per cell the best of ``[grid.select]`` by area.
-    Returns ``{(x, y): {"auc", "accuracy", "run", "status"}}`` (auc ``inf`` when every run of the
-    cell diverged; ``run`` is the selected run's folder or None)."""
+def run_cells(jobs: dict[tuple, list[Job]], *, progress: bool = False,
+              selection: Selection = SELECTIONS["loss-auc"]) -> dict:
+    """Run the checked jobs of :func:`grid_jobs`; per cell the run of ``[grid.select]`` that
+    ``selection`` picks (by default the smallest area). Returns ``{(x, y): {"auc", "accuracy",
+    "late_accuracy", "run", "status"}}`` of the selected run (auc ``inf``, run None, accuracies None
+    when the cell has none: every run of it diverged or failed; ``accuracy``: the final one)."""
     cells = {}
     for key, cell in jobs.items():
         summaries = {job.out: run_job(job, progress=progress) for job in cell}
-        aucs = {run: loss_auc(run) for run in summaries}
-        best = best_by_auc(aucs)
-        cells[key] = {"auc": aucs[best] if best else math.inf, "run": best,
+        best = select({run: run for run in summaries}, selection)
+        cells[key] = {"auc": loss_auc(best) if best else math.inf, "run": best,
                       "accuracy": summaries[best]["final_test_accuracy"] if best else None,
+                      "late_accuracy": late_accuracy(best) if best else None,
                       "status": summaries[best]["status"] if best else "diverged"}
     return cells

@@ -1,8 +1,10 @@
 """``targetprop tune``: a one- or two-axis grid search over settings, selected by the area under
-the training-loss curve (as the paper does for Fig. 6a).
+the training-loss curve (as the paper does for Fig. 6a; ``--select loss-auc``, the default) or by
+the test accuracy late in the budget (``--select accuracy``); the rules are
+:data:`targetprop.experiments.reports.SELECTIONS`.
 
 This module owns the grid's axes (:func:`parse_axis`), the search (:func:`plan`, :func:`tune`)
-and what it reports (:func:`tune_table`, the heat map's title); running the grid's runs is
+and what it reports (:func:`tune_report`, :func:`tune_table`, the heat map's title); running the grid's runs is
 :mod:`targetprop.experiments.runner`'s, the command's wiring :mod:`targetprop.experiments.commands`'.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from .. import markdown
 from ..argtypes import key_value
 from ..training.config import TrainConfig
-from .reports import best_by_auc
+from .reports import SELECTION_NOTE, SELECTIONS, Selection, select
 from .runner import check_jobs, grid_jobs, run_cells
 
 
@@ -50,30 +52,50 @@ def plan(base: dict, axes: list[tuple[str, list]], out: Path, *, overwrite: bool
     return grid, jobs
 
 
-def tune(grid: dict, jobs: dict, *, progress: bool = False) -> tuple[dict, dict]:
+def tune(grid: dict, jobs: dict, *, selection: Selection = SELECTIONS["loss-auc"],
+         progress: bool = False) -> tuple[dict, dict]:
     """Run the planned grid (:func:`plan`); return ``(cells, best)`` where ``best`` holds the
-    selected settings, its area and run (``{}`` if every run diverged)."""
-    cells = run_cells(jobs, progress=progress)
-    best_cell = best_by_auc({k: c["auc"] for k, c in cells.items()})
+    settings ``selection`` picks, its area, its late accuracy, its run and the rule's name
+    (``{}`` if every run diverged or failed)."""
+    cells = run_cells(jobs, progress=progress, selection=selection)
+    best_cell = select({k: c["run"] for k, c in cells.items() if c["run"] is not None}, selection)
     best = {}
     if best_cell is not None:
+        chosen = cells[best_cell]
         best = {grid["x"]: best_cell[0], **({grid["y"]: best_cell[1]} if "y" in grid else {}),
-                "auc": cells[best_cell]["auc"], "run": str(cells[best_cell]["run"])}
+                "auc": chosen["auc"], "late_accuracy": chosen["late_accuracy"], "run": str(chosen["run"]),
+                "select": selection.name}
     return cells, best
 
 
-def tune_table(grid: dict, cells: dict, best: dict) -> str:
-    """Markdown table of the grid's areas (rows over y), the selected cell starred."""
+#: how the tables name the cells' metrics, and write their values
+METRIC_NAMES = {"auc": "loss AUC", "late_accuracy": "late test accuracy"}
+_FORMATS = {"auc": "{:.4g}", "late_accuracy": "{:.2%}"}
+
+
+def tune_table(grid: dict, cells: dict, best: dict, metric: str = "auc") -> str:
+    """Markdown table of the grid's ``metric`` (rows over y), the selected cell starred."""
     corner = f"{grid.get('y', '')} \\ {grid['x']}" if "y" in grid else grid["x"]
     rows = []
     for y in grid.get("y_values") or [None]:
-        row = [str(y) if y is not None else "loss AUC"]
+        row = [str(y) if y is not None else METRIC_NAMES[metric]]
         for x in grid["x_values"]:
-            auc = cells[(x, y)]["auc"]
+            cell = cells[(x, y)]
             chosen = best and best.get(grid["x"]) == x and (y is None or best.get(grid.get("y")) == y)
-            row.append("diverged" if not math.isfinite(auc) else f"{auc:.4g}{' *' if chosen else ''}")
+            value = cell[metric]
+            row.append("diverged" if cell["run"] is None or value is None or not math.isfinite(value)
+                       else f"{_FORMATS[metric].format(value)}{' *' if chosen else ''}")
         rows.append(row)
     return markdown.table([corner, *(_tick(x) for x in grid["x_values"])], rows)
+
+
+def tune_report(grid: dict, cells: dict, best: dict, selection: Selection) -> str:
+    """What ``tune`` prints and writes to ``tune.md``: the rule, then a table of the metric it
+    selects by and, when that is not the area, a table of the area (its tie-break)."""
+    metrics = list(dict.fromkeys([selection.metric, "auc"]))
+    rule = f"selected by {selection.name}: {selection.rule}; {SELECTION_NOTE} (* the selected setting)."
+    tables = [f"{METRIC_NAMES[m]}:\n\n{tune_table(grid, cells, best, m)}" for m in metrics]
+    return "\n\n".join([rule, *tables])
 
 
 def _tick(value) -> str:
