@@ -219,3 +219,88 @@ def test_compare_runs_a_grid_file_like_a_grid_panel(tmp_path, capsys):
     assert rows[1] == "| tp lr=1000000.0 |  | diverged | " + " | ".join(["n/a"] * 8) + " |"  # no run selected
     assert "not completed: tp lr=1000000.0 (diverged)" in printed
     assert (tmp_path / "runs" / "grid.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ---------------------------------------------------------------------------- compare over seeds
+
+SEEDED = """
+plot = "c.png"
+[common]
+task = "temporal-order"
+length = 10
+hidden_size = 8
+iterations = 20
+eval_every = 10
+test_size = 50
+seed = 3
+rule = "bp"
+[methods.sgd]
+lr = 1e-2
+momentum = 0.9
+nesterov = true
+[methods.adam]
+optimizer = "adam"
+lr = 1e-2
+"""
+
+
+def test_compare_over_seeds_runs_each_seed_in_its_folder_and_shows_the_mean(tmp_path, capsys):
+    config = tmp_path / "seeded.toml"
+    config.write_text(SEEDED)
+    runs = tmp_path / "runs"
+    argv = ["compare", str(config), "--out", str(runs), "--seed", "1", "--seed", "2,5,2", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for method in ("sgd", "adam"):
+        finals = []
+        for seed in (1, 2, 5):
+            saved = json.loads((runs / f"{method}-seed{seed}" / "config.json").read_text())["config"]
+            assert (saved["seed"], saved["label"]) == (seed, f"{method} seed {seed}")
+            finals.append(json.loads((runs / f"{method}-seed{seed}" / "summary.json").read_text())
+                          ["final_test_accuracy"])
+        assert not (runs / method).exists()
+        mean = sum(finals) / 3
+        sd = (sum((f - mean) ** 2 for f in finals) / 2) ** 0.5
+        (row,) = [line for line in printed.splitlines() if line.startswith(f"| {method} mean |")]
+        assert f"| completed 3/3 | 20 | {mean:.1%} ± {sd:.1%} |" in row
+    names = [line.split(" | ")[0][2:] for line in printed.splitlines() if line.startswith("| sgd") or
+             line.startswith("| adam")]
+    assert names == ["sgd seed 1", "sgd seed 2", "sgd seed 5", "sgd mean",
+                     "adam seed 1", "adam seed 2", "adam seed 5", "adam mean"]
+    assert (runs / "comparison.md").read_text().count("\n") == 10
+    assert (runs / "c.png").read_bytes()[:8] == PNG_MAGIC
+    assert main(argv) == 0  # the same command reuses all six runs
+    assert capsys.readouterr().out.count("already holds this run") == 6
+
+
+def test_the_mean_row_counts_the_runs_that_reached_100_percent_and_ended_how(tmp_path):
+    def fake(name, status, final, reached, losses):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"config": {"rule": "bp", "lr": 0.01}}))
+        rows = ["iteration,time,batch_loss,train_loss,train_accuracy,test_loss,test_accuracy,wall_time"]
+        rows += [f"{i * 10},0,0,{loss},0,0,0,0" for i, loss in enumerate(losses)]
+        (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+        (folder / "summary.json").write_text(json.dumps(
+            {"status": status, "iterations": 20, "final_test_accuracy": final, "best_test_accuracy": final,
+             "best_at": 20, "iteration_to_100": reached, "train_time": 2.0, "wall_time": 4.0,
+             "environment": {"threads": 1}}))
+        return folder
+
+    runs = [fake("a", "completed", 1.0, 10, [2.0, 1.0, 0.0]), fake("b", "completed", 0.5, None, [2.0, 2.0, 2.0]),
+            fake("c", "diverged", 0.0, None, [2.0, 9.0])]
+    cells = reports.mean_cells(runs)
+    assert cells == ["bp, sgd lr=0.01", "completed 2/3, diverged 1/3", "20", "50.0% ± 50.0%", "50.0%",
+                     "10 (1 of 3)", "30 (2 of 3)", "2 s", "4 s", "1"]
+
+
+def test_compare_seed_is_checked(tmp_path, capsys):
+    config = tmp_path / "seeded.toml"
+    config.write_text(SEEDED)
+    for bad in ("-1", "1,x", ""):
+        fails(["compare", str(config), "--seed", bad], capsys, "--seed", "seed")
+    grid = tmp_path / "grid.toml"
+    grid.write_text('kind = "grid"\n[grid]\nx = "lr"\nx_values = [0.1]\n' + SEEDED.replace('plot = "c.png"\n', ""))
+    fails(["compare", str(grid), "--seed", "1", "--out", str(tmp_path / "runs")], capsys,
+          "seeds apply to a curves file, not a grid")
+    assert not (tmp_path / "runs").exists()

@@ -29,6 +29,15 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seeds(text: str) -> list[int]:
+    """``N`` or ``N,M,…``: non-negative integers (seeds)."""
+    try:
+        return [non_negative_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a seed or a comma-separated list of seeds (non-negative "
+                                         f"integers), got {text!r}") from None
+
+
 def factor(text: str) -> float | str:
     """A number, or ``none`` (kept as the string "none": the setting unset)."""
     if text.lower() == "none":

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..argtypes import key_value, positive_int, wants_progress
+from ..argtypes import key_value, positive_int, seeds, wants_progress
 from ..training import distributed, rundir, threads
 from . import pipeline, reports, specs, tuning
 from .runner import RunRefused, Stopped, task_for
@@ -93,6 +93,10 @@ def _add_compare(sub) -> None:
     p.add_argument("--plot", type=Path, metavar="PNG",
                    help="draw the curves there (default: the file's `plot`, inside the output directory)")
     p.add_argument("--iterations", type=positive_int, help="override every method's iterations")
+    p.add_argument("--seed", action="append", type=seeds, metavar="N[,N…]",
+                   help="run every method once per seed, into OUT/METHOD-seedN (labelled METHOD seed N); the "
+                        "table shows each seed and the mean per method (repeatable, or a list: --seed 1,2,3; "
+                        "curves files only; default: the file's seed, one run per method in OUT/METHOD)")
     _common_options(p, "directory of the runs (default: the file's `out`, else runs/NAME)",
                     "replace runs with different settings, and run finished ones again")
     p.set_defaults(handler=_compare, subparser=p)
@@ -102,11 +106,12 @@ def _compare(args, parser) -> int:
     if distributed.environment() is not None:
         parser.error("compare runs in one process; under torchrun, train one run at a time with train")
     overrides = {"iterations": args.iterations} if args.iterations else {}
+    seed_list = list(dict.fromkeys(seed for given in args.seed or [] for seed in given))
     try:
         table = specs.load_comparison(args.config)
         configs = specs.configs(table, None, overrides)
         out = args.out or Path(table.get("out", Path("runs") / table["name"]))
-        planned = pipeline.plan(table, None, out, overrides=overrides, overwrite=args.overwrite)
+        planned = pipeline.plan(table, None, out, overrides=overrides, seeds=seed_list, overwrite=args.overwrite)
         missing = pipeline.missing_data(table, None, overrides)
         if missing:
             raise ValueError(f"data not available ({missing})")
@@ -121,7 +126,7 @@ def _compare(args, parser) -> int:
             return _interrupted(parser, err)
         except RunRefused as err:
             parser.error(str(err))
-    text = reports.results_table(["method"], [([name], run) for name, run in outcome.rows])
+    text = reports.results_table(["method"], [([name], run) for name, run in outcome.table_rows()])
     print(text)
     bad = reports.not_completed(outcome.summaries.items())
     if bad:
@@ -130,7 +135,8 @@ def _compare(args, parser) -> int:
     plot = args.plot or (out / table["plot"] if table.get("plot") else None)
     if plot:
         first = next(iter(configs.values()))
-        title = table.get("title") or f"{first.task}, T={task_for(first).length}, seed {first.seed}"
+        seeding = f"seeds {', '.join(map(str, seed_list))}" if seed_list else f"seed {first.seed}"
+        title = table.get("title") or f"{first.task}, T={task_for(first).length}, {seeding}"
         print(f"curves: {pipeline.draw(table, None, out, outcome, plot, title=title, detailed=True)}")
     return 0
 

@@ -2,8 +2,8 @@
 ``reproduce`` both do.
 
 This module owns one file's methods as runs in a folder, first checked (:func:`plan`: a
-``curves`` file one run per method in ``OUT/METHOD``, a ``grid`` file one folder of cells per
-method), then run or reused (:func:`execute`), its picture (:func:`draw`), and a figure panel
+``curves`` file one run per method in ``OUT/METHOD``, or per method and seed in
+``OUT/METHOD-seedN``, a ``grid`` file one folder of cells per method), then run or reused (:func:`execute`), its picture (:func:`draw`), and a figure panel
 end to end (:func:`plan_panel`, :func:`reproduce`: runs, PNG, rows appended to ``results.md``).
 The files are :mod:`~targetprop.experiments.specs`'; running or reusing each run is
 :mod:`~targetprop.experiments.runner`'s; rows are :mod:`~targetprop.experiments.reports`'. What
@@ -11,6 +11,7 @@ it does is logged (logger ``targetprop.experiments.pipeline``, level INFO): the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,33 +29,63 @@ log = logging.getLogger(__name__)
 @dataclass
 class Planned:
     """An experiment file's runs, checked and not yet run (:func:`plan`): per method, a
-    ``curves`` file's :class:`~targetprop.experiments.runner.Job`, a ``grid`` file's jobs per cell."""
+    ``curves`` file's :class:`~targetprop.experiments.runner.Job`, a ``grid`` file's jobs per cell;
+    over seeds, per method and seed a ``curves`` file's job (named ``METHOD seed N``), grouped
+    per method in ``seeds``."""
 
     table: dict
     budget: str | None
     out: Path
     jobs: dict = field(default_factory=dict)
     label: str = ""  # reproduce: the budget as the results table names it
+    seeds: dict[str, list[str]] = field(default_factory=dict)  # over seeds: per method, its jobs' names
 
 
 @dataclass
 class Outcome:
     """What :func:`execute` ran: ``rows`` (a row's name and its run folder, None for a grid cell
     where every run diverged), ``summaries`` (per row name; grid cells: the selected run's status
-    only) and, for a grid, ``cells`` per method (see :func:`~targetprop.experiments.runner.run_cells`)."""
+    only), for a grid, ``cells`` per method (see :func:`~targetprop.experiments.runner.run_cells`)
+    and, over seeds, ``seeds``: per method, its runs."""
 
     rows: list[tuple[str, Path | None]] = field(default_factory=list)
     summaries: dict[str, dict] = field(default_factory=dict)
     cells: dict[str, dict] = field(default_factory=dict)
+    seeds: dict[str, list[Path]] = field(default_factory=dict)
+
+    def table_rows(self) -> list[tuple[str, Path | list[Path] | None]]:
+        """The rows of the results table: every row, and over seeds after each method's seeds its
+        mean (``METHOD mean``, the list of its runs: :func:`~targetprop.experiments.reports.mean_cells`)."""
+        if not self.seeds:
+            return list(self.rows)
+        rows = []
+        for method, runs in self.seeds.items():
+            rows += [(name, run) for name, run in self.rows if run in runs]
+            rows.append((f"{method} mean", runs))
+        return rows
 
 
 def plan(table: dict, budget: str | None, out: Path, *, overrides: dict | None = None, methods=None,
-         overwrite: bool = False) -> Planned:
+         seeds: list[int] | None = None, overwrite: bool = False) -> Planned:
     """The runs of an experiment file's methods (all, or ``methods`` in that order) in ``out``,
     every folder checked (:func:`~targetprop.experiments.runner.check_jobs`); a ValueError names
-    bad settings or a folder holding other settings, before anything runs."""
+    bad settings or a folder holding other settings, before anything runs. ``seeds`` (a
+    ``curves`` file only): each method once per seed, in ``OUT/METHOD-seedN``, labelled
+    ``LABEL seed N``."""
     names = specs.check_methods(table, methods)
     result = Planned(table, budget, out)
+    if seeds:
+        if table.get("kind", "curves") != "curves":
+            raise ValueError(f"{table['name']}: seeds apply to a curves file, not a grid")
+        configs = {seed: specs.configs(table, budget, {**(overrides or {}), "seed": seed}) for seed in seeds}
+        for name in names:
+            for seed in seeds:
+                row, config = f"{name} seed {seed}", configs[seed][name]
+                result.jobs[row] = Job(dataclasses.replace(config, label=f"{config.label} seed {seed}"),
+                                       out / f"{name}-seed{seed}")
+                result.seeds.setdefault(name, []).append(row)
+        check_jobs(list(result.jobs.values()), overwrite)
+        return result
     if table.get("kind", "curves") == "curves":
         configs = specs.configs(table, budget, overrides)
         result.jobs = {name: Job(configs[name], out / name) for name in names}
@@ -77,6 +108,7 @@ def execute(planned: Planned, *, progress: bool = False) -> Outcome:
         for name, job in planned.jobs.items():
             outcome.summaries[name] = run_job(job, progress=progress)
             outcome.rows.append((name, job.out))
+        outcome.seeds = {method: [planned.jobs[row].out for row in rows] for method, rows in planned.seeds.items()}
         return outcome
     grid = specs.grid_of(planned.table, planned.budget)
     for name, jobs in planned.jobs.items():
@@ -90,12 +122,14 @@ def execute(planned: Planned, *, progress: bool = False) -> Outcome:
 
 def draw(table: dict, budget: str | None, out: Path, outcome: Outcome, png: Path, *, title: str,
          detailed: bool = False) -> Path:
-    """The experiment's picture: a ``curves`` file's runs found in ``out`` (loss and accuracy
-    against iterations; ``detailed``: against training time too), a ``grid`` file's heat maps."""
+    """The experiment's picture: a ``curves`` file's runs found in ``out`` (over seeds: those of
+    ``outcome``; loss and accuracy against iterations; ``detailed``: against training time too),
+    a ``grid`` file's heat maps."""
     from . import plotting
 
     if table.get("kind", "curves") == "curves":
-        runs = [out / m for m in table["methods"] if rundir.is_run(out / m)]
+        folders = [run for runs in outcome.seeds.values() for run in runs] or [out / m for m in table["methods"]]
+        runs = [run for run in folders if rundir.is_run(run)]
         return (plotting.plot_runs if detailed else plotting.plot_panel)(runs, png, title=title)
     grid = specs.grid_of(table, budget)
     metric = grid.get("metric", "auc")

@@ -1,8 +1,8 @@
 """What experiments say about their runs: Markdown tables, one-line summaries, budget labels.
 
-This module owns the one results row (:data:`RESULT_COLUMNS`, :func:`result_cells`; its tables
-are written by :func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce``
-print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
+This module owns the one results row (:data:`RESULT_COLUMNS`, :func:`result_cells`; one
+method's mean over seeds, :func:`mean_cells`; its tables are written by
+:func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce`` print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
 ``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the rules by
 which grids and ``tune`` select a run (:data:`SELECTIONS`, :func:`select`): by the area under its
 training-loss curve (:func:`loss_auc`, as the paper does for Fig. 6a) or by its late test
@@ -24,10 +24,13 @@ RESULT_COLUMNS = ("settings", "status", "iterations", "final test accuracy", "be
 NOT_RUN = "n/a"
 
 
-def results_table(keys: Sequence[str], rows: Iterable[tuple[Sequence, Path | None]]) -> str:
+def results_table(keys: Sequence[str], rows: Iterable[tuple[Sequence, Path | list[Path] | None]]) -> str:
     """The results table: ``keys`` columns then :data:`RESULT_COLUMNS`; each row is its key
-    cells and a run folder (None: no run, e.g. a grid cell where every run diverged)."""
-    return markdown.table([*keys, *RESULT_COLUMNS], ([*key, *result_cells(run)] for key, run in rows))
+    cells and a run folder (None: no run, e.g. a grid cell where every run diverged), or a list
+    of run folders (the same method over seeds: their mean, :func:`mean_cells`)."""
+    return markdown.table([*keys, *RESULT_COLUMNS],
+                          ([*key, *(mean_cells(run) if isinstance(run, list) else result_cells(run))]
+                           for key, run in rows))
 
 
 def append_results(path: Path, keys: Sequence[str], rows: list[tuple[Sequence, Path | None]]) -> None:
@@ -64,6 +67,55 @@ def result_cells(run: Path | None) -> list[str]:
         raise ValueError(f"{run}: unreadable run files ({rundir.SUMMARY_FILE} has no {err})") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"{run}: unreadable run files ({err})") from None
+
+
+def mean_cells(runs: list[Path]) -> list[str]:
+    """The :data:`RESULT_COLUMNS` cells of one method over several runs (seeds): the first run's
+    settings, how many ended how, and the means of the numbers (the final accuracy with its
+    sample standard deviation; iterations to 100% and the loss area over the runs that have one,
+    saying how many of them when not all do)."""
+    n = len(runs)
+    try:
+        settings = TrainConfig.from_dict(rundir.read_config(runs[0])).method()
+        summaries = [rundir.read_summary(run) or _partial_summary(run) for run in runs]
+        aucs = [auc for auc in map(loss_auc, runs) if math.isfinite(auc)]
+        threads = sorted({str((s.get("environment") or {}).get("threads") or rundir.read_options(run).get("threads", "?"))
+                          for s, run in zip(summaries, runs)})
+        statuses = {}
+        for s in summaries:
+            statuses[s["status"]] = statuses.get(s["status"], 0) + 1
+        final = [s["final_test_accuracy"] for s in summaries if s["final_test_accuracy"] is not None]
+        best = [s["best_test_accuracy"] for s in summaries if s["best_test_accuracy"] is not None]
+        reached = [s["iteration_to_100"] for s in summaries if s["iteration_to_100"] is not None]
+        return [settings, ", ".join(f"{k} {v}/{n}" for k, v in statuses.items()),
+                f"{_mean([s['iterations'] for s in summaries]):.0f}", _mean_and_sd(final),
+                percent(_mean(best)) if best else NOT_RUN,
+                f"{_mean(reached):.0f}{_of(reached, n)}" if reached else "not reached",
+                f"{_mean(aucs):.4g}{_of(aucs, n)}" if aucs else NOT_RUN,
+                f"{_mean([s['train_time'] for s in summaries]):.0f} s",
+                f"{_mean([s['wall_time'] for s in summaries]):.0f} s", ", ".join(threads)]
+    except KeyError as err:
+        raise ValueError(f"{runs}: unreadable run files ({rundir.SUMMARY_FILE} has no {err})") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{runs}: unreadable run files ({err})") from None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _of(values: list, n: int) -> str:
+    return "" if len(values) == n else f" ({len(values)} of {n})"
+
+
+def _mean_and_sd(values: list[float]) -> str:
+    if not values:
+        return NOT_RUN
+    mean = _mean(values)
+    if len(values) == 1:
+        return percent(mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.1%} ± {sd:.1%}"
 
 
 def _partial_summary(run: Path) -> dict:
