@@ -18,8 +18,8 @@ T, B, d, p = 5, 3, 3, 4
 
 
 def LSTM(*args, **kwargs):
-    """TPLSTM on the pure-PyTorch path it always runs (the LSTM has no compiled loops: 'torch'
-    spares the tests the compiled Elman/GRU loops' first build, which 'auto' would select)."""
+    """TPLSTM on the pure-PyTorch path (the compiled loops are checked against it in
+    tests/test_lstm_kernels.py)."""
     return TPLSTM(*args, backend="torch", **kwargs)
 
 
@@ -179,7 +179,7 @@ def test_t1_parameter_direction_is_gamma_times_bp(through_time):
 def test_native_forward_and_the_kept_gates():
     """Without a backward (no_grad) the native torch.lstm forward with the cell states rebuilt
     gives torch.nn.LSTM's outputs, h_n and c_n, packed too; the forward that keeps the gates
-    gives the same states and gates equal to the cell's i, f, g, o written out."""
+    gives the same states and gates equal to the cell's i, f, g, o and tanh(c_t) written out."""
     from targetprop.cells import lstm
 
     torch.manual_seed(3)
@@ -204,7 +204,8 @@ def test_native_forward_and_the_kept_gates():
         pre = x[t] @ w[0].T + s[:, :p] @ w[1].T + w[2] + w[3]
         a = pre.split(p, -1)
         want = torch.stack([a[0].sigmoid(), a[1].sigmoid(), a[2].tanh(), a[3].sigmoid()], 1)
-        assert_rel(gates[t], want, where="lstm kept gates")
+        assert_rel(gates[t, :, :4], want, where="lstm kept gates")
+        assert_rel(gates[t, :, 4], out[t, :, p:].tanh(), where="lstm kept tanh(c_t)")
         s = out[t]
 
 

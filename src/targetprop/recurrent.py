@@ -214,6 +214,15 @@ def _set_rule(self, v):
     return v
 
 
+def _set_backend(self, v):
+    v = check.choice("backend", v, BACKENDS)
+    supported = getattr(self.cell_module, "BACKENDS", BACKENDS)  # a cell may have no kernels of some kind
+    if v not in supported:
+        raise ValueError(f"{type(self).__name__} supports backend {', '.join(map(repr, supported))}, got {v!r} "
+                         f"(there are no {v} kernels for the {self.cell.upper()} cell)")
+    return v
+
+
 def _real(name):
     return lambda self, v: hp.REALS[name].check(v)
 
@@ -225,7 +234,7 @@ SETTERS = {
     "check_finite": lambda self, v: check.bool_arg("check_finite", v),
     "rule": _set_rule,
     "nonlinearity": lambda self, v: get_activation(v).name,
-    "backend": lambda self, v: check.choice("backend", v, BACKENDS),
+    "backend": _set_backend,
     "signal_below": lambda self, v: check.choice("signal_below", v, hp.SIGNALS_BELOW),
     **{name: _real(name) for name in hp.REALS},
 }

@@ -1,12 +1,16 @@
-// Fused CPU loops for the Elman and GRU cells (targetprop.kernels builds this file on first use).
+// Fused CPU loops for the Elman, GRU and LSTM cells (targetprop.kernels builds this file on first use).
 //
 // Recursions, each a block of rows times a small matrix per step:
 //   Elman forward:   h_t = a(u_t + h_{t-1} W_hh^T)               (u_t = x_t W_ih^T + b, precomputed)
 //   Elman backward:  lam[t-1] += (lam[t] (*|/) factor[t-1]) @ mat,  t = T..1
 //   GRU backward:    lam[t-1] += z_t * lam[t] + [s_r, s_z, s_n](lam[t], gates_t) @ mat (3p x p)
+//   LSTM backward:   lam_h[t-1] += [s_i, s_f, s_g, s_o](lam[t], gates_t) @ mat (4p x p),
+//                    lam_c[t-1] += f_t * (lam_c[t] + o_t tanh'(c_t) lam_h[t])
 // The Elman backward covers BP's adjoint (factor a'(u_t), mat W_hh), linearized TP (factor a'(u_t)
-// floored and divided, mat M^T) and the through-time pass; the GRU one BP (mat W_hh) and the
-// authors' rule (mat [M_r; M_z; M_n]^T), see targetprop/gru.py.
+// floored and divided, mat M^T) and the through-time pass; the GRU and LSTM ones BP (mat W_hh) and
+// their TP rules (mat [M_r; M_z; M_n]^T, [M_i; M_f; M_g; M_o]^T), see targetprop/cells/gru.py and
+// lstm.py. All of them share one loop (back_in_time); the forwards of the gated cells keep every
+// step's gates for the backward.
 //
 // Products: ROWS rows at a time times a tile of K vector-widths of the matrix, all ROWS x K
 // outputs held in registers over the whole reduction, so each matrix load serves ROWS rows;
@@ -37,6 +41,8 @@
 #endif
 
 #define TP_INLINE inline __attribute__((always_inline))
+// the same for a lambda (inlined into the instruction set's build that calls it)
+#define TP_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace {
 
@@ -184,25 +190,39 @@ TP_INLINE bool any_normal(const T* s, int64_t n) {
   return any;
 }
 
-template <typename T, int BYTES, int K>
-TP_INLINE void recursion_rows(T* lam, const T* factor, const T* mat, int64_t b0, int64_t b1, int64_t steps,
-                              int64_t B, int64_t p, bool divide, T floor) {
-  const int64_t stride = B * p;
-  std::vector<T> tmp(ROWS * p);
-  T* s = tmp.data();
+// The shape of every backward recursion, rows b0..b1 for t = T..1 on lam (T+1, B, width), width
+// the state's (S·p, h first): per block of ROWS rows, `scale(t, row, lam_t row, s row, lam_{t-1}
+// row)` writes the row's n scaled displacements into s and adds the cell's direct paths into
+// lam_{t-1}; then lam_{t-1}[:, 0:p] += s @ mat (n x p) for the block, skipped when s is negligible.
+template <typename T, int BYTES, int K, typename Scale>
+TP_INLINE void back_in_time(T* lam, int64_t width, const T* mat, int64_t n, int64_t b0, int64_t b1,
+                            int64_t steps, int64_t B, int64_t p, Scale scale) {
+  const int64_t stride = B * width;
+  std::vector<T> tmp(ROWS * n);
   for (int64_t b = b0; b < b1; b += ROWS) {
     const int64_t rows = std::min(ROWS, b1 - b);
     for (int64_t t = steps; t >= 1; --t) {
-      const T* cur = lam + t * stride + b * p;  // rows b..b+rows-1 are contiguous
-      const T* f = factor + (t - 1) * stride + b * p;
-      if (divide) {
-        for (int64_t i = 0; i < rows * p; ++i) s[i] = cur[i] / std::max(f[i], floor);
-      } else {
-        for (int64_t i = 0; i < rows * p; ++i) s[i] = cur[i] * f[i];
-      }
-      if (any_normal(s, rows * p)) block_times_mat<T, BYTES, K>(lam + (t - 1) * stride + b * p, p, s, p, mat, rows, p, p);
+      T* dst = lam + (t - 1) * stride + b * width;
+      for (int64_t rr = 0; rr < rows; ++rr)
+        scale(t, b + rr, lam + t * stride + (b + rr) * width, tmp.data() + rr * n, dst + rr * width);
+      if (any_normal(tmp.data(), rows * n)) block_times_mat<T, BYTES, K>(dst, width, tmp.data(), n, mat, rows, n, p);
     }
   }
+}
+
+// Elman: s = lam_t * factor[t-1], or lam_t / max(factor[t-1], floor) with divide; no direct path.
+template <typename T, int BYTES, int K>
+TP_INLINE void recursion_rows(T* lam, const T* factor, const T* mat, int64_t b0, int64_t b1, int64_t steps,
+                              int64_t B, int64_t p, bool divide, T floor) {
+  back_in_time<T, BYTES, K>(lam, p, mat, p, b0, b1, steps, B, p,
+                            [&](int64_t t, int64_t row, const T* cur, T* s, T*) TP_INLINE_LAMBDA {
+    const T* f = factor + ((t - 1) * B + row) * p;
+    if (divide) {
+      for (int64_t i = 0; i < p; ++i) s[i] = cur[i] / std::max(f[i], floor);
+    } else {
+      for (int64_t i = 0; i < p; ++i) s[i] = cur[i] * f[i];
+    }
+  });
 }
 
 // out[b, 0:width] += h[b, 0:n] @ wt (n x width) for each of B rows (row strides ldo, ldh)
@@ -216,53 +236,85 @@ TP_INLINE void forward_step(T* out, int64_t ldo, const T* h, int64_t ldh, const 
 // h0 (B, p) and out (T, B, p) give h_{t-1}. With dn = (1 - n^2)(1 - z):
 //   BP:          s = [r(1-r) q dn, z(1-z)(h-n), r dn] * lam_t
 //   linearized:  s = [q dn / max(r(1-r), floor), (h-n) / max(z(1-z), floor), r dn] * lam_t
-// and, if g is given, g[t-1] = [r(1-r) q dn, z(1-z)(h-n), r dn, dn] * lam_t: the cell's
-// pre-activation adjoints for the parameter directions, written while lam_t is final.
+// direct path z * lam_t, and, if g is given, g[t-1] = [r(1-r) q dn, z(1-z)(h-n), r dn, dn] * lam_t:
+// the cell's pre-activation adjoints for the parameter directions, written while lam_t is final.
 template <typename T, int BYTES, int K>
 TP_INLINE void gru_rows(T* lam, const T* gates, const T* h0, const T* out, const T* mat, T* g, int64_t b0,
                         int64_t b1, int64_t steps, int64_t B, int64_t p, bool linearized, T floor) {
-  const int64_t stride = B * p;
-  std::vector<T> tmp(ROWS * 3 * p);
-  for (int64_t b = b0; b < b1; b += ROWS) {
-    const int64_t rows = std::min(ROWS, b1 - b);
-    for (int64_t t = steps; t >= 1; --t) {
-      T* dst = lam + (t - 1) * stride + b * p;
-      for (int64_t rr = 0; rr < rows; ++rr) {
-        const int64_t row = b + rr;
-        const T* cur = lam + t * stride + row * p;
-        const T* gt = gates + ((t - 1) * B + row) * 4 * p;
-        const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
-        const T* h = t == 1 ? h0 + row * p : out + (t - 2) * stride + row * p;
-        T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
-        T* s = tmp.data() + rr * 3 * p;
-        T* d = dst + rr * p;
-        for (int64_t i = 0; i < p; ++i) {
-          const T l = cur[i], dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
-          const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
-          const T br = dr * q[i] * dn * l, bz = dz * (h[i] - n[i]) * l, bn = r[i] * dn * l;
-          if (gr) {
-            gr[i] = br;
-            gr[p + i] = bz;
-            gr[2 * p + i] = bn;
-            gr[3 * p + i] = dn * l;
-          }
-          if (linearized) {
-            s[i] = q[i] * dn * l / std::max(dr, floor);
-            s[p + i] = (h[i] - n[i]) * l / std::max(dz, floor);
-          } else {
-            s[i] = br;
-            s[p + i] = bz;
-          }
-          s[2 * p + i] = bn;
-          d[i] += z[i] * l;
-        }
+  back_in_time<T, BYTES, K>(lam, p, mat, 3 * p, b0, b1, steps, B, p,
+                            [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
+    const T* gt = gates + ((t - 1) * B + row) * 4 * p;
+    const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
+    const T* h = t == 1 ? h0 + row * p : out + ((t - 2) * B + row) * p;
+    T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
+    for (int64_t i = 0; i < p; ++i) {
+      const T l = cur[i], dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
+      const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
+      const T br = dr * q[i] * dn * l, bz = dz * (h[i] - n[i]) * l, bn = r[i] * dn * l;
+      if (gr) {
+        gr[i] = br;
+        gr[p + i] = bz;
+        gr[2 * p + i] = bn;
+        gr[3 * p + i] = dn * l;
       }
-      if (any_normal(tmp.data(), rows * 3 * p)) block_times_mat<T, BYTES, K>(dst, p, tmp.data(), 3 * p, mat, rows, 3 * p, p);
+      if (linearized) {
+        s[i] = q[i] * dn * l / std::max(dr, floor);
+        s[p + i] = (h[i] - n[i]) * l / std::max(dz, floor);
+      } else {
+        s[i] = br;
+        s[p + i] = bz;
+      }
+      s[2 * p + i] = bn;
+      d[i] += z[i] * l;
     }
-  }
+  });
 }
 
-// One build of the three loops per instruction set: BYTES-wide vectors, K of them per tile.
+// LSTM, rows b0..b1 for t = T..1 on lam (T+1, B, 2p) = [lam_h, lam_c]. gates: (T, B, 5, p) holding
+// i, f, g, o, tanh(c_t) per step; h0 (B, 2p) and out (T, B, 2p) give c_{t-1}. With the effective
+// cell displacement cs = lam_c + o(1 - tanh^2 c_t) lam_h:
+//   BP:          s = [g i(1-i) cs, c_{t-1} f(1-f) cs, i(1-g^2) cs, tanh(c_t) o(1-o) lam_h]
+//   linearized:  the same with each gate derivative divided instead, floored (sigmoid' at fs,
+//                tanh' at ft): [g/max(i(1-i),fs) cs, c_{t-1}/max(f(1-f),fs) cs, ...]
+// direct path lam_c[t-1] += f cs, and, if g is given, g[t-1] = BP's s: the pre-activation adjoints.
+template <typename T, int BYTES, int K>
+TP_INLINE void lstm_rows(T* lam, const T* gates, const T* h0, const T* out, const T* mat, T* g, int64_t b0,
+                         int64_t b1, int64_t steps, int64_t B, int64_t p, bool linearized, T fs, T ft) {
+  back_in_time<T, BYTES, K>(lam, 2 * p, mat, 4 * p, b0, b1, steps, B, p,
+                            [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
+    const T* gt = gates + ((t - 1) * B + row) * 5 * p;
+    const T *gi = gt, *gf = gt + p, *gg = gt + 2 * p, *go = gt + 3 * p, *tc = gt + 4 * p;
+    const T* c = (t == 1 ? h0 + row * 2 * p : out + ((t - 2) * B + row) * 2 * p) + p;
+    const T *lh = cur, *lc = cur + p;
+    T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
+    for (int64_t k = 0; k < p; ++k) {
+      const T cs = lc[k] + go[k] * (T(1) - tc[k] * tc[k]) * lh[k];
+      const T di = gi[k] * (T(1) - gi[k]), df = gf[k] * (T(1) - gf[k]);
+      const T dg = T(1) - gg[k] * gg[k], dout = go[k] * (T(1) - go[k]);
+      const T bi = gg[k] * di * cs, bf = c[k] * df * cs, bg = gi[k] * dg * cs, bo = tc[k] * dout * lh[k];
+      if (gr) {
+        gr[k] = bi;
+        gr[p + k] = bf;
+        gr[2 * p + k] = bg;
+        gr[3 * p + k] = bo;
+      }
+      if (linearized) {
+        s[k] = gg[k] / std::max(di, fs) * cs;
+        s[p + k] = c[k] / std::max(df, fs) * cs;
+        s[2 * p + k] = gi[k] / std::max(dg, ft) * cs;
+        s[3 * p + k] = tc[k] / std::max(dout, fs) * lh[k];
+      } else {
+        s[k] = bi;
+        s[p + k] = bf;
+        s[2 * p + k] = bg;
+        s[3 * p + k] = bo;
+      }
+      d[p + k] += gf[k] * cs;
+    }
+  });
+}
+
+// One build of the loops per instruction set: BYTES-wide vectors, K of them per tile.
 #define TP_DEFINE(NAME, TARGET, BYTES, K)                                                                     \
   template <typename T>                                                                                       \
   TARGET void recursion_##NAME(T* l, const T* f, const T* m, int64_t b0, int64_t b1, int64_t steps, int64_t B, \
@@ -278,6 +330,11 @@ TP_INLINE void gru_rows(T* lam, const T* gates, const T* h0, const T* out, const
   TARGET void gru_##NAME(T* l, const T* ga, const T* h0, const T* o, const T* m, T* g, int64_t b0, int64_t b1, \
                          int64_t steps, int64_t B, int64_t p, bool lin, T fl) {                               \
     gru_rows<T, BYTES, K>(l, ga, h0, o, m, g, b0, b1, steps, B, p, lin, fl);                                  \
+  }                                                                                                           \
+  template <typename T>                                                                                       \
+  TARGET void lstm_##NAME(T* l, const T* ga, const T* h0, const T* o, const T* m, T* g, int64_t b0, int64_t b1, \
+                          int64_t steps, int64_t B, int64_t p, bool lin, T fs, T ft) {                        \
+    lstm_rows<T, BYTES, K>(l, ga, h0, o, m, g, b0, b1, steps, B, p, lin, fs, ft);                             \
   }
 
 template <typename T>
@@ -285,8 +342,10 @@ struct Loops {
   void (*recursion)(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
   void (*forward)(T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t);
   void (*gru)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
+  void (*lstm)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T,
+               T);
 };
-#define TP_LOOPS(NAME, T) Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>}
+#define TP_LOOPS(NAME, T) Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>, lstm_##NAME<T>}
 
 TP_DEFINE(base, , 16, 2)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -331,11 +390,21 @@ std::string set_isa(const std::string& name) {
   return isa();
 }
 
-void check(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble, name,
+// Checks of an entry point's argument: on the CPU, contiguous, float32/float64 of `dtype`, of
+// `shape`; errors name the entry point and the argument.
+void check(const char* fn, const torch::Tensor& t, const char* name, c10::IntArrayRef shape, c10::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be on the CPU");
+  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble, fn, ": ", name,
               " must be float32 or float64");
+  TORCH_CHECK(t.scalar_type() == dtype, fn, ": dtypes differ (", name, " is ", t.scalar_type(), ", not ", dtype, ")");
+  TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " has shape ", t.sizes(), ", expected ", shape);
+}
+
+// The sizes of `t`, checked to be `dim` of them.
+c10::IntArrayRef sizes(const char* fn, const torch::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, fn, ": ", name, " must have ", dim, " dimensions, got ", t.dim());
+  return t.sizes();
 }
 
 // Rows per parallel chunk: enough work per thread to pay for the split, a multiple of ROWS.
@@ -344,26 +413,59 @@ int64_t grain(int64_t steps, int64_t n, int64_t p) {
   return (rows + ROWS - 1) / ROWS * ROWS;
 }
 
+// run(b0, b1) on chunks of the B rows across threads, each with denormals flushed: rows are
+// independent through a whole recursion, forward or backward, so the split is made once.
+template <typename Run>
+void over_rows(int64_t B, int64_t chunk, const Run& run) {
+  at::parallel_for(0, B, chunk, [&](int64_t b0, int64_t b1) {
+    FlushDenormals flush;
+    run(b0, b1);
+  });
+}
+
+// A forward: each thread runs its rows through every step, step(t, b0, rows) for t = 0..T-1.
+template <typename Step>
+void rows_through_time(int64_t B, int64_t steps, int64_t chunk, const Step& step) {
+  over_rows(B, chunk, [&](int64_t b0, int64_t b1) {
+    for (int64_t t = 0; t < steps; ++t) step(t, b0, b1 - b0);
+  });
+}
+
+// A (rows, cols) view of row stride ld at `data`, made without a dispatch (for ATen's vectorized
+// sigmoid and tanh, single-threaded inside the parallel region over rows).
+torch::Tensor rows_view(void* data, int64_t rows, int64_t cols, int64_t ld, const torch::Tensor& like) {
+  return torch::from_blob(data, {rows, cols}, {ld, 1}, like.options());
+}
+
+// dst[r, 0:n] = src[r, 0:n] + bias[0:n] (bias may be null) for each row r (row strides ldd, lds).
+template <typename T>
+void rows_plus_bias(T* dst, int64_t ldd, const T* src, int64_t lds, const T* bias, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i) dst[r * ldd + i] = src[r * lds + i] + (bias ? bias[i] : T(0));
+}
+
+// An optional argument: an empty tensor is absent (null), else checked as `check` does.
+template <typename T>
+T* optional_arg(const char* fn, torch::Tensor& t, const char* name, c10::IntArrayRef shape, c10::ScalarType dtype) {
+  if (t.numel() == 0) return nullptr;
+  check(fn, t, name, shape, dtype);
+  return t.data_ptr<T>();
+}
+
 // lam: (T+1, B, p) updated in place; factor: (T, B, p); mat: (p, p).
 void scaled_recursion_(torch::Tensor lam, torch::Tensor factor, torch::Tensor mat, bool divide, double floor) {
-  check(lam, "lam");
-  check(factor, "factor");
-  check(mat, "mat");
-  TORCH_CHECK(lam.dim() == 3 && factor.dim() == 3 && mat.dim() == 2, "scaled_recursion_: bad ranks");
-  const int64_t steps = factor.size(0), B = factor.size(1), p = factor.size(2);
-  TORCH_CHECK(lam.size(0) == steps + 1 && lam.size(1) == B && lam.size(2) == p, "scaled_recursion_: lam shape");
-  TORCH_CHECK(mat.size(0) == p && mat.size(1) == p, "scaled_recursion_: mat shape");
-  TORCH_CHECK(lam.scalar_type() == factor.scalar_type() && lam.scalar_type() == mat.scalar_type(),
-              "scaled_recursion_: dtypes differ");
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "scaled_recursion_", [&] {
+  constexpr const char* fn = "scaled_recursion_";
+  const auto s = sizes(fn, factor, "factor", 3);
+  const int64_t steps = s[0], B = s[1], p = s[2];
+  const auto dtype = factor.scalar_type();
+  check(fn, factor, "factor", {steps, B, p}, dtype);
+  check(fn, lam, "lam", {steps + 1, B, p}, dtype);
+  check(fn, mat, "mat", {p, p}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
     const auto run = loops<scalar_t>().recursion;
-    scalar_t* l = lam.data_ptr<scalar_t>();
-    const scalar_t* f = factor.data_ptr<scalar_t>();
-    const scalar_t* m = mat.data_ptr<scalar_t>();
-    // Rows are independent through the whole recursion: one parallel region per call.
-    at::parallel_for(0, B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
-      FlushDenormals flush;
-      run(l, f, m, b0, b1, steps, B, p, divide, static_cast<scalar_t>(floor));
+    over_rows(B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
+      run(lam.data_ptr<scalar_t>(), factor.data_ptr<scalar_t>(), mat.data_ptr<scalar_t>(), b0, b1, steps, B, p,
+          divide, static_cast<scalar_t>(floor));
     });
   });
 }
@@ -372,99 +474,136 @@ void scaled_recursion_(torch::Tensor lam, torch::Tensor factor, torch::Tensor ma
 // mat: (3p, p); g: (T, B, 4, p) to receive the pre-activation adjoints, or an empty tensor.
 void gru_recursion_(torch::Tensor lam, torch::Tensor gates, torch::Tensor h0, torch::Tensor out, torch::Tensor mat,
                     bool linearized, double floor, torch::Tensor g) {
-  check(lam, "lam");
-  check(gates, "gates");
-  check(h0, "h0");
-  check(out, "out");
-  check(mat, "mat");
-  const bool emit = g.numel() > 0;
-  if (emit) check(g, "g");
-  TORCH_CHECK(lam.dim() == 3 && gates.dim() == 4 && h0.dim() == 2 && out.dim() == 3 && mat.dim() == 2,
-              "gru_recursion_: bad ranks");
-  const int64_t steps = out.size(0), B = out.size(1), p = out.size(2);
-  TORCH_CHECK(lam.size(0) == steps + 1 && lam.size(1) == B && lam.size(2) == p, "gru_recursion_: lam shape");
-  TORCH_CHECK(gates.size(0) == steps && gates.size(1) == B && gates.size(2) == 4 && gates.size(3) == p,
-              "gru_recursion_: gates shape");
-  TORCH_CHECK(h0.size(0) == B && h0.size(1) == p, "gru_recursion_: h0 shape");
-  TORCH_CHECK(mat.size(0) == 3 * p && mat.size(1) == p, "gru_recursion_: mat shape");
-  TORCH_CHECK(!emit || g.sizes() == gates.sizes(), "gru_recursion_: g shape");
-  for (const auto* t : {&gates, &h0, &out, &mat})
-    TORCH_CHECK(t->scalar_type() == lam.scalar_type(), "gru_recursion_: dtypes differ");
-  TORCH_CHECK(!emit || g.scalar_type() == lam.scalar_type(), "gru_recursion_: dtypes differ");
-  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gru_recursion_", [&] {
+  constexpr const char* fn = "gru_recursion_";
+  const auto s = sizes(fn, out, "out", 3);
+  const int64_t steps = s[0], B = s[1], p = s[2];
+  const auto dtype = out.scalar_type();
+  check(fn, out, "out", {steps, B, p}, dtype);
+  check(fn, lam, "lam", {steps + 1, B, p}, dtype);
+  check(fn, gates, "gates", {steps, B, 4, p}, dtype);
+  check(fn, h0, "h0", {B, p}, dtype);
+  check(fn, mat, "mat", {3 * p, p}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
     const auto run = loops<scalar_t>().gru;
-    scalar_t* gp = emit ? g.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
-      FlushDenormals flush;
+    scalar_t* gp = optional_arg<scalar_t>(fn, g, "g", {steps, B, 4, p}, dtype);
+    over_rows(B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
       run(lam.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
           mat.data_ptr<scalar_t>(), gp, b0, b1, steps, B, p, linearized, static_cast<scalar_t>(floor));
     });
   });
 }
 
+// lam: (T+1, B, 2p) = [lam_h, lam_c] updated in place; gates: (T, B, 5, p) (i, f, g, o, tanh c);
+// h0: (B, 2p); out: (T, B, 2p); mat: (4p, p); floors: of the sigmoid derivatives (fs) and of the
+// tanh derivative (ft), read with linearized; g: (T, B, 4, p) to receive the pre-activation
+// adjoints, or an empty tensor.
+void lstm_recursion_(torch::Tensor lam, torch::Tensor gates, torch::Tensor h0, torch::Tensor out, torch::Tensor mat,
+                     bool linearized, double fs, double ft, torch::Tensor g) {
+  constexpr const char* fn = "lstm_recursion_";
+  const auto s = sizes(fn, gates, "gates", 4);
+  const int64_t steps = s[0], B = s[1], p = s[3];
+  const auto dtype = gates.scalar_type();
+  check(fn, gates, "gates", {steps, B, 5, p}, dtype);
+  check(fn, lam, "lam", {steps + 1, B, 2 * p}, dtype);
+  check(fn, out, "out", {steps, B, 2 * p}, dtype);
+  check(fn, h0, "h0", {B, 2 * p}, dtype);
+  check(fn, mat, "mat", {4 * p, p}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
+    const auto run = loops<scalar_t>().lstm;
+    scalar_t* gp = optional_arg<scalar_t>(fn, g, "g", {steps, B, 4, p}, dtype);
+    over_rows(B, grain(steps, 4 * p, p), [&](int64_t b0, int64_t b1) {
+      run(lam.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+          mat.data_ptr<scalar_t>(), gp, b0, b1, steps, B, p, linearized, static_cast<scalar_t>(fs),
+          static_cast<scalar_t>(ft));
+    });
+  });
+}
+
 // GRU forward keeping the gates. gi: (T, B, 3p) = x W_ih^T + b_ih; h0: (B, p); wt: W_hh^T (p, 3p);
 // bias: b_hh (3p) or empty. Writes out (T, B, p) and gates (T, B, 4, p) = [r, z, q, n] per step:
-// one fused block-times-matrix for h W_hh^T, the sigmoid and tanh as vectorized ATen ops
-// (single-threaded inside the parallel region over rows), the rest as plain loops.
+// one fused block-times-matrix for h W_hh^T, the sigmoid and tanh as vectorized ATen ops, the
+// rest as plain loops.
 void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
                   torch::Tensor gates) {
-  check(gi, "gi");
-  check(h0, "h0");
-  check(wt, "wt");
-  check(out, "out");
-  check(gates, "gates");
-  const int64_t steps = out.size(0), B = out.size(1), p = out.size(2);
-  TORCH_CHECK(gi.dim() == 3 && gi.size(0) == steps && gi.size(1) == B && gi.size(2) == 3 * p,
-              "gru_forward_: gi shape");
-  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == p, "gru_forward_: h0 shape");
-  TORCH_CHECK(wt.dim() == 2 && wt.size(0) == p && wt.size(1) == 3 * p, "gru_forward_: wt shape");
-  TORCH_CHECK(gates.dim() == 4 && gates.size(0) == steps && gates.size(1) == B && gates.size(2) == 4 &&
-              gates.size(3) == p, "gru_forward_: gates shape");
-  const bool has_bias = bias.numel() > 0;
-  if (has_bias) {
-    check(bias, "bias");
-    TORCH_CHECK(bias.numel() == 3 * p, "gru_forward_: bias shape");
-  }
-  for (const auto* t : {&h0, &wt, &out, &gates, &bias})
-    TORCH_CHECK(!t->defined() || t->numel() == 0 || t->scalar_type() == gi.scalar_type(), "gru_forward_: dtypes differ");
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_forward_", [&] {
+  constexpr const char* fn = "gru_forward_";
+  const auto s = sizes(fn, out, "out", 3);
+  const int64_t steps = s[0], B = s[1], p = s[2];
+  const auto dtype = out.scalar_type();
+  check(fn, out, "out", {steps, B, p}, dtype);
+  check(fn, gi, "gi", {steps, B, 3 * p}, dtype);
+  check(fn, h0, "h0", {B, p}, dtype);
+  check(fn, wt, "wt", {p, 3 * p}, dtype);
+  check(fn, gates, "gates", {steps, B, 4, p}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
     const auto product = loops<scalar_t>().forward;
-    const scalar_t* bh = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gi_all = gi.data_ptr<scalar_t>();
-    scalar_t* gates_all = gates.data_ptr<scalar_t>();
-    scalar_t* out_all = out.data_ptr<scalar_t>();
-    // Row b's state depends on row b only: each thread runs its rows through every step.
-    at::parallel_for(0, B, grain(steps, 3 * p, p), [&](int64_t b0, int64_t b1) {
-      FlushDenormals flush;
-      const int64_t rows = b1 - b0;
-      const scalar_t* h = h0.data_ptr<scalar_t>() + b0 * p;
-      for (int64_t t = 0; t < steps; ++t) {
-        scalar_t* g = gates_all + (t * B + b0) * 4 * p;  // rows x [r, z, q, n]
-        const scalar_t* x = gi_all + (t * B + b0) * 3 * p;
-        scalar_t* cur = out_all + (t * B + b0) * p;
-        for (int64_t r = 0; r < rows; ++r) {  // r, z start from x W_i^T + b_i + b_h; q from b_hn
-          scalar_t* gr = g + r * 4 * p;
-          const scalar_t* xr = x + r * 3 * p;
-          for (int64_t i = 0; i < 2 * p; ++i) gr[i] = xr[i] + (bh ? bh[i] : scalar_t(0));
-          for (int64_t i = 0; i < p; ++i) gr[2 * p + i] = bh ? bh[2 * p + i] : scalar_t(0);
+    const scalar_t* bh = optional_arg<scalar_t>(fn, bias, "bias", {3 * p}, dtype);
+    const scalar_t *gi_all = gi.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
+    scalar_t *gates_all = gates.data_ptr<scalar_t>(), *out_all = out.data_ptr<scalar_t>();
+    rows_through_time(B, steps, grain(steps, 3 * p, p), [&](int64_t t, int64_t b0, int64_t rows) {
+      scalar_t* g = gates_all + (t * B + b0) * 4 * p;  // rows x [r, z, q, n]
+      const scalar_t* x = gi_all + (t * B + b0) * 3 * p;
+      const scalar_t* h = t == 0 ? h0_all + b0 * p : out_all + ((t - 1) * B + b0) * p;
+      scalar_t* cur = out_all + (t * B + b0) * p;
+      rows_plus_bias(g, 4 * p, x, 3 * p, bh, rows, 2 * p);  // r, z from x W_i^T + b_i + b_h
+      for (int64_t r = 0; r < rows; ++r)  // q from b_hn
+        for (int64_t i = 0; i < p; ++i) g[r * 4 * p + 2 * p + i] = bh ? bh[2 * p + i] : scalar_t(0);
+      product(g, 4 * p, h, p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
+      rows_view(g, rows, 2 * p, 4 * p, gates).sigmoid_();  // r, z
+      for (int64_t r = 0; r < rows; ++r) {  // n's pre-activation x W_in^T + b_in + r q
+        scalar_t* gr = g + r * 4 * p;
+        const scalar_t* xr = x + r * 3 * p;
+        for (int64_t i = 0; i < p; ++i) gr[3 * p + i] = xr[2 * p + i] + gr[i] * gr[2 * p + i];
+      }
+      rows_view(g + 3 * p, rows, p, 4 * p, gates).tanh_();
+      for (int64_t r = 0; r < rows; ++r) {  // h' = n + z (h - n)
+        const scalar_t* gr = g + r * 4 * p;
+        for (int64_t i = 0; i < p; ++i) {
+          const scalar_t n = gr[3 * p + i];
+          cur[r * p + i] = n + gr[p + i] * (h[r * p + i] - n);
         }
-        product(g, 4 * p, h, p, wt.data_ptr<scalar_t>(), rows, p, 3 * p);
-        // r, z and n of these rows as views made without a dispatch (rows of stride 4p)
-        torch::from_blob(g, {rows, 2 * p}, {4 * p, 1}, gates.options()).sigmoid_();
-        for (int64_t r = 0; r < rows; ++r) {  // n's pre-activation x W_in^T + b_in + r q
-          scalar_t* gr = g + r * 4 * p;
-          const scalar_t* xr = x + r * 3 * p;
-          for (int64_t i = 0; i < p; ++i) gr[3 * p + i] = xr[2 * p + i] + gr[i] * gr[2 * p + i];
-        }
-        torch::from_blob(g + 3 * p, {rows, p}, {4 * p, 1}, gates.options()).tanh_();
-        for (int64_t r = 0; r < rows; ++r) {  // h' = n + z (h - n)
-          const scalar_t* gr = g + r * 4 * p;
-          for (int64_t i = 0; i < p; ++i) {
-            const scalar_t n = gr[3 * p + i];
-            cur[r * p + i] = n + gr[p + i] * (h[r * p + i] - n);
-          }
-        }
-        h = cur;
+      }
+    });
+  });
+}
+
+// LSTM forward keeping the gates. gi: (T, B, 4p) = x W_ih^T + b_ih; h0: (B, 2p) = [h_0, c_0];
+// wt: W_hh^T (p, 4p); bias: b_hh (4p) or empty. Writes out (T, B, 2p) = [h_t, c_t] and gates
+// (T, B, 5, p) = [i, f, g, o, tanh c_t] per step, as the GRU's forward.
+void lstm_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
+                   torch::Tensor gates) {
+  constexpr const char* fn = "lstm_forward_";
+  const auto s = sizes(fn, gates, "gates", 4);
+  const int64_t steps = s[0], B = s[1], p = s[3];
+  const auto dtype = gates.scalar_type();
+  check(fn, gates, "gates", {steps, B, 5, p}, dtype);
+  check(fn, gi, "gi", {steps, B, 4 * p}, dtype);
+  check(fn, h0, "h0", {B, 2 * p}, dtype);
+  check(fn, wt, "wt", {p, 4 * p}, dtype);
+  check(fn, out, "out", {steps, B, 2 * p}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
+    const auto product = loops<scalar_t>().forward;
+    const scalar_t* bh = optional_arg<scalar_t>(fn, bias, "bias", {4 * p}, dtype);
+    const scalar_t *gi_all = gi.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
+    scalar_t *gates_all = gates.data_ptr<scalar_t>(), *out_all = out.data_ptr<scalar_t>();
+    rows_through_time(B, steps, grain(steps, 4 * p, p), [&](int64_t t, int64_t b0, int64_t rows) {
+      scalar_t* g = gates_all + (t * B + b0) * 5 * p;  // rows x [i, f, g, o, tanh c]
+      const scalar_t* prev = t == 0 ? h0_all + b0 * 2 * p : out_all + ((t - 1) * B + b0) * 2 * p;  // [h, c]
+      scalar_t* cur = out_all + (t * B + b0) * 2 * p;
+      rows_plus_bias(g, 5 * p, gi_all + (t * B + b0) * 4 * p, 4 * p, bh, rows, 4 * p);
+      product(g, 5 * p, prev, 2 * p, wt.data_ptr<scalar_t>(), rows, p, 4 * p);
+      rows_view(g, rows, 2 * p, 5 * p, gates).sigmoid_();  // i, f
+      rows_view(g + 2 * p, rows, p, 5 * p, gates).tanh_();  // g
+      rows_view(g + 3 * p, rows, p, 5 * p, gates).sigmoid_();  // o
+      for (int64_t r = 0; r < rows; ++r) {  // c' = f c + i g, into the state and the tanh c slot
+        scalar_t* gr = g + r * 5 * p;
+        const scalar_t* c = prev + r * 2 * p + p;
+        for (int64_t k = 0; k < p; ++k)
+          cur[r * 2 * p + p + k] = gr[4 * p + k] = gr[p + k] * c[k] + gr[k] * gr[2 * p + k];
+      }
+      rows_view(g + 4 * p, rows, p, 5 * p, gates).tanh_();
+      for (int64_t r = 0; r < rows; ++r) {  // h' = o tanh c'
+        const scalar_t* gr = g + r * 5 * p;
+        for (int64_t k = 0; k < p; ++k) cur[r * 2 * p + k] = gr[4 * p + k] * gr[3 * p + k];
       }
     });
   });
@@ -473,35 +612,27 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
 // out: (T, B, p) holding x_t W_ih^T + b for all t, overwritten by h_1..h_T. h0: (B, p).
 // wt: W_hh^T. activation: 0 tanh, 1 sigmoid, 2 identity, 3 relu.
 void elman_forward_(torch::Tensor out, torch::Tensor h0, torch::Tensor wt, int64_t activation) {
-  check(out, "out");
-  check(h0, "h0");
-  check(wt, "wt");
-  TORCH_CHECK(out.dim() == 3 && h0.dim() == 2 && wt.dim() == 2, "elman_forward_: bad ranks");
-  const int64_t steps = out.size(0), B = out.size(1), p = out.size(2);
-  TORCH_CHECK(h0.size(0) == B && h0.size(1) == p && wt.size(0) == p && wt.size(1) == p, "elman_forward_: shapes");
-  TORCH_CHECK(out.scalar_type() == h0.scalar_type() && out.scalar_type() == wt.scalar_type(),
-              "elman_forward_: dtypes differ");
-  TORCH_CHECK(activation >= 0 && activation <= 3, "elman_forward_: unknown activation code ", activation);
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_forward_", [&] {
+  constexpr const char* fn = "elman_forward_";
+  const auto s = sizes(fn, out, "out", 3);
+  const int64_t steps = s[0], B = s[1], p = s[2];
+  const auto dtype = out.scalar_type();
+  check(fn, out, "out", {steps, B, p}, dtype);
+  check(fn, h0, "h0", {B, p}, dtype);
+  check(fn, wt, "wt", {p, p}, dtype);
+  TORCH_CHECK(activation >= 0 && activation <= 3, fn, ": unknown activation code ", activation);
+  AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
     const auto product = loops<scalar_t>().forward;
-    // Row b's state depends on row b only: each thread runs its rows through every step.
     scalar_t* out_all = out.data_ptr<scalar_t>();
-    const scalar_t* w = wt.data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain(steps, p, p), [&](int64_t b0, int64_t b1) {
-      FlushDenormals flush;
-      const int64_t rows = b1 - b0;
-      const scalar_t* prev = h0.data_ptr<scalar_t>() + b0 * p;
-      for (int64_t t = 0; t < steps; ++t) {
-        scalar_t* here = out_all + (t * B + b0) * p;
-        product(here, p, prev, p, w, rows, p, p);
-        prev = here;
-        torch::Tensor cur = torch::from_blob(here, {rows, p}, out.options());  // a view without a dispatch
-        switch (activation) {
-          case 0: cur.tanh_(); break;
-          case 1: cur.sigmoid_(); break;
-          case 3: cur.relu_(); break;
-          default: break;  // identity
-        }
+    const scalar_t *w = wt.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
+    rows_through_time(B, steps, grain(steps, p, p), [&](int64_t t, int64_t b0, int64_t rows) {
+      scalar_t* here = out_all + (t * B + b0) * p;
+      product(here, p, t == 0 ? h0_all + b0 * p : out_all + ((t - 1) * B + b0) * p, p, w, rows, p, p);
+      torch::Tensor cur = rows_view(here, rows, p, p, out);
+      switch (activation) {
+        case 0: cur.tanh_(); break;
+        case 1: cur.sigmoid_(); break;
+        case 3: cur.relu_(); break;
+        default: break;  // identity
       }
     });
   });
@@ -514,6 +645,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elman_forward_", &elman_forward_, "Elman forward recursion, in place over the input projection");
   m.def("gru_forward_", &gru_forward_, "GRU forward keeping every step's gates [r, z, q, n]");
   m.def("gru_recursion_", &gru_recursion_, "GRU: lam[t-1] += z*lam[t] + s(lam[t]) @ mat for t = T..1, in place");
+  m.def("lstm_forward_", &lstm_forward_, "LSTM forward keeping every step's gates [i, f, g, o, tanh c]");
+  m.def("lstm_recursion_", &lstm_recursion_,
+        "LSTM: lam_h[t-1] += s(lam[t]) @ mat, lam_c[t-1] += f*(lam_c + o tanh'(c) lam_h)[t] for t = T..1, in place");
   m.def("isa", &isa, "the instruction set whose loops are in use: base, avx2 or avx512");
   m.def("widest_isa", [] { return std::string(ISA_NAMES[widest_isa()]); }, "the widest instruction set this CPU has");
   m.def("set_isa", &set_isa, "use the loops built for this instruction set (at most the widest)");

@@ -35,7 +35,8 @@ class Linearized(InverseRule):
     def recursion(self, tape, settings):
         p = tape.p
         m = inverse_operator(tape.weight_hh.view(4, p, p), settings.reg, f"weight_hh_{tape.suffix}")  # M_i..M_o
-        return tape.recursion(tape.gate_scales(True, settings.tol), m.mT.reshape(4 * p, p))
+        # through time, the directions come from the second (adjoint) recursion: no adjoints kept here
+        return tape.recursion(True, m.mT.reshape(4 * p, p), settings.tol, keep_adjoints=not settings.through_time)
 
     def input_displacement(self, tape, lam: Tensor, adjoints, settings) -> Tensor:
         return tape.scaled_displacements(lam, tape.gate_scales(True, settings.tol))
