@@ -383,3 +383,41 @@ def test_tune_select_accuracy_draws_the_late_accuracies(tmp_path, capsys):
     late = {(x, y): reports.late_accuracy(out / f"lr={x},reg={y}") for x in (1e-2, 1e-1) for y in (0.1, 10)}
     assert best["late_accuracy"] == max(late.values()) and late[(best["lr"], best["reg"])] == max(late.values())
     assert (out / "heatmap.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------- the tuned-BP protocol
+
+# the grid the protocol's commands must run: optimizer settings → step sizes, each clipped at 1
+PROTOCOL = {("sgd", 0.9, True): [1e-4, 1e-3, 1e-2], ("adam", 0.0, False): [1e-4, 1e-3, 1e-2],
+            ("rmsprop", 0.0, False): [1e-4, 1e-3]}
+
+
+def protocol_commands() -> list[list[str]]:
+    """The ``targetprop tune`` commands of the protocol in the tuning module's docstring, $P expanded."""
+    lines = [line.strip() for line in tuning.__doc__.splitlines()]
+    common = next(line for line in lines if line.startswith('P="')).removeprefix('P="').removesuffix('"')
+    return [line.replace("$P", common).split()[1:] for line in lines if line.startswith("targetprop tune $P")]
+
+
+def test_the_documented_bp_protocol_runs_its_grid_and_selects_by_late_accuracy(tmp_path, capsys):
+    commands = protocol_commands()
+    assert len(commands) == 3 and all("--select accuracy" in " ".join(c) for c in commands)
+    assert all("--set iterations=10000" in " ".join(c) for c in commands)  # a quarter of the panel's 40000
+    assert specs.configs(specs.load_panel("fig4-permuted-mnist"), "full")["bp"].iterations == 40000
+    tiny = ["--set", "length=10", "--set", "hidden_size=8", "--set", "iterations=6", "--set", "eval_every=2",
+            "--set", "test_size=50"]
+    seen = {}
+    for argv in commands:
+        out = tmp_path / argv[argv.index("--out") + 1]
+        argv = [a.replace("fig4-permuted-mnist", "fig3-temporal-order-60") for a in argv]  # no MNIST files here
+        argv[argv.index("--out") + 1] = str(out)
+        assert main([*argv, *tiny, "--quiet"]) == 0
+        best = json.loads((out / "best.json").read_text())
+        runs = [run for run in out.iterdir() if run.is_dir()]
+        late = {run: reports.late_accuracy(run) for run in runs}
+        assert best["late_accuracy"] == max(v for v in late.values() if v is not None)
+        for run in runs:
+            saved = rundir.read_config(run)
+            assert saved["clip"] == 1 and saved["rule"] == "bp" and saved["stop_at_accuracy"] is None
+            seen.setdefault((saved["optimizer"], saved["momentum"], saved["nesterov"]), []).append(saved["lr"])
+    assert {k: sorted(v) for k, v in seen.items()} == PROTOCOL
