@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from helpers import assert_rel
+from helpers import assert_rel, needs, require
 from targetprop import TPRNN, bench, kernels
 
 
+@needs("cpp")
 def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
     out, png = tmp_path / "table.md", tmp_path / "cost.png"
     assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1",
@@ -21,6 +22,7 @@ def test_bench_tiny_grid_writes_a_table_and_plot(tmp_path):
     assert png.stat().st_size > 1000
 
 
+@needs("cpp")
 def test_every_regime_is_timed_by_default_each_against_its_own_native_run(tmp_path):
     out = tmp_path / "table.md"
     assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--methods",
@@ -32,6 +34,7 @@ def test_every_regime_is_timed_by_default_each_against_its_own_native_run(tmp_pa
     assert kernels.load().isa() == kernels.load().widest_isa()  # the narrowed loops are undone after the run
 
 
+@needs("cpp")
 def test_loop_variants_are_timed_side_by_side(tmp_path):
     out = tmp_path / "table.md"
     assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--regime", "default",
@@ -124,7 +127,7 @@ def test_a_stack_gets_every_layers_weights_set_and_a_head_on_both_directions():
 def test_triton_loops_are_timed_beside_the_others(tmp_path, monkeypatch):
     """``--loops triton`` times backend="triton" (here in Triton's CPU interpreter; on CUDA with
     ``--device cuda``, as scripts/gpu-check.sh does)."""
-    pytest.importorskip("triton", reason="Triton is not installed (pip install 'targetprop[gpu]')")
+    require("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     out = tmp_path / "table.md"
     assert bench.main(["--grid", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--regime", "default",

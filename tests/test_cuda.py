@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from helpers import needs, require
 from targetprop.training import checkpoint, rundir
 from targetprop.training.trainer import Trainer, TrainConfig
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+pytestmark = needs("cuda")
 
 SMALL = dict(task="temporal-order", length=10, hidden_size=16, test_size=50, eval_every=7, iterations=40,
              device="cuda", task_options={"train_eval_size": 100})
@@ -129,7 +130,7 @@ def test_half_precision_and_autocast_on_the_device(dtype):
 def test_triton_on_the_device_at_the_benchmark_shapes(cls, through_time, B):
     """backend="triton" (the compiled Triton recursions) against the layer's PyTorch path on the
     device, float32, T = 784, p = 100 (two of the GPU check's shapes), a loss on h_n."""
-    pytest.importorskip("triton", reason="Triton is not installed (pip install 'targetprop[gpu]')")
+    require("triton")
     from targetprop import TPGRU, TPRNN, orthogonal_init_
 
     torch.manual_seed(0)

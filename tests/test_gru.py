@@ -1,6 +1,7 @@
-"""TPGRU beyond the problem table (tests/test_rules.py checks its rules against tests/reference/gru.py):
-bp against torch.nn.GRU autograd, the pinned-gate reduction, the forward that keeps the gates,
-state dicts, bad input and training; each exact check on both backends."""
+"""TPGRU beyond the case table (tests/test_table.py checks its rules against the float64 reference
+for every layer shape): bp against torch.nn.GRU autograd, the reference's written-out rule
+reducing to BP's step, the pinned-gate reduction, the forward that keeps the gates, state dicts,
+bad input and training; each exact check on both backends."""
 import pytest
 import torch
 
@@ -25,6 +26,22 @@ def test_bp_equals_torch_gru_autograd(bias, p, backend):
         assert_rel(a, b.grad, where=f"gru bp {k}")
     assert_rel(gx, xg.grad, where="gru bp input grad")
     assert_rel(gh, hg.grad, where="gru bp h0 grad")
+
+
+def test_the_written_out_rule_with_w_for_m_and_multiplication_is_bps_adjoint():
+    """The reference's GRU rule (tests/reference/gru.py) with each M_gᵀ replaced by W_hg and each
+    division by a gate derivative by a multiplication is the step's exact transposed Jacobian
+    (autograd), for a generic λ: the rule's pieces are BP's, only the inverses differ."""
+    from reference import gru as ref_gru
+    from reference.targets import vjp
+
+    layer, x, h0, *_ = make_gru(seed=6, scale=1.5)
+    P = {k: w.detach() for k, w in layer.named_parameters()}
+    lam = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=D64)
+    x_t, h = x[:, 0], h0[0]
+    bp_like = ref_gru.written_out(P, list(P["weight_hh_l0"].split(4)), False, 0.0)
+    assert_rel(bp_like(x_t, h, ref_gru.step(x_t, h, P), lam), vjp(lambda v: ref_gru.step(x_t, v, P), h, lam),
+               where="GRU rule with W and multiply vs autograd")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

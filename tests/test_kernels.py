@@ -4,11 +4,12 @@ import warnings
 import pytest
 import torch
 
-from helpers import assert_rel
+from helpers import assert_rel, needs, require
 from problems import make_gru, make_problem, run_layer
 from targetprop import TPRNN, kernels
 
 
+@needs("cpp")
 def test_compiled_kernels_build_and_are_selected_automatically():
     module = kernels.load(required=True)
     assert kernels.select("auto", torch.zeros(1)) is module
@@ -16,6 +17,7 @@ def test_compiled_kernels_build_and_are_selected_automatically():
     assert kernels.select("auto", torch.zeros(1, dtype=torch.float16)) is None  # not applicable
 
 
+@needs("cpp")
 @pytest.mark.parametrize("rule", ["bp", "linearized"])
 @pytest.mark.parametrize("through_time", [False, True])
 def test_compiled_equals_pure_pytorch_on_long_sequences(rule, through_time):
@@ -35,6 +37,7 @@ def test_compiled_equals_pure_pytorch_on_long_sequences(rule, through_time):
     assert_rel(h2, h1)
 
 
+@needs("cpp")
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_compiled_threads_agree(cell):
     """Rows are independent through the forward and the backward recursions: split across two
@@ -77,6 +80,7 @@ def test_bad_backend_name():
         TPRNN(2, 3, backend="cuda")
 
 
+@needs("cpp")
 def test_auto_uses_compiled_loops_only_where_they_pay():
     x = torch.zeros(2, 3, 1)
     wide = torch.zeros(kernels.MAX_COMPILED_WIDTH + 1, kernels.MAX_COMPILED_WIDTH + 1)
@@ -95,6 +99,7 @@ def _isas():
 @pytest.fixture(params=["base", "avx2", "avx512"])
 def isa(request):
     """Each instruction set's build of the loops that this CPU can run (others skipped)."""
+    require("cpp")
     module = kernels.load(required=True)
     if request.param not in _isas():
         pytest.skip(f"this CPU has no {request.param} (widest: {module.widest_isa()})")
@@ -136,6 +141,7 @@ def test_every_instruction_set_equals_pure_pytorch_gru(isa, rule):
     _assert_backends_agree(results, f"{isa} gru {rule}")
 
 
+@needs("cpp")
 def test_set_isa_refuses_an_unknown_instruction_set():
     module = kernels.load(required=True)
     with pytest.raises(RuntimeError, match="not available"):
@@ -177,6 +183,7 @@ def _path_without_ninja(tmp_path) -> str:
     return str(tools)
 
 
+@needs("cpp")
 def test_the_kernels_build_with_the_interpreter_run_directly_on_a_path_without_ninja(tmp_path):
     """PyTorch's builder runs ``ninja`` from PATH; the loader adds the interpreter's own folder
     (where a venv's ninja is) and the ninja package's for the build."""
@@ -206,6 +213,7 @@ def test_the_build_puts_the_interpreters_folder_on_path_and_restores_it(monkeypa
     assert os.environ["PATH"] == "/nowhere"
 
 
+@needs("cpp")
 def test_kernels_build_command_prints_the_build_folder_and_instruction_set(capsys):
     import argparse
     import os

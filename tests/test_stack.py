@@ -1,12 +1,14 @@
-"""Stacked and bidirectional layers: rule="bp" equals torch.nn's autograd for every configuration,
-the TP rules equal the float64 straight-loop reference (tests/reference_stack.py), dropout's mask is
-the forward's, and state dicts load both ways."""
+"""Stacked and bidirectional layers beyond the case table (tests/test_table.py checks every rule,
+cell and shape against the float64 reference): rule="bp" equals torch.nn's autograd for every
+configuration (batch_first, dropout, three layers), dropout's mask is the forward's and TP inverts
+it (against tests/reference/stack.py), state dicts load both ways, the refusals, the scratch kept
+and what a recording sees."""
 import itertools
 
 import pytest
 import torch
 
-import reference_stack as ref
+import reference
 from helpers import assert_rel
 from targetprop import TPGRU, TPRNN, RegularizedInverseError
 
@@ -69,52 +71,6 @@ def _tp_case(cls, layers, bidirectional, bias, seed, **kw):
     return m, x, hx
 
 
-def _params(m, layers, D):
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    return {(l, k): tuple(getattr(m, f"{n}_l{l}{'_reverse' if k else ''}") for n in names)
-            for l in range(layers) for k in range(D)}
-
-
-def _check_against_reference(m, x, hx, layers, D, cell, act, rule, through_time=False, masks=None, q=0.0):
-    _, _, gx, gh, grads, c, cn = _grads(m, x, hx)
-    with torch.no_grad():
-        params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, D).items()}
-    want = ref.stack_tp(cell, act, rule, x, hx, params, layers, D, c, cn, m.reg, m.target_step, m.tol,
-                        through_time=through_time, masks=masks, q=q, signal_below=m.signal_below)
-    where = f"{cell} {rule} L={layers} D={D} tt={through_time} q={q}"
-    assert_rel(gx, want["x"], where=where + " x")
-    assert_rel(gh, want["h0"], where=where + " h0")
-    for (l, k), ws in [(key, v) for key, v in want.items() if isinstance(key, tuple)]:
-        suffix = "_reverse" if k else ""
-        for n, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), ws):
-            if w is not None:
-                assert_rel(grads[f"{n}_l{l}{suffix}"], w, where=f"{where} {n}_l{l}{suffix}")
-    assert gx.abs().max() > 0 and all(g.abs().max() > 0 for g in grads.values())
-
-
-@pytest.mark.parametrize("rule", ["linearized", "difference", "direct"])
-@pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True), (3, False)])
-@pytest.mark.parametrize("through_time", [False, True])
-def test_elman_tp_stack_equals_the_reference(rule, layers, bidirectional, through_time):
-    m, x, hx = _tp_case(TPRNN, layers, bidirectional, True, seed=3, rule=rule, through_time=through_time,
-                        target_step=0.3, reg=0.5, tol=1e-3)
-    _check_against_reference(m, x, hx, layers, 1 + bidirectional, "rnn", "tanh", rule, through_time)
-
-
-def test_elman_sigmoid_without_bias_equals_the_reference():
-    m, x, hx = _tp_case(TPRNN, 2, True, False, seed=4, nonlinearity="sigmoid", target_step=0.2)
-    _check_against_reference(m, x, hx, 2, 2, "rnn", "sigmoid", "linearized")
-
-
-@pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True)])
-@pytest.mark.parametrize("through_time", [False, True])
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_gru_tp_stack_equals_the_reference(layers, bidirectional, through_time, backend):
-    m, x, hx = _tp_case(TPGRU, layers, bidirectional, True, seed=5, through_time=through_time, target_step=0.3,
-                        reg=0.5, backend=backend)
-    _check_against_reference(m, x, hx, layers, 1 + bidirectional, "gru", None, "linearized", through_time)
-
-
 @pytest.mark.parametrize("cls,cell,act", [(TPRNN, "rnn", "tanh"), (TPGRU, "gru", None)])
 def test_dropout_mask_is_the_forwards_and_tp_inverts_it(cls, cell, act):
     """The backward uses the mask drawn in the forward (random numbers drawn in between change
@@ -131,12 +87,14 @@ def test_dropout_mask_is_the_forwards_and_tp_inverts_it(cls, cell, act):
     g = torch.Generator().manual_seed(1)
     c, cn = torch.randn(out.shape, generator=g, dtype=D64), torch.randn(h_n.shape, generator=g, dtype=D64)
     ((out * c).sum() + (h_n * cn).sum()).backward()
-    params = {k: tuple(t.detach() if t is not None else None for t in v) for k, v in _params(m, layers, 2).items()}
-    want = ref.stack_tp(cell, act, "linearized", x, hx, params, layers, 2, c, cn, m.reg, m.target_step, m.tol,
-                        masks=masks, q=q, signal_below=m.signal_below)
-    assert_rel(xg.grad, want["x"], where="dropout x")
-    assert_rel(m.weight_ih_l1.grad, want[(1, 0)][0], where="dropout weight_ih_l1")
-    assert_rel(m.weight_hh_l0_reverse.grad, want[(0, 1)][1], where="dropout weight_hh_l0_reverse")
+    P = {k: w.detach() for k, w in m.named_parameters()}
+    want = reference.stack.run(cell, "linearized", P, x, hx, c, cn, num_layers=layers, directions=2,
+                               nonlinearity=act, reg=m.reg, target_step=m.target_step, tol=m.tol,
+                               signal_below=m.signal_below, masks=masks, dropout=q)
+    assert_rel(xg.grad, want["input"], where="dropout x")
+    assert_rel(hg.grad, want["h0"], where="dropout h0")
+    for k, w in m.named_parameters():
+        assert_rel(w.grad, want[k], where=f"dropout {k}")
     # in eval mode no mask: the same as a module without dropout
     m.eval()
     plain = cls(d, p, layers, bidirectional=True, dtype=D64)

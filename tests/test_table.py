@@ -1,7 +1,8 @@
 """The case table (tests/cases.py) against the float64 reference (tests/reference/stack.py): for
 every row, the layer's outputs, h_n and the directions it writes into every parameter's .grad,
-the input's and h0's, at relative error ≤ 1e-10; the rows left out are refused by the library,
-and the thinned table covers every pair of factor values the full one does."""
+the input's and h0's, at relative error ≤ 1e-10 (and three-layer stacks, whose middle layer
+receives and hands down); the rows left out are refused by the library, and the thinned table
+covers every pair of factor values the full one does."""
 import zlib
 
 import pytest
@@ -13,9 +14,9 @@ import reference
 from helpers import assert_rel
 
 D64 = torch.float64
-#: the problem: T steps, B sequences (lengths when packed: unsorted, one of full length), d inputs, p units
+#: the problem: T steps, B sequences (lengths when packed: unsorted, a tie, one of full length), d inputs, p units
 T, B, d, p = 5, 3, 3, 4
-LENGTHS = [5, 2, 4]
+LENGTHS = [2, 5, 2]
 #: weights ~ N(0, scale²/fan_in): the gated cells' gates far from ½
 SCALE = {"rnn": 0.6, "gru": 1.5, "lstm": 1.5}
 #: reg, γ_h and τ of every row (τ wide enough that π clamps some units or gates)
@@ -86,6 +87,18 @@ def test_every_case_matches_the_float64_reference(case, backend_here):
     for k in ["out", "h_n", "input", "h0", *names]:
         assert_rel(got[k], want[k], where=f"{case.id} {k}")
     assert got["weight_hh_l0"].abs().max() > 1e-6  # the directions are not trivial
+
+
+#: beyond the table: three layers, both directions, where the middle layer both receives a displacement
+#: from above and hands one down (in the table's two-layer rows each layer does one of the two)
+MIDDLE = [cases.Case(cell, rule, act, 3, 2, False, "auto", through_time, True)
+          for cell, rule, act in cases.models() if act in (None, "tanh") and cases.rules.get_rule(cell, rule).stackable
+          for through_time in (False, True)]
+
+
+@pytest.mark.parametrize("case", cases.params(MIDDLE))
+def test_a_middle_layer_matches_the_float64_reference(case, backend_here):
+    test_every_case_matches_the_float64_reference(case, backend_here)
 
 
 def test_refused_rows_are_refused_by_the_library():

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import assert_rel
+from helpers import assert_rel, needs, require
 from problems import make_problem, run_layer
 from targetprop import TPGRU, TPRNN, kernels
 
-pytest.importorskip("triton", reason="Triton is not installed (pip install 'targetprop[gpu]')")
+require("triton")
 from targetprop.kernels import triton_rnn  # noqa: E402
 
 D64 = torch.float64
@@ -208,7 +208,7 @@ def test_without_triton_installed_the_choice_is_a_clear_error(monkeypatch):
         kernels.select_kernels("triton", torch.zeros(2, 3, 1), torch.zeros(4, 4))
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (none here)")
+@needs("cuda")
 def test_float64_on_cuda_falls_back_with_a_warning():
     x = torch.zeros(2, 3, 1, device="cuda", dtype=D64)
     with pytest.warns(RuntimeWarning, match="pure-PyTorch path"):
