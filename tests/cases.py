@@ -22,6 +22,7 @@ import pytest
 from helpers import needs
 from targetprop import kernels, rules
 from targetprop.activations import ACTIVATIONS
+from targetprop.cells import CELLS
 from targetprop.recurrent import TPRecurrent
 
 #: cell name → the library's layer class for it
@@ -68,13 +69,26 @@ def models() -> list[tuple]:
             for act in (sorted(ACTIVATIONS) if takes_activation(cell) else [None])]
 
 
+#: what the library refuses: (whether it refuses a case, why, what its ValueError names)
+REFUSALS = [
+    (lambda c: not rules.get_rule(c.cell, c.rule).stackable and (c.layers > 1 or c.directions > 1),
+     "the rule defines no step down a stack (num_layers=1 and bidirectional=False only)",
+     lambda c: f"rule='{c.rule}'"),
+    (lambda c: c.rule == "learned" and c.packed,
+     "the learned rule's reverse layer trains on padded tensors only", lambda c: f"rule='{c.rule}'"),
+    (lambda c: c.backend not in getattr(CELLS[c.cell], "BACKENDS", kernels.BACKENDS),
+     "the cell has no kernels of that kind (its module's BACKENDS)", lambda c: f"got '{c.backend}'"),
+]
+
+
 def refused(case: Case) -> str | None:
     """Why the library refuses ``case`` (a ValueError when the layer is made or run), or None."""
-    if not rules.get_rule(case.cell, case.rule).stackable and (case.layers > 1 or case.directions > 1):
-        return "the rule defines no step down a stack (num_layers=1 and bidirectional=False only)"
-    if case.rule == "learned" and case.packed:
-        return "the learned rule's reverse layer trains on padded tensors only"
-    return None
+    return next((why for applies, why, _ in REFUSALS if applies(case)), None)
+
+
+def refusal_names(case: Case) -> str:
+    """What the library's ValueError for the refused ``case`` names (the rule, or the backend)."""
+    return next(says(case) for applies, _, says in REFUSALS if applies(case))
 
 
 def full() -> list[Case]:

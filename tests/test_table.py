@@ -102,18 +102,19 @@ def test_a_middle_layer_matches_the_float64_reference(case, backend_here):
 
 
 def test_refused_rows_are_refused_by_the_library():
-    """Each row cases.refused leaves out raises a ValueError naming the rule when the layer is made
-    or run (one row per reason and model suffices: the reasons depend on nothing else)."""
+    """Each row cases.refused leaves out raises a ValueError naming the rule or the backend when the
+    layer is made or run (one row per reason, model and shape suffices: the reasons depend on nothing else)."""
     seen = set()
     for case in cases.full():
         why = cases.refused(case)
-        if why is None or (why, case.cell, case.rule, case.layers, case.directions, case.packed) in seen:
+        key = (why, case.cell, case.rule, case.activation, case.layers, case.directions, case.packed, case.backend)
+        if why is None or key in seen:
             continue
-        seen.add((why, case.cell, case.rule, case.layers, case.directions, case.packed))
-        with pytest.raises(ValueError, match=f"rule='{case.rule}'"):
+        seen.add(key)
+        with pytest.raises(ValueError, match=cases.refusal_names(case)):
             layer, x, h0, C, Cn = problem(case)
             run_layer(layer, case, x, h0, C, Cn)
-    assert seen
+    assert {key[0] for key in seen} == {why for _, why, _ in cases.REFUSALS}
 
 
 def test_the_table_covers_every_pair_and_every_whole_combination():
@@ -126,4 +127,5 @@ def test_the_table_covers_every_pair_and_every_whole_combination():
     # the table's factors are the library's
     assert {(c.cell, c.rule) for c in cases.CASES} == set(cases.rules.TABLE)
     assert {c.backend for c in cases.CASES} == set(cases.kernels.BACKENDS)
+    assert {(c.cell, c.backend) for c in cases.CASES} == {(c.cell, c.backend) for c in accepted}
     assert {c.activation for c in cases.CASES if c.cell == "rnn"} == set(cases.ACTIVATIONS)
