@@ -1,6 +1,7 @@
 """Experiment files (``targetprop/configs/fig*.toml``), ``targetprop reproduce`` and ``targetprop tune``:
 every panel parses and names valid settings, its short budget runs end to end on tiny data (generated
-IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss or by late test accuracy."""
+IDX/CIFAR files for the image panels) and draws its PNG, and ``tune`` selects by area under the loss
+or by late test accuracy."""
 import json
 import math
 import os
@@ -230,12 +231,14 @@ def test_loss_auc_is_the_trapezoid_and_diverged_runs_have_none(tmp_path):
 
 def test_selection_is_the_smallest_area_not_the_lowest_final_loss(tmp_path):
     # "fast" drops early and stays at 0.5; "late" ends lower (0.1) but has the larger area.
-    fast = reports.loss_auc(fake_run(tmp_path / "fast", [2.0, 0.5, 0.5, 0.5, 0.5]))
-    late = reports.loss_auc(fake_run(tmp_path / "late", [2.0, 2.0, 2.0, 2.0, 0.1]))
-    gone = reports.loss_auc(fake_run(tmp_path / "gone", [2.0, 0.0], status="diverged"))
-    assert (fast, late) == (pytest.approx(27.5), pytest.approx(70.5))
-    assert reports.best_by_auc({"fast": fast, "late": late, "gone": gone}) == "fast"
-    assert reports.best_by_auc({"gone": gone}) is None
+    runs = {"fast": fake_run(tmp_path / "fast", [2.0, 0.5, 0.5, 0.5, 0.5]),
+            "late": fake_run(tmp_path / "late", [2.0, 2.0, 2.0, 2.0, 0.1]),
+            "gone": fake_run(tmp_path / "gone", [2.0, 0.0], status="diverged")}
+    assert reports.loss_auc(runs["fast"]) == pytest.approx(27.5)
+    assert reports.loss_auc(runs["late"]) == pytest.approx(70.5)
+    by_area = reports.SELECTIONS["loss-auc"]
+    assert reports.select(runs, by_area) == "fast"
+    assert reports.select({"gone": runs["gone"]}, by_area) is None
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -393,10 +396,14 @@ PROTOCOL = {("sgd", 0.9, True): [1e-4, 1e-3, 1e-2], ("adam", 0.0, False): [1e-4,
 
 
 def protocol_commands() -> list[list[str]]:
-    """The ``targetprop tune`` commands of the protocol in the tuning module's docstring, $P expanded."""
-    lines = [line.strip() for line in tuning.__doc__.splitlines()]
-    common = next(line for line in lines if line.startswith('P="')).removeprefix('P="').removesuffix('"')
-    return [line.replace("$P", common).split()[1:] for line in lines if line.startswith("targetprop tune $P")]
+    """The ``targetprop tune`` commands of the protocol in the tuning module's docstring, the
+    shell's variables and line continuations expanded."""
+    lines = tuning.__doc__.replace("\\\n", " ").splitlines()
+    variables = dict(line.strip().split("=", 1) for line in lines if line.strip()[:2] in ('P=', 'S=', 'O='))
+    commands = [line.strip() for line in lines if line.strip().startswith("targetprop tune")]
+    for name, value in variables.items():
+        commands = [c.replace(f"${name}", value.strip('"')) for c in commands]
+    return [c.split()[1:] for c in commands]
 
 
 def test_the_documented_bp_protocol_runs_its_grid_and_selects_by_late_accuracy(tmp_path, capsys):

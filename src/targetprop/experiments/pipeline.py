@@ -3,8 +3,9 @@
 
 This module owns one file's methods as runs in a folder, first checked (:func:`plan`: a
 ``curves`` file one run per method in ``OUT/METHOD``, or per method and seed in
-``OUT/METHOD-seedN``, a ``grid`` file one folder of cells per method), then run or reused (:func:`execute`), its picture (:func:`draw`), and a figure panel
-end to end (:func:`plan_panel`, :func:`reproduce`: runs, PNG, rows appended to ``results.md``).
+``OUT/METHOD-seedN``, a ``grid`` file one folder of cells per method), then run or reused
+(:func:`execute`), its picture (:func:`draw`), and a figure panel end to end
+(:func:`plan_panel`, :func:`reproduce`: runs, PNG, rows appended to ``results.md``).
 The files are :mod:`~targetprop.experiments.specs`'; running or reusing each run is
 :mod:`~targetprop.experiments.runner`'s; rows are :mod:`~targetprop.experiments.reports`'. What
 it does is logged (logger ``targetprop.experiments.pipeline``, level INFO): the commands print it.

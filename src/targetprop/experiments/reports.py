@@ -2,8 +2,9 @@
 
 This module owns the one results row (:data:`RESULT_COLUMNS`, :func:`result_cells`; one
 method's mean over seeds, :func:`mean_cells`; its tables are written by
-:func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce`` print, each after its own leading columns naming the row (``method``; ``run``; ``panel``,
-``budget``, ``method``), the one-line summary of a run (:func:`summary_line`), and the rules by
+:func:`targetprop.markdown.table`) that ``compare``, ``table`` and ``reproduce`` print, each
+after its own leading columns naming the row (``method``; ``run``; ``panel``, ``budget``,
+``method``), the one-line summary of a run (:func:`summary_line`), and the rules by
 which grids and ``tune`` select a run (:data:`SELECTIONS`, :func:`select`): by the area under its
 training-loss curve (:func:`loss_auc`, as the paper does for Fig. 6a) or by its late test
 accuracy (:func:`late_accuracy`). Runs are read through :mod:`targetprop.training.rundir`.
@@ -79,8 +80,8 @@ def mean_cells(runs: list[Path]) -> list[str]:
         settings = TrainConfig.from_dict(rundir.read_config(runs[0])).method()
         summaries = [rundir.read_summary(run) or _partial_summary(run) for run in runs]
         aucs = [auc for auc in map(loss_auc, runs) if math.isfinite(auc)]
-        threads = sorted({str((s.get("environment") or {}).get("threads") or rundir.read_options(run).get("threads", "?"))
-                          for s, run in zip(summaries, runs)})
+        threads = sorted({str((s.get("environment") or {}).get("threads")
+                              or rundir.read_options(run).get("threads", "?")) for s, run in zip(summaries, runs)})
         statuses = {}
         for s in summaries:
             statuses[s["status"]] = statuses.get(s["status"], 0) + 1
@@ -143,12 +144,6 @@ def loss_auc(run: str | Path) -> float:
     if len(xs) < 2 or not all(math.isfinite(y) for y in ys):
         return math.inf
     return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
-
-
-def best_by_auc(aucs: dict) -> object | None:
-    """The key of the smallest finite area, or None if every run diverged."""
-    finite = {k: v for k, v in aucs.items() if math.isfinite(v)}
-    return min(finite, key=finite.get) if finite else None
 
 
 LATE_FRACTION = 0.25  # late_accuracy: the share of a run's evaluations it averages, the last ones

@@ -1,8 +1,9 @@
 """Building a run from its settings: the task, the device, the model, the optimizer and the loss.
 
 This module owns turning a :class:`~targetprop.training.config.TrainConfig` into the objects a
-:class:`~targetprop.training.trainer.Trainer` trains (the optimizer's parameter groups included), and the seeding of what they draw at
-construction (the model's initialization comes from ``(seed, "init")``).
+:class:`~targetprop.training.trainer.Trainer` trains (the optimizer's parameter groups included),
+and the seeding of what they draw at construction (the model's initialization comes from
+``(seed, "init")``).
 """
 from __future__ import annotations
 
