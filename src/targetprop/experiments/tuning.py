@@ -8,16 +8,22 @@ and what it reports (:func:`tune_report`, :func:`tune_table`, the heat map's tit
 grid's runs is :mod:`targetprop.experiments.runner`'s, the command's wiring
 :mod:`targetprop.experiments.commands`'.
 
-The tuned-BP protocol: BP's optimizer and step size chosen per task on a
-quarter of the full budget, by late accuracy, each candidate clipped at 1. A grid is one
-optimizer's (the optimizers take different settings), so it is one ``tune`` per optimizer, each
-from the panel's ``bp`` method, then the best of their ``best.json`` files by the same rule
-(highest ``late_accuracy``, then smallest ``auc``). For permuted MNIST (40000 iterations)::
+The tuned-BP protocol: BP's optimizer and step size chosen per task on a quarter of the full
+budget, by late accuracy, each candidate clipped at 1. A grid is one optimizer's (the optimizers
+take different settings), so it is one ``tune`` per optimizer, each from the panel's ``bp``
+method, then the best of their ``best.json`` files by the same rule (highest ``late_accuracy``,
+then smallest ``auc``; ``targetprop table OUT/*`` lists all the runs). For permuted MNIST (40000
+iterations)::
 
-    P="--panel fig4-permuted-mnist --method bp --budget full --set iterations=10000 --set clip=1 --select accuracy"
-    targetprop tune $P --set optimizer=sgd --set momentum=0.9 --set nesterov=true --grid lr=1e-4,1e-3,1e-2 --out runs/tune-bp/fig4-permuted-mnist/sgd-nesterov
-    targetprop tune $P --set optimizer=adam --set momentum=0 --set nesterov=false --grid lr=1e-4,1e-3,1e-2 --out runs/tune-bp/fig4-permuted-mnist/adam
-    targetprop tune $P --set optimizer=rmsprop --set momentum=0 --set nesterov=false --grid lr=1e-4,1e-3 --out runs/tune-bp/fig4-permuted-mnist/rmsprop
+    P="--panel fig4-permuted-mnist --method bp --budget full --set iterations=10000 --set clip=1"
+    S="--select accuracy"
+    O="runs/tune-bp/fig4-permuted-mnist"
+    targetprop tune $P $S --set optimizer=sgd --set momentum=0.9 --set nesterov=true --grid lr=1e-4,1e-3,1e-2 \\
+        --out $O/sgd-nesterov
+    targetprop tune $P $S --set optimizer=adam --set momentum=0 --set nesterov=false --grid lr=1e-4,1e-3,1e-2 \\
+        --out $O/adam
+    targetprop tune $P $S --set optimizer=rmsprop --set momentum=0 --set nesterov=false --grid lr=1e-4,1e-3 \\
+        --out $O/rmsprop
 """
 from __future__ import annotations
 
