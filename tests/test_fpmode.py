@@ -3,6 +3,7 @@ is below the smallest normal float (no direction moves by more than 1e-30)."""
 import pytest
 import torch
 
+from helpers import needs
 from targetprop import TPGRU, TPRNN, fpmode, kernels, orthogonal_init_
 
 TINY = torch.finfo(torch.float32).tiny  # smallest normal float32
@@ -32,6 +33,7 @@ def _train_step(layer, T=200, B=5, threads=1):
 @pytest.mark.parametrize("user_mode", [False, True], indirect=True)
 @pytest.mark.parametrize("cls,backend,threads", [(TPRNN, "cpp", 1), (TPRNN, "cpp", 2), (TPRNN, "torch", 1),
                                                  (TPGRU, "cpp", 2), (TPGRU, "torch", 1)])
+@needs("cpp")
 def test_the_callers_mode_is_the_same_after_forward_and_backward(user_mode, cls, backend, threads):
     module = kernels.load(required=True)
     assert fpmode.flushing() == user_mode == module.denormals_flushed()
@@ -48,6 +50,7 @@ def test_the_callers_mode_is_the_same_after_forward_and_backward(user_mode, cls,
     assert layer.weight_hh_l0.grad.abs().sum() > 0
 
 
+@needs("cpp")
 def test_the_recursion_meets_subnormals_and_flushing_drops_only_them():
     """Eq. 2's recursion at r = 10 (displacements shrink ~10x per step): unflushed it passes
     through the subnormal range, flushed it skips it; both agree to 1e-30 absolute."""
