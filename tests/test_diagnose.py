@@ -105,6 +105,38 @@ def test_gru_bp_and_tp_are_diagnosed():
         assert result["last10_share"][rule] == pytest.approx(1.0, abs=1e-12)  # T = 10: every step
 
 
+def _lstm_state_adjoint_norms(model, x, y):
+    """d_k = batch mean of ‖∂L/∂s_{T−k}‖ for the LSTM's state s_t = [h_t, c_t], each step's state
+    one node that the next step and the head read (an autograd loop, independent of the library)."""
+    rnn, p = model.rnn, model.rnn.hidden_size
+    w_ih, w_hh, b = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach(), (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach()
+    s = x.new_zeros(x.shape[0], 2 * p).requires_grad_(True)
+    states = []
+    for t in range(x.shape[1]):
+        i, f, g, o = (x[:, t] @ w_ih.T + s[:, :p] @ w_hh.T + b).split(p, -1)
+        c = f.sigmoid() * s[:, p:] + i.sigmoid() * g.tanh()
+        s = torch.cat([o.sigmoid() * c.tanh(), c], -1)
+        s.retain_grad()
+        states.append(s)
+    LOSS(model.head(s[:, :p]), y).backward()
+    return [st.grad.norm(dim=-1).mean().item() for st in reversed(states)]
+
+
+def test_lstm_bp_and_tp_are_diagnosed_on_the_whole_state():
+    """The LSTM's displacements are the whole state's [h, c]: BP's are the state adjoints of an
+    autograd loop; every rule's cosines are finite, bp's are 1."""
+    model = _model(cell="lstm", reg=3.0)
+    x, y = _batch(T=10)
+    result = diagnose.diagnose(model, x, y, LOSS, diagnose.default_rules("linearized"))
+    assert_rel(torch.tensor(result["bp_adjoint_norm"], dtype=D64),
+               torch.tensor(_lstm_state_adjoint_norms(model, x, y), dtype=D64), where="lstm bp adjoint norms")
+    assert all(abs(c - 1) < 1e-12 for c in result["cosine_with_bp"]["bp"].values())
+    for rule, cosines in result["cosine_with_bp"].items():
+        assert len(cosines) == 4 and all(-1 <= c <= 1 for c in cosines.values()), rule
+        assert result["last10_share"][rule] == pytest.approx(1.0, abs=1e-12)  # T = 10: every step
+        assert result["displacement_norm"][rule][0] > 0
+
+
 def test_command_line_writes_json_and_plot_and_reads_a_run(tmp_path, capsys):
     common = ["--task", "temporal-order", "--length", "12", "--hidden-size", "8", "--reg", "10"]
     out, png = tmp_path / "d.json", tmp_path / "d.png"

@@ -9,7 +9,7 @@ On one fixed batch, for each rule asked (``linearized``, ``linearized-through-ti
   weights is ``γ_θ·γ_h`` times the direction, so ρ = 1 is "BP's step size";
 * ``displacement_norm`` {rule: [d_0, …, d_{T-1}]}: ``d_k`` the batch mean of ``‖λ_{T−k}‖``, the
   displacement of the state k steps before the last (eqs. 1–2, before any through-time pass);
-  ``bp_adjoint_norm`` the same for BP's adjoint;
+  ``bp_adjoint_norm`` the same for BP's adjoint (for an LSTM, of the whole state ``[h, c]``);
 * ``horizon`` {rule: {"1e-6": k, "zero": k | None}}: the first k where ``d_k < 10⁻⁶ d_0``, and the
   first where it is exactly 0 (None: never);
 * ``last_step_share``, ``last10_share`` {rule: s}: how much of the ``W_hh`` direction ``D`` comes

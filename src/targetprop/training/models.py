@@ -4,7 +4,8 @@ with ``bidirectional``) and a linear head on its last layer's final states.
 This module owns assembling them (which layer, its init, the head). ``MODELS`` maps a cell
 name to the recurrent layer class; any class built as ``torch.nn.RNN`` is
 (``cls(input_size, hidden_size, batch_first=True, **options)``) with ``forward(x) -> (output, h_n)``
-fits, ``torch.nn.RNN`` and ``torch.nn.GRU`` included.
+or, as an LSTM's, ``(output, (h_n, c_n))`` fits, ``torch.nn.RNN``, ``torch.nn.GRU`` and
+``torch.nn.LSTM`` included; the head reads ``h_n``.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from ..init import orthogonal_, orthogonal_init_
+from ..lstm_layer import TPLSTM
 from ..rnn import TPGRU, TPRNN
 
-MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN, "gru": TPGRU}
+MODELS: dict[str, type[nn.Module]] = {"rnn": TPRNN, "gru": TPGRU, "lstm": TPLSTM}
 
 
 class SequenceModel(nn.Module):
@@ -28,7 +30,8 @@ class SequenceModel(nn.Module):
     soft-max on top of a linear operation" / "the last layer is linear").
 
     Args:
-        cell: key of :data:`MODELS` (``"rnn"``: :class:`~targetprop.TPRNN`, ``"gru"``: :class:`~targetprop.TPGRU`).
+        cell: key of :data:`MODELS` (``"rnn"``: :class:`~targetprop.TPRNN`, ``"gru"``: :class:`~targetprop.TPGRU`,
+            ``"lstm"``: :class:`~targetprop.TPLSTM`, read out at ``h_n``).
         input_size, hidden_size, output_size: ``d``, ``p`` and the head's outputs.
         init: ``"orthogonal"`` (the paper's: orthogonal weights, zero biases, for the recurrent
             layer and the head) or ``"default"`` (the layers' own ``reset_parameters``).
@@ -59,6 +62,8 @@ class SequenceModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (B, T, d) → head outputs (B, output_size), read from the last layer's last state."""
         _, h_n = self.rnn(x)
+        if isinstance(h_n, tuple):  # an LSTM's (h_n, c_n)
+            h_n = h_n[0]
         last = h_n[-1] if self.directions == 1 else torch.cat([h_n[-2], h_n[-1]], -1)
         return self.head(last)
 
