@@ -314,6 +314,46 @@ TP_INLINE void lstm_rows(T* lam, const T* gates, const T* h0, const T* out, cons
   });
 }
 
+// A (rows, cols) view of row stride ld at `data`, made without a dispatch (for ATen's vectorized
+// sigmoid and tanh, single-threaded inside the parallel region over rows).
+inline torch::Tensor rows_view(void* data, int64_t rows, int64_t cols, int64_t ld, const torch::Tensor& like) {
+  return torch::from_blob(data, {rows, cols}, {ld, 1}, like.options());
+}
+
+// One LSTM forward step for `rows` rows: g (rows x 5p, row stride 5p) <- [i, f, g, o, tanh c'] from
+// x (rows x 4p: x W_ih^T + b_ih), the bias b_hh (or null) and prev = [h, c] (row stride 2p);
+// cur = [h', c'] (row stride 2p). `like` gives the dtype of the views the activations run on.
+template <typename T, int BYTES, int K>
+TP_INLINE void lstm_step(T* __restrict g, const T* __restrict x, const T* __restrict bh, const T* prev,
+                         T* __restrict cur, const T* __restrict wt, int64_t rows, int64_t p,
+                         const torch::Tensor& like) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict gr = g + r * 5 * p;
+    const T* __restrict xr = x + r * 4 * p;
+    if (bh) {
+      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = xr[k] + bh[k];
+    } else {
+      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = xr[k];
+    }
+  }
+  block_times_mat<T, BYTES, K>(g, 5 * p, prev, 2 * p, wt, rows, p, 4 * p);
+  rows_view(g, rows, 2 * p, 5 * p, like).sigmoid_();  // i, f
+  rows_view(g + 2 * p, rows, p, 5 * p, like).tanh_();  // g
+  rows_view(g + 3 * p, rows, p, 5 * p, like).sigmoid_();  // o
+  for (int64_t r = 0; r < rows; ++r) {  // c' = f c + i g, into the state and the tanh c slot
+    T* __restrict gr = g + r * 5 * p;
+    const T* __restrict c = prev + r * 2 * p + p;
+    T* __restrict cr = cur + r * 2 * p + p;
+    for (int64_t k = 0; k < p; ++k) cr[k] = gr[4 * p + k] = gr[p + k] * c[k] + gr[k] * gr[2 * p + k];
+  }
+  rows_view(g + 4 * p, rows, p, 5 * p, like).tanh_();
+  for (int64_t r = 0; r < rows; ++r) {  // h' = o tanh c'
+    const T* __restrict gr = g + r * 5 * p;
+    T* __restrict hr = cur + r * 2 * p;
+    for (int64_t k = 0; k < p; ++k) hr[k] = gr[4 * p + k] * gr[3 * p + k];
+  }
+}
+
 // One build of the loops per instruction set: BYTES-wide vectors, K of them per tile.
 #define TP_DEFINE(NAME, TARGET, BYTES, K)                                                                     \
   template <typename T>                                                                                       \
@@ -335,6 +375,11 @@ TP_INLINE void lstm_rows(T* lam, const T* gates, const T* h0, const T* out, cons
   TARGET void lstm_##NAME(T* l, const T* ga, const T* h0, const T* o, const T* m, T* g, int64_t b0, int64_t b1, \
                           int64_t steps, int64_t B, int64_t p, bool lin, T fs, T ft) {                        \
     lstm_rows<T, BYTES, K>(l, ga, h0, o, m, g, b0, b1, steps, B, p, lin, fs, ft);                             \
+  }                                                                                                           \
+  template <typename T>                                                                                       \
+  TARGET void lstm_step_##NAME(T* g, const T* x, const T* bh, const T* prev, T* cur, const T* wt, int64_t rows, \
+                               int64_t p, const torch::Tensor& like) {                                        \
+    lstm_step<T, BYTES, K>(g, x, bh, prev, cur, wt, rows, p, like);                                           \
   }
 
 template <typename T>
@@ -344,8 +389,10 @@ struct Loops {
   void (*gru)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
   void (*lstm)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T,
                T);
+  void (*lstm_step)(T*, const T*, const T*, const T*, T*, const T*, int64_t, int64_t, const torch::Tensor&);
 };
-#define TP_LOOPS(NAME, T) Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>, lstm_##NAME<T>}
+#define TP_LOOPS(NAME, T) \
+  Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>, lstm_##NAME<T>, lstm_step_##NAME<T>}
 
 TP_DEFINE(base, , 16, 2)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -429,12 +476,6 @@ void rows_through_time(int64_t B, int64_t steps, int64_t chunk, const Step& step
   over_rows(B, chunk, [&](int64_t b0, int64_t b1) {
     for (int64_t t = 0; t < steps; ++t) step(t, b0, b1 - b0);
   });
-}
-
-// A (rows, cols) view of row stride ld at `data`, made without a dispatch (for ATen's vectorized
-// sigmoid and tanh, single-threaded inside the parallel region over rows).
-torch::Tensor rows_view(void* data, int64_t rows, int64_t cols, int64_t ld, const torch::Tensor& like) {
-  return torch::from_blob(data, {rows, cols}, {ld, 1}, like.options());
 }
 
 // dst[r, 0:n] = src[r, 0:n] + bias[0:n] (bias may be null) for each row r (row strides ldd, lds).
@@ -581,30 +622,14 @@ void lstm_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::
   check(fn, wt, "wt", {p, 4 * p}, dtype);
   check(fn, out, "out", {steps, B, 2 * p}, dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
-    const auto product = loops<scalar_t>().forward;
+    const auto step = loops<scalar_t>().lstm_step;
     const scalar_t* bh = optional_arg<scalar_t>(fn, bias, "bias", {4 * p}, dtype);
     const scalar_t *gi_all = gi.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
     scalar_t *gates_all = gates.data_ptr<scalar_t>(), *out_all = out.data_ptr<scalar_t>();
     rows_through_time(B, steps, grain(steps, 4 * p, p), [&](int64_t t, int64_t b0, int64_t rows) {
-      scalar_t* g = gates_all + (t * B + b0) * 5 * p;  // rows x [i, f, g, o, tanh c]
       const scalar_t* prev = t == 0 ? h0_all + b0 * 2 * p : out_all + ((t - 1) * B + b0) * 2 * p;  // [h, c]
-      scalar_t* cur = out_all + (t * B + b0) * 2 * p;
-      rows_plus_bias(g, 5 * p, gi_all + (t * B + b0) * 4 * p, 4 * p, bh, rows, 4 * p);
-      product(g, 5 * p, prev, 2 * p, wt.data_ptr<scalar_t>(), rows, p, 4 * p);
-      rows_view(g, rows, 2 * p, 5 * p, gates).sigmoid_();  // i, f
-      rows_view(g + 2 * p, rows, p, 5 * p, gates).tanh_();  // g
-      rows_view(g + 3 * p, rows, p, 5 * p, gates).sigmoid_();  // o
-      for (int64_t r = 0; r < rows; ++r) {  // c' = f c + i g, into the state and the tanh c slot
-        scalar_t* gr = g + r * 5 * p;
-        const scalar_t* c = prev + r * 2 * p + p;
-        for (int64_t k = 0; k < p; ++k)
-          cur[r * 2 * p + p + k] = gr[4 * p + k] = gr[p + k] * c[k] + gr[k] * gr[2 * p + k];
-      }
-      rows_view(g + 4 * p, rows, p, 5 * p, gates).tanh_();
-      for (int64_t r = 0; r < rows; ++r) {  // h' = o tanh c'
-        const scalar_t* gr = g + r * 5 * p;
-        for (int64_t k = 0; k < p; ++k) cur[r * 2 * p + k] = gr[4 * p + k] * gr[3 * p + k];
-      }
+      step(gates_all + (t * B + b0) * 5 * p, gi_all + (t * B + b0) * 4 * p, bh, prev, out_all + (t * B + b0) * 2 * p,
+           wt.data_ptr<scalar_t>(), rows, p, gates);
     });
   });
 }
