@@ -72,6 +72,42 @@ def test_gru_methods_are_compared_with_the_native_gru(tmp_path):
     assert "gru-tp-linearized" not in bench.DEFAULT_METHODS
 
 
+def test_lstm_methods_are_compared_with_the_native_lstm(tmp_path):
+    out = tmp_path / "table.md"
+    methods = ["lstm-native-bptt", "lstm-engine-bp", "lstm-tp-linearized", "lstm-tp-through-time", "native-bptt"]
+    assert bench.main(["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1", "--methods", *methods,
+                       "--regime", "orthogonal", "--output", str(out)]) == 0
+    rows = {r[8].strip(): r for r in (line.split("|") for line in out.read_text().splitlines()) if r[1:2] == [" 12 "]}
+    assert list(rows) == methods
+    assert rows["lstm-native-bptt"][12].strip() == "1.00" and rows["lstm-engine-bp"][13].strip() == "1.00"
+    assert rows["native-bptt"][12].strip() == "1.00" and rows["native-bptt"][13].strip() == "–"
+    assert all(float(rows[m][12]) > 0 for m in methods)
+    assert not any(m.startswith("lstm-") for m in bench.DEFAULT_METHODS)
+    assert [s[:3] for s in bench.GRIDS["lstm"]] == [(784, 16, 100), (60, 16, 100), (784, 512, 100)]
+
+
+def test_an_lstm_layer_is_timed_with_the_loops_it_has():
+    """The LSTM has no Triton loops: its methods are timed with the others and left out with those."""
+    rows = bench.measure((5, 2, 4, 1), ["lstm-tp-linearized", "lstm-native-bptt"], 1, repeats=1, warmup=0,
+                         loops=("torch", "triton"))
+    assert [r.method for r in rows] == ["lstm-tp-linearized [torch]", "lstm-native-bptt"]
+
+
+def test_an_lstm_runs_weights_are_timed_with_the_lstm_methods(tmp_path):
+    from targetprop import TPLSTM
+    from targetprop.training import checkpoint, rundir
+
+    layer = TPLSTM(3, 7)
+    checkpoint.save_in(rundir.checkpoint_dir(tmp_path), 5, {"model": {"rnn." + k: v for k, v in layer.state_dict().items()}})
+    regime = "run:" + str(tmp_path)
+    assert bench.run_shape(regime) == (7, 3, "lstm")
+    rows = bench.measure((5, 2, 99, 99), ["native-bptt", "lstm-native-bptt", "lstm-tp-linearized"], 1, repeats=1,
+                         warmup=0, regime=regime)
+    assert [(r.method, r.p, r.d) for r in rows] == [("lstm-native-bptt", 7, 3), ("lstm-tp-linearized", 7, 3)]
+    loaded = bench.set_regime_(TPLSTM(3, 7), regime, torch.Generator())
+    assert torch.equal(loaded.weight_hh_l0, layer.weight_hh_l0)
+
+
 def test_naive_yardstick_equals_the_library_rule():
     torch.manual_seed(0)
     layer = TPRNN(2, 5, batch_first=True, dtype=torch.float64, reg=1.0, target_step=1e-2)
@@ -92,7 +128,7 @@ def test_run_regime_times_a_checkpointed_runs_weights(tmp_path):
     checkpoint.save_in(rundir.checkpoint_dir(tmp_path), 5,
                        {"model": {"rnn." + k: v for k, v in layer.state_dict().items()} | {"head.bias": torch.zeros(2)}})
     regime = "run:" + str(tmp_path)
-    assert bench.check_regime(regime) == regime and bench.run_shape(regime) == (7, 3, False)
+    assert bench.check_regime(regime) == regime and bench.run_shape(regime) == (7, 3, "rnn")
     loaded = bench.set_regime_(TPRNN(3, 7), regime, torch.Generator())
     assert torch.equal(loaded.weight_hh_l0, layer.weight_hh_l0)
     rows = bench.measure((5, 2, 99, 99), ["native-bptt", "tp-linearized", "gru-tp-linearized"], 1, repeats=1,

@@ -1,7 +1,8 @@
 """Cost benchmark: one training iteration (forward + backward + optimizer step) of every rule
 against native BPTT (``torch.nn.RNN`` autograd), at the paper's shapes (Section 3's claim that
-TP costs about what BP costs when T ≥ p); the ``gru-*`` methods do the same for the GRU cell
-against ``torch.nn.GRU``.
+TP costs about what BP costs when T ≥ p); the ``gru-*`` and ``lstm-*`` methods do the same for
+the GRU and LSTM cells against ``torch.nn.GRU`` and ``torch.nn.LSTM`` (``--grid lstm``: the
+LSTM's target shapes).
 
 Methods are timed *interleaved* in one process (one iteration of each in turn, repeated), and
 the median is reported, so that machine noise hits every method alike. Each shape is timed in

@@ -1,5 +1,5 @@
-"""What the benchmark times: the methods (TP rules, native BPTT, a naive yardstick), the weight
-regimes, the shapes, and one training iteration of a method at a shape as a closure."""
+"""What the benchmark times: the methods (TP rules, native BPTT, a naive yardstick) for each cell,
+the weight regimes, the shapes, and one training iteration of a method at a shape as a closure."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +10,13 @@ from typing import Callable
 import torch
 
 from ..init import orthogonal_init_
+from ..lstm_layer import TPLSTM
 from ..rnn import TPGRU, TPRNN
 from ..training import checkpoint, rundir
 
-#: name -> TP layer keyword arguments (``cell="gru"``: a TPGRU), ``"native"`` / ``"native-gru"``
-#: for torch.nn.RNN / torch.nn.GRU autograd, ``"naive"`` for the per-step baseline
+#: name -> TP layer keyword arguments (``cell="gru"``: a TPGRU, ``cell="lstm"``: a TPLSTM),
+#: ``"native"`` / ``"native-gru"`` / ``"native-lstm"`` for torch.nn.RNN / GRU / LSTM autograd,
+#: ``"naive"`` for the per-step baseline; a method of a gated cell is named ``CELL-...``
 METHODS: dict[str, dict | str] = {
     "native-bptt": "native",
     "naive-tp": "naive",
@@ -27,9 +29,23 @@ METHODS: dict[str, dict | str] = {
     "gru-engine-bp": {"cell": "gru", "rule": "bp"},
     "gru-tp-linearized": {"cell": "gru", "rule": "linearized"},
     "gru-tp-through-time": {"cell": "gru", "rule": "linearized", "through_time": True},
+    "lstm-native-bptt": "native-lstm",
+    "lstm-engine-bp": {"cell": "lstm", "rule": "bp"},
+    "lstm-tp-linearized": {"cell": "lstm", "rule": "linearized"},
+    "lstm-tp-through-time": {"cell": "lstm", "rule": "linearized", "through_time": True},
 }
-#: the methods run when none are named (the GRU ones are asked for by name)
-DEFAULT_METHODS = [m for m in METHODS if m != "naive-tp" and not m.startswith("gru-")]
+#: the TP layer and the torch.nn layer of each cell
+LAYERS = {"rnn": (TPRNN, torch.nn.RNN), "gru": (TPGRU, torch.nn.GRU), "lstm": (TPLSTM, torch.nn.LSTM)}
+
+
+def cell_of(method: str) -> str:
+    """The cell ``method`` times: ``"gru"`` / ``"lstm"`` for ``gru-*`` / ``lstm-*``, else ``"rnn"``."""
+    prefix = method.split("-", 1)[0]
+    return prefix if prefix in LAYERS else "rnn"
+
+
+#: the methods run when none are named (the GRU and LSTM ones are asked for by name)
+DEFAULT_METHODS = [m for m in METHODS if m != "naive-tp" and cell_of(m) == "rnn"]
 
 #: weight regimes: the paper's orthogonal init; torch.nn's default init; a contractive
 #: recurrence (orthogonal W_hh × 0.5); ``run:PATH``, the weights of a run's last checkpoint
@@ -62,13 +78,19 @@ class Shape:
         return f"{self.layers}{' bi' if self.bidirectional else ''}"
 
 
-def is_gru(method: str) -> bool:
-    return method.startswith("gru-")
-
-
 def runs_at(method: str, shape: Shape) -> bool:
     """Whether ``method`` can run at ``shape`` (the naive yardstick has one layer, one direction)."""
     return not (shape.stacked and METHODS[method] == "naive")
+
+
+def runs_with(method: str, loops: str) -> bool:
+    """Whether ``method`` runs with ``loops`` (a cell's TP layer takes only the backends it has:
+    no Triton loops for the LSTM)."""
+    spec = METHODS[method]
+    if not isinstance(spec, dict):
+        return True
+    backend = loops.split(":")[0]
+    return backend in getattr(LAYERS[cell_of(method)][0].cell_module, "BACKENDS", (backend,))
 
 
 def _layer(method: str, shape: Shape, backend: str = "auto") -> torch.nn.Module:
@@ -76,13 +98,10 @@ def _layer(method: str, shape: Shape, backend: str = "auto") -> torch.nn.Module:
     stack = {"num_layers": shape.layers, "bidirectional": shape.bidirectional, "batch_first": True}
     if spec == "naive":
         return _NaiveModule(d, p, batch_first=True)
-    if spec == "native":
-        return torch.nn.RNN(d, p, **stack)
-    if spec == "native-gru":
-        return torch.nn.GRU(d, p, **stack)
+    if isinstance(spec, str):  # "native", "native-gru", "native-lstm"
+        return LAYERS[cell_of(method)][1](d, p, **stack)
     kwargs = dict(spec)
-    cls = TPGRU if kwargs.pop("cell", "rnn") == "gru" else TPRNN
-    return cls(d, p, **stack, reg=1.0, backend=backend, **kwargs)
+    return LAYERS[kwargs.pop("cell", "rnn")][0](d, p, **stack, reg=1.0, backend=backend, **kwargs)
 
 
 class BenchSettingError(argparse.ArgumentTypeError, ValueError):
@@ -108,11 +127,15 @@ def run_weights(regime: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in found.payload["model"].items() if k.startswith(prefix)}
 
 
-def run_shape(regime: str) -> tuple[int, int, bool]:
-    """(p, d, is_gru) of a run's recurrent layer."""
+def run_shape(regime: str) -> tuple[int, int, str]:
+    """(p, d, cell) of a run's recurrent layer (the cell from its gate rows: 1, 3 or 4 per unit)."""
     weights = run_weights(regime)
     w_ih, p = weights["weight_ih_l0"], weights["weight_hh_l0"].shape[1]
-    return p, w_ih.shape[1], w_ih.shape[0] == 3 * p
+    gates = w_ih.shape[0] // p
+    cell = next((c for c, (tp, _) in LAYERS.items() if tp.cell_module.GATES == gates), None)
+    if cell is None:
+        raise ValueError(f"regime {regime!r}: a recurrent layer with {gates} gate blocks is not one of {list(LAYERS)}")
+    return p, w_ih.shape[1], cell
 
 
 @torch.no_grad()
@@ -184,6 +207,7 @@ def iteration(method: str, shape: Shape, device, seed: int = 0, regime: str = "o
 
     def loss():
         h_n = rnn(x)[1]
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n  # an LSTM's (h_n, c_n)
         return torch.nn.functional.cross_entropy(head(torch.cat(list(h_n[-dirs:]), -1)), y)
 
     def run():

@@ -19,7 +19,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--grid", nargs="+", default=["targets"], choices=sorted(GRIDS), help="shape grids to run")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
                    help="methods to time (naive-tp: a straightforward per-step TP, as a yardstick; "
-                        "gru-*: the GRU cell against torch.nn.GRU, not in the default)")
+                        "gru-*, lstm-*: the GRU and LSTM cells against torch.nn.GRU and torch.nn.LSTM, not in "
+                        "the default)")
     p.add_argument("--threads", dest="thread_counts", nargs="+", type=int, default=[1, torch.get_num_threads()],
                    help="intra-op thread counts to time (default: 1 and all)")
     p.add_argument("--repeats", type=int, default=30, help="timed iterations per method (median reported)")

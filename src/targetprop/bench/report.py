@@ -8,26 +8,27 @@ import torch
 
 from .. import kernels, markdown
 from ..training import environment
-from .cases import is_gru
+from .cases import LAYERS, cell_of
 from .timing import Result
 
 
 def table(results: list[Result]) -> str:
     """Markdown table; the ratios are the method's median over native BPTT's and over the
-    engine's BP at the same shape, for the same cell (``gru-*`` against ``gru-native-bptt``)."""
+    engine's BP at the same shape, for the same cell (``gru-*`` against ``gru-native-bptt``,
+    ``lstm-*`` against ``lstm-native-bptt``)."""
     def key(r):
         return r.T, r.B, r.p, r.d, r.stack, r.threads, r.device, r.regime
 
     def medians(name):
         return {key(r): r.median_ms for r in results if r.method == name}
 
-    cells = {"": (medians("native-bptt"), medians("engine-bp")),
-             "gru-": (medians("gru-native-bptt"), medians("gru-engine-bp"))}
+    prefixes = {cell: "" if cell == "rnn" else f"{cell}-" for cell in LAYERS}
+    cells = {cell: (medians(f"{pre}native-bptt"), medians(f"{pre}engine-bp")) for cell, pre in prefixes.items()}
     header = ["T", "B", "p", "d", "layers", "threads", "regime", "method", "iteration ms", "fwd ms", "bwd ms",
               "÷ native", "÷ engine-bp", "saved/peak MB"]
     rows = []
     for r in results:
-        native, bp = cells["gru-" if is_gru(r.method) else ""]
+        native, bp = cells[cell_of(r.method)]
         rn = f"{r.median_ms / native[key(r)]:.2f}" if key(r) in native else "–"
         rb = f"{r.median_ms / bp[key(r)]:.2f}" if key(r) in bp else "–"
         rows.append([r.T, r.B, r.p, r.d, r.stack, r.threads, r.regime, r.method, f"{r.median_ms:.2f}",

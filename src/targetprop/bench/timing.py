@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from .. import kernels
-from .cases import METHODS, BenchSettingError, Shape, is_gru, iteration, run_shape, runs_at
+from .cases import METHODS, BenchSettingError, Shape, cell_of, iteration, run_shape, runs_at, runs_with
 
 GRIDS = {
     # (T, B, p, d[, layers, bidirectional])
@@ -25,6 +25,8 @@ GRIDS = {
     "tiny-stacked": [(12, 4, 8, 1, 2, True)],
     # the GPU check (scripts/gpu-check.sh): small and large batch, a short sequence, a 2-layer bidirectional stack
     "gpu": [(784, 16, 100, 1), (784, 512, 100, 1), (60, 20, 100, 6), (784, 16, 100, 1, 2, True)],
+    # the LSTM's targets: the sequential-MNIST shape, a short sequence, a large batch
+    "lstm": [(784, 16, 100, 1), (60, 16, 100, 1), (784, 512, 100, 1)],
 }
 
 
@@ -55,16 +57,18 @@ LOOPS = ("auto", "torch", "cpp:base", "cpp:avx2", "cpp:avx512", "triton")
 def measure(shape, methods, threads: int, device="cpu", repeats: int = 30, warmup: int = 3,
             regime: str = "orthogonal", loops=("auto",)) -> list[Result]:
     """Time ``methods`` at one shape and weight regime, interleaved; medians of ``repeats`` after
-    ``warmup``. For a ``run:PATH`` regime, p and d are the run's. With several ``loops``, each TP
-    method is timed once per variant (named ``method [variant]``), all interleaved. Methods that
-    cannot run at the shape (the naive yardstick on a stack) are left out."""
+    ``warmup``. For a ``run:PATH`` regime, p and d are the run's (and only its cell's methods run).
+    With several ``loops``, each TP method is timed once per variant (named ``method [variant]``),
+    all interleaved. Methods that cannot run at the shape (the naive yardstick on a stack) or with a
+    variant (the LSTM with Triton loops) are left out."""
     shape = Shape.of(shape)
     if regime.startswith("run:"):
-        p, d, gru = run_shape(regime)
+        p, d, cell = run_shape(regime)
         shape = dataclasses.replace(shape, p=p, d=d)
-        methods = [m for m in methods if is_gru(m) == gru]
+        methods = [m for m in methods if cell_of(m) == cell]
     methods = [m for m in methods if runs_at(m, shape)]
-    timed = [(m, v) for m in methods for v in (loops if isinstance(METHODS[m], dict) else ("auto",))]
+    timed = [(m, v) for m in methods for v in (loops if isinstance(METHODS[m], dict) else ("auto",))
+             if runs_with(m, v)]
     module = kernels.load() if any(v.startswith("cpp:") for _, v in timed) else None
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
