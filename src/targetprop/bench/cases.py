@@ -31,7 +31,7 @@ METHODS: dict[str, dict | str] = {
     "gru-tp-through-time": {"cell": "gru", "rule": "linearized", "through_time": True},
     "lstm-native-bptt": "native-lstm",
     "lstm-engine-bp": {"cell": "lstm", "rule": "bp"},
-    "lstm-tp-linearized": {"cell": "lstm", "rule": "linearized"},
+    "lstm-tp-linearized": {"cell": "lstm", "rule": "linearized", "through_time": False},
     "lstm-tp-through-time": {"cell": "lstm", "rule": "linearized", "through_time": True},
 }
 #: the TP layer and the torch.nn layer of each cell

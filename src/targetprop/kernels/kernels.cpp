@@ -33,6 +33,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -185,9 +186,9 @@ TP_INLINE void block_times_mat(T* out, int64_t ldo, const T* s, int64_t lds, con
 template <typename T>
 TP_INLINE bool any_normal(const T* s, int64_t n) {
   const T least = flush_enabled ? std::numeric_limits<T>::min() : std::numeric_limits<T>::denorm_min();
-  bool any = false;
+  int any = 0;  // an int, not a bool: GCC vectorizes this reduction
   for (int64_t i = 0; i < n; ++i) any |= std::abs(s[i]) >= least;
-  return any;
+  return any != 0;
 }
 
 // The shape of every backward recursion, rows b0..b1 for t = T..1 on lam (T+1, B, width), width
@@ -232,85 +233,120 @@ TP_INLINE void forward_step(T* out, int64_t ldo, const T* h, int64_t ldh, const 
   block_times_mat<T, BYTES, K>(out, ldo, h, ldh, wt, B, n, width);
 }
 
-// GRU, rows b0..b1 for t = T..1. gates: (T, B, 4, p) holding r, z, q = h W_hn^T + b_hn, n per step;
-// h0 (B, p) and out (T, B, p) give h_{t-1}. With dn = (1 - n^2)(1 - z):
-//   BP:          s = [r(1-r) q dn, z(1-z)(h-n), r dn] * lam_t
-//   linearized:  s = [q dn / max(r(1-r), floor), (h-n) / max(z(1-z), floor), r dn] * lam_t
-// direct path z * lam_t, and, if g is given, g[t-1] = [r(1-r) q dn, z(1-z)(h-n), r dn, dn] * lam_t:
-// the cell's pre-activation adjoints for the parameter directions, written while lam_t is final.
+// Calls f(std::integral_constant<bool, A>, std::integral_constant<bool, B>) for the run-time
+// flags a, b: each combination a build of its own, its branches out of the inner loops.
+template <typename F>
+TP_INLINE void with_flags(bool a, bool b, const F& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (a) {
+    if (b) f(Y{}, Y{}); else f(Y{}, N{});
+  } else {
+    if (b) f(N{}, Y{}); else f(N{}, N{});
+  }
+}
+
+// One GRU row at step t: gates [r, z, q, n] (4p), h = h_{t-1}, l = lam_t, into s (3p), d += z l
+// (lam_{t-1}) and, with EMIT, g (4p). With dn = (1 - n^2)(1 - z):
+//   BP:          s = [r(1-r) q dn, z(1-z)(h-n), r dn] * l
+//   linearized:  s = [q dn / max(r(1-r), floor), (h-n) / max(z(1-z), floor), r dn] * l
+// and g = [r(1-r) q dn, z(1-z)(h-n), r dn, dn] * l: the cell's pre-activation adjoints.
+template <typename T, bool LIN, bool EMIT>
+TP_INLINE void gru_row(const T* __restrict gt, const T* __restrict h, const T* __restrict l, T* __restrict s,
+                       T* __restrict d, T* __restrict g, int64_t p, T floor) {
+  const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
+#pragma GCC ivdep  // the p-blocks of s and of g never overlap: no alias checks, which would stop vectorization
+  for (int64_t i = 0; i < p; ++i) {
+    const T dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
+    const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
+    const T br = dr * q[i] * dn * l[i], bz = dz * (h[i] - n[i]) * l[i], bn = r[i] * dn * l[i];
+    if constexpr (EMIT) {
+      g[i] = br;
+      g[p + i] = bz;
+      g[2 * p + i] = bn;
+      g[3 * p + i] = dn * l[i];
+    }
+    if constexpr (LIN) {
+      s[i] = q[i] * dn * l[i] / std::max(dr, floor);
+      s[p + i] = (h[i] - n[i]) * l[i] / std::max(dz, floor);
+    } else {
+      s[i] = br;
+      s[p + i] = bz;
+    }
+    s[2 * p + i] = bn;
+    d[i] += z[i] * l[i];
+  }
+}
+
+// GRU, rows b0..b1 for t = T..1 (gru_row). gates: (T, B, 4, p) holding r, z, q = h W_hn^T + b_hn, n
+// per step; h0 (B, p) and out (T, B, p) give h_{t-1}; g (T, B, 4, p) or null.
 template <typename T, int BYTES, int K>
 TP_INLINE void gru_rows(T* lam, const T* gates, const T* h0, const T* out, const T* mat, T* g, int64_t b0,
                         int64_t b1, int64_t steps, int64_t B, int64_t p, bool linearized, T floor) {
-  back_in_time<T, BYTES, K>(lam, p, mat, 3 * p, b0, b1, steps, B, p,
-                            [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
-    const T* gt = gates + ((t - 1) * B + row) * 4 * p;
-    const T *r = gt, *z = gt + p, *q = gt + 2 * p, *n = gt + 3 * p;
-    const T* h = t == 1 ? h0 + row * p : out + ((t - 2) * B + row) * p;
-    T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
-    for (int64_t i = 0; i < p; ++i) {
-      const T l = cur[i], dn = (T(1) - n[i] * n[i]) * (T(1) - z[i]);
-      const T dr = r[i] * (T(1) - r[i]), dz = z[i] * (T(1) - z[i]);
-      const T br = dr * q[i] * dn * l, bz = dz * (h[i] - n[i]) * l, bn = r[i] * dn * l;
-      if (gr) {
-        gr[i] = br;
-        gr[p + i] = bz;
-        gr[2 * p + i] = bn;
-        gr[3 * p + i] = dn * l;
-      }
-      if (linearized) {
-        s[i] = q[i] * dn * l / std::max(dr, floor);
-        s[p + i] = (h[i] - n[i]) * l / std::max(dz, floor);
-      } else {
-        s[i] = br;
-        s[p + i] = bz;
-      }
-      s[2 * p + i] = bn;
-      d[i] += z[i] * l;
-    }
+  with_flags(linearized, g != nullptr, [&](auto lin, auto emit) TP_INLINE_LAMBDA {
+    back_in_time<T, BYTES, K>(lam, p, mat, 3 * p, b0, b1, steps, B, p,
+                              [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
+      const int64_t at = (t - 1) * B + row;
+      gru_row<T, decltype(lin)::value, decltype(emit)::value>(
+          gates + at * 4 * p, t == 1 ? h0 + row * p : out + (at - B) * p, cur, s, d, emit ? g + at * 4 * p : nullptr,
+          p, floor);
+    });
   });
 }
 
-// LSTM, rows b0..b1 for t = T..1 on lam (T+1, B, 2p) = [lam_h, lam_c]. gates: (T, B, 5, p) holding
-// i, f, g, o, tanh(c_t) per step; h0 (B, 2p) and out (T, B, 2p) give c_{t-1}. With the effective
-// cell displacement cs = lam_c + o(1 - tanh^2 c_t) lam_h:
-//   BP:          s = [g i(1-i) cs, c_{t-1} f(1-f) cs, i(1-g^2) cs, tanh(c_t) o(1-o) lam_h]
+// One LSTM row at step t: gates [i, f, g, o, tanh c_t] (5p), c = c_{t-1}, l = [lam_h, lam_c]_t, into
+// s (4p), dc += f cs (lam_c of t-1) and, with EMIT, g (4p). With the effective cell displacement
+// cs = lam_c + o(1 - tanh^2 c_t) lam_h:
+//   BP:          s = [g i(1-i) cs, c f(1-f) cs, i(1-g^2) cs, tanh(c_t) o(1-o) lam_h]
 //   linearized:  the same with each gate derivative divided instead, floored (sigmoid' at fs,
-//                tanh' at ft): [g/max(i(1-i),fs) cs, c_{t-1}/max(f(1-f),fs) cs, ...]
-// direct path lam_c[t-1] += f cs, and, if g is given, g[t-1] = BP's s: the pre-activation adjoints.
+//                tanh' at ft): [g/max(i(1-i),fs) cs, c/max(f(1-f),fs) cs, ...]
+// and g = BP's s: the pre-activation adjoints.
+template <typename T, bool LIN, bool EMIT>
+TP_INLINE void lstm_row(const T* __restrict gt, const T* __restrict c, const T* __restrict l, T* __restrict s,
+                        T* __restrict dc, T* __restrict g, int64_t p, T fs, T ft) {
+  const T *gi = gt, *gf = gt + p, *gg = gt + 2 * p, *go = gt + 3 * p, *tc = gt + 4 * p;
+  const T *lh = l, *lc = l + p;
+#pragma GCC ivdep  // as gru_row's
+  for (int64_t k = 0; k < p; ++k) {
+    const T cs = lc[k] + go[k] * (T(1) - tc[k] * tc[k]) * lh[k];
+    const T di = gi[k] * (T(1) - gi[k]), df = gf[k] * (T(1) - gf[k]);
+    const T dg = T(1) - gg[k] * gg[k], dout = go[k] * (T(1) - go[k]);
+    const T bi = gg[k] * di * cs, bf = c[k] * df * cs, bg = gi[k] * dg * cs, bo = tc[k] * dout * lh[k];
+    if constexpr (EMIT) {
+      g[k] = bi;
+      g[p + k] = bf;
+      g[2 * p + k] = bg;
+      g[3 * p + k] = bo;
+    }
+    if constexpr (LIN) {
+      s[k] = gg[k] / std::max(di, fs) * cs;
+      s[p + k] = c[k] / std::max(df, fs) * cs;
+      s[2 * p + k] = gi[k] / std::max(dg, ft) * cs;
+      s[3 * p + k] = tc[k] / std::max(dout, fs) * lh[k];
+    } else {
+      s[k] = bi;
+      s[p + k] = bf;
+      s[2 * p + k] = bg;
+      s[3 * p + k] = bo;
+    }
+    dc[k] += gf[k] * cs;
+  }
+}
+
+// LSTM, rows b0..b1 for t = T..1 on lam (T+1, B, 2p) = [lam_h, lam_c] (lstm_row). gates: (T, B, 5, p)
+// holding i, f, g, o, tanh(c_t) per step; h0 (B, 2p) and out (T, B, 2p) give c_{t-1}; g (T, B, 4, p)
+// or null.
 template <typename T, int BYTES, int K>
 TP_INLINE void lstm_rows(T* lam, const T* gates, const T* h0, const T* out, const T* mat, T* g, int64_t b0,
                          int64_t b1, int64_t steps, int64_t B, int64_t p, bool linearized, T fs, T ft) {
-  back_in_time<T, BYTES, K>(lam, 2 * p, mat, 4 * p, b0, b1, steps, B, p,
-                            [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
-    const T* gt = gates + ((t - 1) * B + row) * 5 * p;
-    const T *gi = gt, *gf = gt + p, *gg = gt + 2 * p, *go = gt + 3 * p, *tc = gt + 4 * p;
-    const T* c = (t == 1 ? h0 + row * 2 * p : out + ((t - 2) * B + row) * 2 * p) + p;
-    const T *lh = cur, *lc = cur + p;
-    T* gr = g ? g + ((t - 1) * B + row) * 4 * p : nullptr;
-    for (int64_t k = 0; k < p; ++k) {
-      const T cs = lc[k] + go[k] * (T(1) - tc[k] * tc[k]) * lh[k];
-      const T di = gi[k] * (T(1) - gi[k]), df = gf[k] * (T(1) - gf[k]);
-      const T dg = T(1) - gg[k] * gg[k], dout = go[k] * (T(1) - go[k]);
-      const T bi = gg[k] * di * cs, bf = c[k] * df * cs, bg = gi[k] * dg * cs, bo = tc[k] * dout * lh[k];
-      if (gr) {
-        gr[k] = bi;
-        gr[p + k] = bf;
-        gr[2 * p + k] = bg;
-        gr[3 * p + k] = bo;
-      }
-      if (linearized) {
-        s[k] = gg[k] / std::max(di, fs) * cs;
-        s[p + k] = c[k] / std::max(df, fs) * cs;
-        s[2 * p + k] = gi[k] / std::max(dg, ft) * cs;
-        s[3 * p + k] = tc[k] / std::max(dout, fs) * lh[k];
-      } else {
-        s[k] = bi;
-        s[p + k] = bf;
-        s[2 * p + k] = bg;
-        s[3 * p + k] = bo;
-      }
-      d[p + k] += gf[k] * cs;
-    }
+  with_flags(linearized, g != nullptr, [&](auto lin, auto emit) TP_INLINE_LAMBDA {
+    back_in_time<T, BYTES, K>(lam, 2 * p, mat, 4 * p, b0, b1, steps, B, p,
+                              [&](int64_t t, int64_t row, const T* cur, T* s, T* d) TP_INLINE_LAMBDA {
+      const int64_t at = (t - 1) * B + row;
+      const T* c = (t == 1 ? h0 + row * 2 * p : out + (at - B) * 2 * p) + p;
+      lstm_row<T, decltype(lin)::value, decltype(emit)::value>(gates + at * 5 * p, c, cur, s, d + p,
+                                                              emit ? g + at * 4 * p : nullptr, p, fs, ft);
+    });
   });
 }
 
@@ -344,6 +380,7 @@ TP_INLINE void lstm_step(T* __restrict g, const T* __restrict x, const T* __rest
     T* __restrict gr = g + r * 5 * p;
     const T* __restrict c = prev + r * 2 * p + p;
     T* __restrict cr = cur + r * 2 * p + p;
+#pragma GCC ivdep  // the p-blocks of a row of gates never overlap
     for (int64_t k = 0; k < p; ++k) cr[k] = gr[4 * p + k] = gr[p + k] * c[k] + gr[k] * gr[2 * p + k];
   }
   rows_view(g + 4 * p, rows, p, 5 * p, like).tanh_();
