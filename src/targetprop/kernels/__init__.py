@@ -11,7 +11,9 @@ choose per call with their ``backend`` argument: ``"auto"`` (compiled where it a
 tensors, float32/float64; CUDA tensors run the pure-PyTorch path), ``"cpp"`` (compiled or an
 error), ``"torch"`` (never compiled) or ``"triton"`` (the Triton module for CUDA tensors, opt-in:
 no GPU run has measured it yet; CPU tensors reach it only through Triton's interpreter,
-``TRITON_INTERPRET=1``; needs the ``targetprop[gpu]`` extra).
+``TRITON_INTERPRET=1``; needs the ``targetprop[gpu]`` extra). The compiled loops cover the Elman,
+GRU and LSTM cells; the Triton module the Elman and GRU cells (a cell lists the backends it has
+in its ``BACKENDS``, checked by the layer).
 """
 from __future__ import annotations
 
