@@ -214,7 +214,8 @@ def test_tp_stack_hands_the_gate_displacements_down():
     λ received z = y (W_ihᵀW_ih + rI)⁻¹-solve of layer 1's [u_i, u_f, u_g, u_o]: checked against a
     straight loop built from the reference's per-layer pieces."""
     torch.manual_seed(4)
-    m = LSTM(d, p, 2, dtype=D64, rule="linearized", reg=0.5, target_step=0.2, tol=0.01, signal_below="target")
+    m = LSTM(d, p, 2, dtype=D64, rule="linearized", reg=0.5, target_step=0.2, tol=0.01, signal_below="target",
+             through_time=False)
     with torch.no_grad():
         for w in m.parameters():
             w.mul_(2.0)

@@ -220,3 +220,9 @@ def test_the_compiled_recursion_names_a_bad_argument(arg, shape, dtype, match):
     tensors[arg] = torch.zeros(shape, dtype=dtype)
     with pytest.raises(RuntimeError, match=f"lstm_recursion_: {match}"):
         kernels.load(required=True).lstm_recursion_(*tensors.values(), True, 0.1, 0.1, torch.zeros(0, dtype=D64))
+
+
+def test_a_batch_wider_than_the_forwards_row_chunks():
+    """B = 150: the compiled forward runs each step on chunks of 64 rows (and a rest of 22)."""
+    layer = _layer(p=13, seed=11, rule="linearized")
+    _assert_agree(_backends(layer, _data(layer, B=150, T=5)), 1e-12, "lstm B=150")

@@ -71,16 +71,22 @@ def forward_for_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     """``(out, gates)``: the states (T, B, 2p) and every step's activated gates and cell tanh
     ``[i, f, g, o, tanh c_t]`` (T, B, 5, p); one input projection for all steps, then per step
     ``h W_hhᵀ + b_hh`` written straight into the gate buffer and in-place gate arithmetic (in the
-    compiled loop when ``kernels`` is given)."""
-    T, B, _ = x.shape
+    compiled loop when ``kernels`` is given, which with d ≤ p also makes ``x_t W_ihᵀ`` per step)."""
+    T, B, d = x.shape
     p = w_hh.shape[1]
-    flat = x.reshape(T * B, -1)
-    gi = (torch.addmm(b_ih, flat, w_ih.T) if b_ih is not None else flat @ w_ih.T).view(T, B, 4 * p)
     gates = x.new_empty(T, B, 5, p)
     out = x.new_empty(T, B, 2 * p)
+    if kernels is not None and d <= p:
+        # few inputs: x_t W_ihᵀ per step in the loop, not a (T, B, 4p) projection written and read back
+        bias = (b_ih + b_hh) if b_ih is not None else x.new_empty(0)
+        kernels.lstm_forward_(x.contiguous(), h0.contiguous(), w_ih.T.contiguous(), w_hh.T.contiguous(), bias, out,
+                              gates)
+        return out, gates
+    flat = x.reshape(T * B, -1)
+    gi = (torch.addmm(b_ih, flat, w_ih.T) if b_ih is not None else flat @ w_ih.T).view(T, B, 4 * p)
     if kernels is not None:
         bias = b_hh.contiguous() if b_hh is not None else x.new_empty(0)
-        kernels.lstm_forward_(gi, h0.contiguous(), w_hh.T.contiguous(), bias, out, gates)
+        kernels.lstm_forward_(gi, h0.contiguous(), x.new_empty(0), w_hh.T.contiguous(), bias, out, gates)
         return out, gates
     wt = w_hh.T
     h, c = h0[:, :p], h0[:, p:]

@@ -357,21 +357,24 @@ inline torch::Tensor rows_view(void* data, int64_t rows, int64_t cols, int64_t l
 }
 
 // One LSTM forward step for `rows` rows: g (rows x 5p, row stride 5p) <- [i, f, g, o, tanh c'] from
-// x (rows x 4p: x W_ih^T + b_ih), the bias b_hh (or null) and prev = [h, c] (row stride 2p);
-// cur = [h', c'] (row stride 2p). `like` gives the dtype of the views the activations run on.
+// the input part, the bias (or null) and prev = [h, c] (row stride 2p); cur = [h', c'] (row
+// stride 2p). The input part: with wi (W_ih^T, d x 4p), x (rows x d) times it here; without, x
+// (rows x 4p) is x W_ih^T + b_ih already. `like` gives the dtype of the views the activations run on.
 template <typename T, int BYTES, int K>
-TP_INLINE void lstm_step(T* __restrict g, const T* __restrict x, const T* __restrict bh, const T* prev,
-                         T* __restrict cur, const T* __restrict wt, int64_t rows, int64_t p,
-                         const torch::Tensor& like) {
+TP_INLINE void lstm_step(T* __restrict g, const T* __restrict x, const T* __restrict wi, int64_t d,
+                         const T* __restrict bias, const T* prev, T* __restrict cur, const T* __restrict wt,
+                         int64_t rows, int64_t p, const torch::Tensor& like) {
+  const int64_t ldx = wi ? d : 4 * p;
   for (int64_t r = 0; r < rows; ++r) {
     T* __restrict gr = g + r * 5 * p;
-    const T* __restrict xr = x + r * 4 * p;
-    if (bh) {
-      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = xr[k] + bh[k];
+    const T* __restrict xr = x + r * ldx;
+    if (wi) {
+      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = bias ? bias[k] : T(0);
     } else {
-      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = xr[k];
+      for (int64_t k = 0; k < 4 * p; ++k) gr[k] = xr[k] + (bias ? bias[k] : T(0));
     }
   }
+  if (wi) block_times_mat<T, BYTES, K>(g, 5 * p, x, d, wi, rows, d, 4 * p);
   block_times_mat<T, BYTES, K>(g, 5 * p, prev, 2 * p, wt, rows, p, 4 * p);
   rows_view(g, rows, 2 * p, 5 * p, like).sigmoid_();  // i, f
   rows_view(g + 2 * p, rows, p, 5 * p, like).tanh_();  // g
@@ -414,9 +417,9 @@ TP_INLINE void lstm_step(T* __restrict g, const T* __restrict x, const T* __rest
     lstm_rows<T, BYTES, K>(l, ga, h0, o, m, g, b0, b1, steps, B, p, lin, fs, ft);                             \
   }                                                                                                           \
   template <typename T>                                                                                       \
-  TARGET void lstm_step_##NAME(T* g, const T* x, const T* bh, const T* prev, T* cur, const T* wt, int64_t rows, \
-                               int64_t p, const torch::Tensor& like) {                                        \
-    lstm_step<T, BYTES, K>(g, x, bh, prev, cur, wt, rows, p, like);                                           \
+  TARGET void lstm_step_##NAME(T* g, const T* x, const T* wi, int64_t d, const T* b, const T* prev, T* cur,      \
+                               const T* wt, int64_t rows, int64_t p, const torch::Tensor& like) {             \
+    lstm_step<T, BYTES, K>(g, x, wi, d, b, prev, cur, wt, rows, p, like);                                     \
   }
 
 template <typename T>
@@ -426,7 +429,8 @@ struct Loops {
   void (*gru)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
   void (*lstm)(T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, T,
                T);
-  void (*lstm_step)(T*, const T*, const T*, const T*, T*, const T*, int64_t, int64_t, const torch::Tensor&);
+  void (*lstm_step)(T*, const T*, const T*, int64_t, const T*, const T*, T*, const T*, int64_t, int64_t,
+                    const torch::Tensor&);
 };
 #define TP_LOOPS(NAME, T) \
   Loops<T>{recursion_##NAME<T>, forward_##NAME<T>, gru_##NAME<T>, lstm_##NAME<T>, lstm_step_##NAME<T>}
@@ -644,29 +648,38 @@ void gru_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::T
   });
 }
 
-// LSTM forward keeping the gates. gi: (T, B, 4p) = x W_ih^T + b_ih; h0: (B, 2p) = [h_0, c_0];
-// wt: W_hh^T (p, 4p); bias: b_hh (4p) or empty. Writes out (T, B, 2p) = [h_t, c_t] and gates
-// (T, B, 5, p) = [i, f, g, o, tanh c_t] per step, as the GRU's forward.
-void lstm_forward_(torch::Tensor gi, torch::Tensor h0, torch::Tensor wt, torch::Tensor bias, torch::Tensor out,
-                   torch::Tensor gates) {
+// LSTM forward keeping the gates. x: (T, B, d) with wi = W_ih^T (d, 4p), or, with wi empty,
+// x W_ih^T + b_ih (T, B, 4p); h0: (B, 2p) = [h_0, c_0]; wt: W_hh^T (p, 4p); bias: (4p) (b_ih + b_hh
+// with wi, else b_hh) or empty. Writes out (T, B, 2p) = [h_t, c_t] and gates (T, B, 5, p) =
+// [i, f, g, o, tanh c_t] per step, as the GRU's forward.
+void lstm_forward_(torch::Tensor x, torch::Tensor h0, torch::Tensor wi, torch::Tensor wt, torch::Tensor bias,
+                   torch::Tensor out, torch::Tensor gates) {
   constexpr const char* fn = "lstm_forward_";
   const auto s = sizes(fn, gates, "gates", 4);
   const int64_t steps = s[0], B = s[1], p = s[3];
   const auto dtype = gates.scalar_type();
+  const bool fused = wi.numel() > 0;  // the input product per step
+  const int64_t d = fused ? wi.size(0) : 4 * p;
   check(fn, gates, "gates", {steps, B, 5, p}, dtype);
-  check(fn, gi, "gi", {steps, B, 4 * p}, dtype);
+  check(fn, x, fused ? "x" : "gi", {steps, B, d}, dtype);
   check(fn, h0, "h0", {B, 2 * p}, dtype);
   check(fn, wt, "wt", {p, 4 * p}, dtype);
   check(fn, out, "out", {steps, B, 2 * p}, dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, fn, [&] {
     const auto step = loops<scalar_t>().lstm_step;
-    const scalar_t* bh = optional_arg<scalar_t>(fn, bias, "bias", {4 * p}, dtype);
-    const scalar_t *gi_all = gi.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
+    const scalar_t* b = optional_arg<scalar_t>(fn, bias, "bias", {4 * p}, dtype);
+    const scalar_t* w_in = optional_arg<scalar_t>(fn, wi, "wi", {d, 4 * p}, dtype);
+    const scalar_t *x_all = x.data_ptr<scalar_t>(), *h0_all = h0.data_ptr<scalar_t>();
     scalar_t *gates_all = gates.data_ptr<scalar_t>(), *out_all = out.data_ptr<scalar_t>();
+    // a step's passes over its gates (bias, products, activations, cell) run on CHUNK rows at a time:
+    // the chunk's gates stay in cache between the passes at any batch size
+    constexpr int64_t CHUNK = 64;
     rows_through_time(B, steps, grain(steps, 4 * p, p), [&](int64_t t, int64_t b0, int64_t rows) {
-      const scalar_t* prev = t == 0 ? h0_all + b0 * 2 * p : out_all + ((t - 1) * B + b0) * 2 * p;  // [h, c]
-      step(gates_all + (t * B + b0) * 5 * p, gi_all + (t * B + b0) * 4 * p, bh, prev, out_all + (t * B + b0) * 2 * p,
-           wt.data_ptr<scalar_t>(), rows, p, gates);
+      for (int64_t r = b0; r < b0 + rows; r += CHUNK) {
+        const scalar_t* prev = t == 0 ? h0_all + r * 2 * p : out_all + ((t - 1) * B + r) * 2 * p;  // [h, c]
+        step(gates_all + (t * B + r) * 5 * p, x_all + (t * B + r) * d, w_in, d, b, prev,
+             out_all + (t * B + r) * 2 * p, wt.data_ptr<scalar_t>(), std::min(CHUNK, b0 + rows - r), p, gates);
+      }
     });
   });
 }
