@@ -43,7 +43,7 @@ def test_train_tiny_run_writes_its_files(tmp_path, capsys):
 
 def test_failed_and_diverged_runs_exit_non_zero(tmp_path, capsys):
     failed, diverged = str(tmp_path / "failed"), str(tmp_path / "diverged")
-    assert main(["train", *TINY, "--lr", "1e6", "--out", failed]) == 4
+    assert main(["train", *TINY, "--lr", "1e6", "--reg", "1", "--tol", "1e-3", "--no-through-time", "--out", failed]) == 4
     assert "failed (RegularizedInverseError" in capsys.readouterr().out
     argv = ["train", *TINY, "--rule", "bp", "--lr", "1000", "--divergence-factor", "1", "--eval-every", "1"]
     assert main([*argv, "--out", diverged]) == 3

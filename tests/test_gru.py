@@ -67,6 +67,7 @@ def test_pinned_gates_reduce_to_the_algebra(backend):
         layer.bias_ih_l0[p:2 * p] = -40.0  # z
     C.zero_()
     layer.reg, layer.target_step, layer.tol, layer.signal_below = 0.0, 0.01, 1e-3, "target"
+    layer.through_time = False  # the algebra above is eq. 3's
     Wr, Wz, Wn = layer.weight_hh_l0.detach().split(p)
     h = h0[0]
     gh = h @ layer.weight_hh_l0.detach().T + layer.bias_hh_l0.detach()

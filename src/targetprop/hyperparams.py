@@ -1,6 +1,11 @@
 """The TP layers' own hyper-parameters: one default and one set of bounds each, read by the layers
 (:mod:`targetprop.rnn`), the run settings (:mod:`targetprop.training.config`) and their help texts.
 
+The defaults (``rule="linearized"``, ``through_time=True``, ``reg=10``, ``tol=0.1``,
+``target_step=1e-2``) are the setting that never failed and learned most in the sweep of
+docs/DEFAULTS.md (scripts/defaults_sweep.py); the paper's eq. 3 with ``r = 1``, ``τ = 1e-3`` is
+``through_time=False, reg=1, tol=1e-3``, what the experiment files set.
+
 Changing a default here changes it for the layers and the command line at once (a breaking
 change: record it in CHANGELOG.md).
 """
@@ -34,10 +39,10 @@ class Real:
                           high_open=self.high_open)
 
 
-REG = Real("reg", 1.0, 0.0, math.inf, False, True, "r ≥ 0, the ridge term of the regularized inverse (Section 2.1)")
+REG = Real("reg", 10.0, 0.0, math.inf, False, True, "r ≥ 0, the ridge term of the regularized inverse (Section 2.1)")
 TARGET_STEP = Real("target_step", 1e-2, 0.0, math.inf, True, True,
                    "γ_h > 0, the step that makes the last target from the loss gradient (eq. 1)")
-TOL = Real("tol", 1e-3, 0.0, 0.5, True, True,
+TOL = Real("tol", 0.1, 0.0, 0.5, True, True,
            "τ ∈ (0, 0.5): targets are projected into the activation's range shrunk by τ")
 INVERSE_LR = Real("inverse_lr", 1e-3, 0.0, math.inf, False, True, "the learned rule's reverse-layer step size")
 INVERSE_NOISE = Real("inverse_noise", 0.1, 0.0, math.inf, False, True,
@@ -49,7 +54,7 @@ REALS = {p.name: p for p in (REG, TARGET_STEP, TOL, INVERSE_LR, INVERSE_NOISE, I
 
 #: the layers' other TP defaults
 RULE = "linearized"
-THROUGH_TIME = False
+THROUGH_TIME = True
 CHECK_FINITE = True
 BACKEND = "auto"
 #: what the input (the modules below) and ``h0`` receive from a TP rule's backward

@@ -38,16 +38,20 @@ _NN_ARGS = """
 
     Keyword-only (target propagation):
         rule: {rules}
-        reg: ``r ≥ 0``, the ridge term of the regularized inverse (Section 2.1).
-        target_step: ``γ_h > 0``, the step that makes the last target from the loss gradient (eq. 1).
-        tol: ``τ ∈ (0, 0.5)``: targets are projected into the activation's range shrunk by ``τ``.
+        reg: ``r ≥ 0``, the ridge term of the regularized inverse (Section 2.1); default 10.
+        target_step: ``γ_h > 0``, the step that makes the last target from the loss gradient (eq. 1);
+            default 1e-2.
+        tol: ``τ ∈ (0, 0.5)``: targets are projected into the activation's range shrunk by ``τ``;
+            default 0.1.
         signal_below: what the input (the modules below) and ``hx`` receive from a TP rule:
             ``"gradient"`` (default) the gradient of the layer's local target losses divided by
             ``γ_h``, of the size of BP's gradient, so one learning rate serves the whole model;
             ``"target"`` that gradient as eq. (3) makes it, ``γ_h`` times smaller.
-        through_time: if True, the authors' public-code variant: the same targets, but the
-            parameter direction back-propagates ``Σ_t ½‖h_t − v_t‖²`` through the recurrence
-            instead of holding ``h_{{t-1}}`` fixed.
+        through_time: if True (the default), the authors' public-code variant: the same targets,
+            but the parameter direction back-propagates ``Σ_t ½‖h_t − v_t‖²`` through the
+            recurrence instead of holding ``h_{{t-1}}`` fixed; False is the paper's eq. (3).
+            The defaults are the setting that never failed and learned most in docs/DEFAULTS.md;
+            the paper's is ``through_time=False, reg=1, tol=1e-3``.
         check_finite: raise on NaN/inf inputs (one reduction per forward) and, naming the parameter
             and what to try, on NaN/inf in what the backward writes (one reduction per backward).
         backend: ``"auto"`` (fused compiled CPU loops where they apply, built on first use, else
