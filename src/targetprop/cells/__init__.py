@@ -6,6 +6,8 @@ A *cell* is a module listed in :data:`CELLS` that provides:
 
 * ``NAME``: the cell's name (``"rnn"``, ``"gru"``), its key in :data:`CELLS` and in the rule table;
 * ``GATES``: rows of ``W_ih`` / ``W_hh`` per hidden unit (1, 3);
+* ``BACKENDS`` (optional): the layer backends the cell runs, when not all of
+  ``targetprop.kernels.BACKENDS`` (the LSTM has no Triton loops); the layer refuses the others.
 * ``STATES``: how many (B, p) blocks a step's state has: 1 (``h``), or e.g. 2 for an LSTM's
   ``[h, c]``, concatenated along the last axis with ``h`` first; the layer's output is the ``h``
   part, ``h0`` and ``h_n`` are whole states, and displacements are the whole state's;
