@@ -25,7 +25,8 @@ def make_problem(nonlinearity="tanh", B=3, T=6, d=2, p=4, bias=True, seed=0, sca
         use_backend(None, backend)
     g = torch.Generator().manual_seed(seed)
     options = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-    layer = LAYERS[cell](d, p, bias=bias, batch_first=True, dtype=D64, backend=backend, **options)
+    layer = LAYERS[cell](d, p, bias=bias, batch_first=True, dtype=D64, backend=backend, through_time=False,
+                         reg=1.0, tol=1e-3, **options)  # eq. 3 at the paper's r and τ unless a test sets them
     with torch.no_grad():
         for w in layer.parameters():
             w.copy_(torch.randn(w.shape, generator=g, dtype=D64) * scale / w.shape[-1] ** 0.5)

@@ -50,7 +50,7 @@ def test_compare_runs_methods_prints_table_and_plots(tmp_path, capsys):
             "| iterations to 100% | loss AUC | train time | wall time | threads |") in printed
     rows = [line for line in printed.splitlines() if line.startswith("| tp ") or line.startswith("| bp ")]
     assert len(rows) == 2 and all("| completed | 20 |" in r for r in rows)
-    assert "linearized γh=0.01 r=10, sgd lr=0.1" in rows[0] and "bp, sgd lr=0.01 nesterov=0.9" in rows[1]
+    assert "linearized through time γh=0.01 r=10, sgd lr=0.1" in rows[0] and "bp, sgd lr=0.01 nesterov=0.9" in rows[1]
     for method in ("tp", "bp"):
         saved = json.loads((tmp_path / "runs" / method / "config.json").read_text())["config"]
         assert saved["label"] == method and saved["seed"] == 3 and saved["hidden_size"] == 8
@@ -215,7 +215,7 @@ def test_compare_runs_a_grid_file_like_a_grid_panel(tmp_path, capsys):
     assert main(["compare", str(config), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| tp lr=")]
-    assert rows[0].startswith("| tp lr=0.1 | linearized γh=0.01 r=10, sgd lr=0.1 | completed | 20 |")
+    assert rows[0].startswith("| tp lr=0.1 | linearized through time γh=0.01 r=10, sgd lr=0.1 | completed | 20 |")
     assert rows[1] == "| tp lr=1000000.0 |  | diverged | " + " | ".join(["n/a"] * 8) + " |"  # no run selected
     assert "not completed: tp lr=1000000.0 (diverged)" in printed
     assert (tmp_path / "runs" / "grid.png").read_bytes()[:8] == PNG_MAGIC

@@ -279,7 +279,7 @@ def test_no_usable_checkpoint(tmp_path, reference):
 # ---------------------------------------------------------------------------- real processes
 
 CLI = ["--length", "10", "--hidden-size", "8", "--test-size", "50", "--task-option", "train_eval_size=100",
-       "--rule", "learned", "--lr", "0.1", "--momentum", "0.9", "--iterations", "400", "--eval-every", "7",
+       "--rule", "learned", "--no-through-time", "--lr", "0.1", "--momentum", "0.9", "--iterations", "400", "--eval-every", "7",
        "--checkpoint-every", "10", "--quiet", "--threads", "1"]
 
 
