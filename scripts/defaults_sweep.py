@@ -62,6 +62,13 @@ TRAINER_PROBLEMS = {
 USER_STEPS = 400
 
 
+def recorded(path: Path) -> set[str]:
+    """The keys of the runs already in ``path``."""
+    if not path.exists():
+        return set()
+    return {json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()}
+
+
 def key(problem: str, cell: str, seed: int, setting: dict) -> str:
     return json.dumps([problem, cell, seed, [setting[k] for k in KNOBS]])
 
@@ -198,9 +205,7 @@ def main(argv=None) -> None:
         grid = args.setting
     else:
         grid = [dict(s, target_step=step) for s in args.setting for step in (1e-3, 1e-1)]
-    done = set()
-    if args.out.exists():
-        done = {json.loads(line)["key"] for line in args.out.read_text().splitlines() if line.strip()}
+    done = recorded(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(p, c, s, g) for p in args.problems.split(",") for c in args.cells.split(",") for s in seeds
@@ -225,9 +230,7 @@ def units_stage(args) -> None:
     direction as it is and divided by γ_h; one JSON line per run, problem names ``sgd-...``."""
     setting = args.setting[0]
     bp = dict(setting, rule="bp")
-    done = set()
-    if args.out.exists():
-        done = {json.loads(line)["key"] for line in args.out.read_text().splitlines() if line.strip()}
+    done = recorded(args.out)
     for problem in USER_PROBLEMS:
         for cell in args.cells.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):

@@ -12,10 +12,8 @@ TINY = ["--length", "10", "--iterations", "20", "--eval-every", "10", "--test-si
         "--hidden-size", "8", "--quiet"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-COMPARISON = """
-description = "tiny"
-plot = "c.png"
-[common]
+#: the tiny temporal-order run every comparison file here starts from
+COMMON = """[common]
 task = "temporal-order"
 length = 10
 hidden_size = 8
@@ -23,7 +21,12 @@ iterations = 20
 eval_every = 10
 test_size = 50
 seed = 3
-[methods.tp]
+"""
+
+COMPARISON = """
+description = "tiny"
+plot = "c.png"
+""" + COMMON + """[methods.tp]
 rule = "linearized"
 lr = 0.1
 reg = 10.0
@@ -225,15 +228,7 @@ def test_compare_runs_a_grid_file_like_a_grid_panel(tmp_path, capsys):
 
 SEEDED = """
 plot = "c.png"
-[common]
-task = "temporal-order"
-length = 10
-hidden_size = 8
-iterations = 20
-eval_every = 10
-test_size = 50
-seed = 3
-rule = "bp"
+""" + COMMON + """rule = "bp"
 [methods.sgd]
 lr = 1e-2
 momentum = 0.9
