@@ -83,7 +83,8 @@ def test_float32_agrees_with_float64(rule, backend):
     layer, x, h0, C, Cn = make_problem("tanh", T=20, seed=4)
     layer.rule = rule
     g64 = run_layer(layer, x, h0, C, Cn)[0]
-    layer32 = TPRNN(2, 4, batch_first=True, rule=rule, backend=backend)
+    layer32 = TPRNN(2, 4, batch_first=True, rule=rule, backend=backend, reg=layer.reg, tol=layer.tol,
+                    through_time=layer.through_time)
     layer32.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
     g32 = run_layer(layer32, x.float(), h0.float(), C.float(), Cn.float())[0]
     for k in g64:
