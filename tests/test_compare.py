@@ -299,3 +299,27 @@ def test_compare_seed_is_checked(tmp_path, capsys):
     fails(["compare", str(grid), "--seed", "1", "--out", str(tmp_path / "runs")], capsys,
           "seeds apply to a curves file, not a grid")
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_runs_several_files_each_into_its_own_folder(tmp_path, capsys):
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text(f'out = "{tmp_path / "one"}"\n' + COMPARISON)
+    second.write_text(f'out = "{tmp_path / "two"}"\n' + COMPARISON.replace("seed = 3", "seed = 4"))
+    assert main(["compare", str(first), str(second), "--iterations", "5", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("tiny\n") == 2
+    for folder, seed in (("one", 3), ("two", 4)):
+        for method in ("tp", "bp"):
+            saved = json.loads((tmp_path / folder / method / "config.json").read_text())["config"]
+            assert saved["seed"] == seed and saved["iterations"] == 5
+        assert (tmp_path / folder / "comparison.md").read_text().count("\n") == 4
+        assert (tmp_path / folder / "c.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_compare_checks_every_file_before_running_any(tmp_path, capsys):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(f'out = "{tmp_path / "one"}"\n' + COMPARISON)
+    bad.write_text(COMPARISON.replace('lr = 0.1', 'lr = -1.0'))
+    fails(["compare", str(good), str(bad), "--quiet"], capsys, "bad", "lr")
+    assert not (tmp_path / "one").exists()
+    fails(["compare", str(good), str(good), "--out", str(tmp_path / "x")], capsys, "--out", "one CONFIG")

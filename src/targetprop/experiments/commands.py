@@ -88,8 +88,10 @@ def _add_compare(sub) -> None:
                        description="Run the methods of a comparison file one after another, print a table "
                                    "(final accuracy, iterations to 100%, area under the loss, times) and "
                                    "optionally plot. Finished runs with the same settings are reused.")
-    p.add_argument("config", metavar="CONFIG", help="a .toml file, or the name of a built-in comparison "
-                                                    f"({', '.join(specs.comparison_names())})")
+    p.add_argument("config", metavar="CONFIG", nargs="+",
+                   help="a .toml file, or the name of a built-in comparison "
+                        f"({', '.join(specs.comparison_names())}); several run one after another, each "
+                        "into its own folder (every file checked before any run)")
     p.add_argument("--plot", type=Path, metavar="PNG",
                    help="draw the curves there (default: the file's `plot`, inside the output directory)")
     p.add_argument("--iterations", type=positive_int, help="override every method's iterations")
@@ -105,18 +107,32 @@ def _add_compare(sub) -> None:
 def _compare(args, parser) -> int:
     if distributed.environment() is not None:
         parser.error("compare runs in one process; under torchrun, train one run at a time with train")
+    if len(args.config) > 1 and (args.out or args.plot):
+        parser.error("--out and --plot name one file's folder and image: give one CONFIG with them")
     overrides = {"iterations": args.iterations} if args.iterations else {}
     seed_list = list(dict.fromkeys(seed for given in args.seed or [] for seed in given))
-    try:
-        table = specs.load_comparison(args.config)
-        configs = specs.configs(table, None, overrides)
-        out = args.out or Path(table.get("out", Path("runs") / table["name"]))
-        planned = pipeline.plan(table, None, out, overrides=overrides, seeds=seed_list, overwrite=args.overwrite)
-        missing = pipeline.missing_data(table, None, overrides)
-        if missing:
-            raise ValueError(f"data not available ({missing})")
+    plans = []
+    try:  # every file's folders checked before any run
+        for name in args.config:
+            table = specs.load_comparison(name)
+            out = args.out or Path(table.get("out", Path("runs") / table["name"]))
+            planned = pipeline.plan(table, None, out, overrides=overrides, seeds=seed_list, overwrite=args.overwrite)
+            missing = pipeline.missing_data(table, None, overrides)
+            if missing:
+                raise ValueError(f"{table['name']}: data not available ({missing})")
+            plans.append((planned, specs.configs(table, None, overrides)))
     except ValueError as err:
         parser.error(str(err))
+    for planned, configs in plans:
+        code = _compare_one(planned, configs, args, parser, seed_list)
+        if code:
+            return code
+    return 0
+
+
+def _compare_one(planned, configs, args, parser, seed_list) -> int:
+    """Run one planned comparison file: its table printed and written to OUT/comparison.md, its plot."""
+    table, out = planned.table, planned.out
     if table.get("description"):
         print(table["description"])
     with _echo_log():
