@@ -10,7 +10,8 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "targetprop"
 #: bottom to top; a module may import its own layer and the ones below
 LAYERS = [
     ("base", ["targetprop._validation", "targetprop.argtypes", "targetprop.activations",
-              "targetprop.init", "targetprop.fpmode", "targetprop.inverse", "targetprop.kernels"]),
+              "targetprop.init", "targetprop.fpmode", "targetprop.inverse", "targetprop.kernels",
+              "targetprop.stability"]),
     ("layer", ["targetprop", "targetprop.hyperparams", "targetprop.recursion", "targetprop.rules",
                "targetprop.engine", "targetprop.cells", "targetprop.learned", "targetprop.function",
                "targetprop.packing", "targetprop.inputs", "targetprop.recurrent", "targetprop.rnn",

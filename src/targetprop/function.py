@@ -18,12 +18,13 @@ after (:mod:`targetprop.fpmode`); half-precision layers compute in float32 and c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import engine, fpmode
+from . import engine, fpmode, stability
 from .cells import PARAMETERS
 from .kernels import select_kernels
 from .packing import Steps
@@ -222,9 +223,30 @@ def _check_finite(shape: Shape, settings, grad_x, grad_h0, grads) -> None:
     hint = ("a gradient that overflowed (saturated units and diverging weights; try a smaller learning "
             "rate or gradient clipping)") if not settings.rule.makes_targets else (
         f"usually saturated units (|h| near the activation's bounds, where eq. 2 divides by a' ≥ the floor "
-        f"set by tol) or an ill-conditioned inverse (reg too small); try reg=10, tol=0.1, a smaller "
-        f"learning rate or target_step, or through_time=True")
+        f"set by tol) or an ill-conditioned inverse (reg too small){_gain_hint(shape, settings)}; try reg=10, "
+        f"tol=0.1, a smaller learning rate or target_step, or through_time=True")
     raise NonFiniteDirectionError(
         f"{shape.name}(rule={rule!r}, reg={settings.reg:g}, tol={settings.tol:g}, "
         f"target_step={settings.target_step:g}): the backward produced NaN/inf in {', '.join(bad)}; {hint}. "
         "check_finite=False lets it through.")
+
+
+def _gain_hint(shape: Shape, settings) -> str:
+    """For the Elman rule, how much one step back can amplify the targets at these settings."""
+    if shape.name != "TPRNN":
+        return ""
+    name = settings.activation.name
+    gain = stability.step_gain_bound(settings.reg, settings.tol, name)
+    if gain <= 1:
+        return ""
+    return (f"; at these settings one step of eq. 2 back in time can multiply a displacement by up to "
+            f"{gain:.3g} (1/(2√reg·a'_min(tol))), so over a long sequence the targets can overflow; "
+            f"{_contraction(settings.tol, name)} (docs/maths.md, \"Why long runs overflow\")")
+
+
+def _contraction(tol: float, name: str) -> str:
+    reg = stability.contractive_reg(tol, name)
+    if math.isinf(reg):
+        return f"no reg makes a step a contraction at tol={tol:g}"
+    return f"with tol={tol:g}, reg ≥ {reg:.3g} makes every step a contraction"
+
