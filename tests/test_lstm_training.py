@@ -3,8 +3,10 @@ bit-identical to an uninterrupted one, and diagnose on an LSTM run."""
 import json
 import math
 
+import pytest
 import torch
 
+from targetprop import TPLSTM, forget_bias_
 from targetprop.cli import main
 from targetprop.training import checkpoint, rundir
 from targetprop.training.rundir import read_metrics
@@ -52,3 +54,33 @@ def test_diagnose_reads_an_lstm_run(tmp_path, capsys):
         assert all(math.isfinite(c) and -1 <= c <= 1 for c in cosines.values()), rule
     assert all(abs(c - 1) < 1e-6 for c in saved["cosine_with_bp"]["bp"].values())
     assert len(saved["bp_adjoint_norm"]) == 10 and all(math.isfinite(d) for d in saved["bp_adjoint_norm"])
+
+
+def test_the_trainers_lstm_starts_its_forget_gates_at_bias_1_and_other_cells_refuse_it():
+    p = 8
+    config = TrainConfig(task="temporal-order", length=10, hidden_size=p, cell="lstm")
+    assert config.forget_bias == 1.0 and config.to_dict()["forget_bias"] == 1.0  # recorded in config.json
+    rnn = Trainer(config).model.rnn
+    assert rnn.bias_ih_l0[p:2 * p].tolist() == [1.0] * p and rnn.bias_hh_l0[p:2 * p].tolist() == [0.0] * p
+    others = torch.cat([rnn.bias_ih_l0[:p], rnn.bias_ih_l0[2 * p:], rnn.bias_hh_l0])
+    assert others.abs().max().item() == 0.0  # the orthogonal init's zero biases elsewhere
+    zero = Trainer(TrainConfig(task="temporal-order", length=10, hidden_size=p, cell="lstm", forget_bias=0.0))
+    assert zero.model.rnn.bias_ih_l0.abs().max().item() == 0.0  # the paper's zero biases
+    assert TrainConfig(cell="rnn").forget_bias is None and "forget_bias" in TrainConfig(cell="gru").to_dict()
+    with pytest.raises(ValueError, match="forget_bias applies to cell 'lstm', not 'gru'"):
+        TrainConfig(cell="gru", forget_bias=1.0)
+
+
+def test_forget_bias_sets_every_layer_and_direction_of_ours_and_torch_nns_lstm():
+    for layer in (torch.nn.LSTM(3, 5, 2, bidirectional=True), TPLSTM(3, 5, 2, bidirectional=True)):
+        assert forget_bias_(layer, 2.5) is layer
+        names = [n for n, _ in layer.named_parameters() if n.startswith("bias_")]
+        assert len(names) == 8
+        for name, b in layer.named_parameters():
+            if name.startswith("bias_"):
+                want = 2.5 if name.startswith("bias_ih") else 0.0
+                assert b[5:10].tolist() == [want] * 5, name
+    with pytest.raises(ValueError, match="4 × hidden_size"):
+        forget_bias_(torch.nn.GRU(3, 5))
+    with pytest.raises(ValueError, match="bias=False"):
+        forget_bias_(torch.nn.LSTM(3, 5, bias=False))

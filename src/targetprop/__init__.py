@@ -5,7 +5,7 @@ parameters' ``.grad`` hold the target-propagation direction (Roulet & Harchaoui,
 """
 from . import kernels
 from .activations import ACTIVATIONS, get_activation
-from .init import orthogonal_, orthogonal_init_
+from .init import forget_bias_, orthogonal_, orthogonal_init_
 from .inverse import RegularizedInverseError, inverse_operator, invert_step
 from .function import NonFiniteDirectionError
 from .rnn import TPGRU, TPRNN
@@ -19,6 +19,7 @@ __all__ = [
     "TPLSTM",
     "orthogonal_",
     "orthogonal_init_",
+    "forget_bias_",
     "inverse_operator",
     "invert_step",
     "RegularizedInverseError",

@@ -94,7 +94,7 @@ def _horizon(norms: list[float]) -> dict:
 def _cosine(a: Tensor, b: Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     n = a.norm().item() * b.norm().item()
-    return a.dot(b).item() / n if n else float("nan")
+    return min(1.0, max(-1.0, a.dot(b).item() / n)) if n else float("nan")  # rounding can pass ±1
 
 
 def diagnose(model: nn.Module, x: Tensor, y: Tensor, loss_fn, rule_names: list[str], layer: str = "rnn") -> dict:

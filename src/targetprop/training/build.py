@@ -53,7 +53,8 @@ def build_model(config: TrainConfig, task: Task, processes: int = 1) -> Sequence
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(config.seed, "init-global"))
         return SequenceModel(config.cell, task.input_size, config.hidden_size, task.output_size,
-                             init=config.init, generator=derived_generator(config.seed, "init"), **options)
+                             init=config.init, generator=derived_generator(config.seed, "init"),
+                             forget_bias=config.forget_bias, **options)
 
 
 def to_run(batch, dtype: torch.dtype, device: torch.device):

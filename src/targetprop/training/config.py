@@ -159,6 +159,10 @@ class TrainConfig:
                                                            "target losses through time", "model", "switch")
     init: str = setting("orthogonal", "orthogonal (the paper's) or default (the layers' own)", "model", "choice",
                         choices=lambda: ("orthogonal", "default"))
+    forget_bias: float | None = setting(
+        None, "the LSTM's forget-gate bias at init (f = sigmoid(value) before any input; targetprop.forget_bias_); "
+              "0 is the paper's zero biases, with which the cell forgets half of itself per step", "model", "real",
+        optional=True, default_help="1 for the LSTM; the other cells have no forget gate")
     layer_options: dict = setting({}, "a further option of the recurrent layer, e.g. check_finite=false",
                                   "model", "table", entries=tuple(
         Entry(p.name, "real", f"{p.help} (layer default {p.default:g})")
@@ -200,6 +204,10 @@ class TrainConfig:
             setattr(self, f.name, f.metadata["setting"].validate(f.name, getattr(self, f.name)))
         if rules.available(self.cell):
             rules.check_rule_name(self.cell, self.rule)  # the rules this cell registers
+        if self.cell == "lstm" and self.forget_bias is None:
+            self.forget_bias = 1.0
+        elif self.cell != "lstm" and self.forget_bias is not None:
+            raise ValueError(f"forget_bias applies to cell 'lstm', not {self.cell!r} (it has no forget gate)")
         clash = sorted(set(self.layer_options) & (FIELDS | {"input_size", "batch_first"}))
         if clash:
             raise ValueError(f"layer_options may not set {', '.join(clash)}: use the setting(s) of that name")

@@ -14,7 +14,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from ..init import orthogonal_, orthogonal_init_
+from ..init import forget_bias_, orthogonal_, orthogonal_init_
 from ..lstm_layer import TPLSTM
 from ..rnn import TPGRU, TPRNN
 
@@ -36,6 +36,8 @@ class SequenceModel(nn.Module):
         init: ``"orthogonal"`` (the paper's: orthogonal weights, zero biases, for the recurrent
             layer and the head) or ``"default"`` (the layers' own ``reset_parameters``).
         generator: seeds the orthogonal init (``None``: the global generator).
+        forget_bias: ``"lstm"`` only: start the forget gates at this bias (:func:`~targetprop.forget_bias_`);
+            None leaves the init's biases.
         **layer_options: passed to the recurrent layer (``rule``, ``reg``, ``target_step``,
             ``tol``, ``through_time``, ``nonlinearity``, ``dtype``, ``device``, …); one the
             layer does not take is a ValueError naming it, and so are ``input_size``,
@@ -43,7 +45,8 @@ class SequenceModel(nn.Module):
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int, *,
-                 init: str = "orthogonal", generator: torch.Generator | None = None, **layer_options):
+                 init: str = "orthogonal", generator: torch.Generator | None = None,
+                 forget_bias: float | None = None, **layer_options):
         super().__init__()
         if cell not in MODELS:
             raise ValueError(f"unknown cell {cell!r}; known cells: {', '.join(sorted(MODELS))}")
@@ -58,6 +61,10 @@ class SequenceModel(nn.Module):
             orthogonal_init_(self.rnn, generator)
             orthogonal_(self.head.weight, generator)
             nn.init.zeros_(self.head.bias)
+        if forget_bias is not None:
+            if cell != "lstm":
+                raise ValueError(f"forget_bias applies to cell 'lstm', not {cell!r}")
+            forget_bias_(self.rnn, forget_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (B, T, d) → head outputs (B, output_size), read from the last layer's last state."""
