@@ -69,3 +69,20 @@ def test_the_error_for_overflowing_targets_gives_the_bound_and_the_contractive_r
     out, _ = layer(torch.ones(3, 2, 1, dtype=D64))
     with pytest.raises(NonFiniteDirectionError, match=r"up to 250 .*reg ≥ 6.26e\+04 makes every step a contraction"):
         (out[-1].sum() * math.inf).backward()
+
+
+def test_the_error_suggests_only_what_the_settings_do_not_already_do():
+    from targetprop import NonFiniteDirectionError
+
+    for kwargs, wanted, unwanted in [
+            (dict(reg=1.0, tol=1e-3, through_time=False), "try reg=10, tol=0.1, a smaller learning rate or target_step, "
+                                                          "or through_time=True", None),
+            (dict(reg=10.0, tol=0.1, through_time=True), "try a larger reg (e.g. 100), or a smaller learning rate "
+                                                         "or target_step", "tol=0.1")]:
+        layer = TPRNN(1, 4, rule="linearized", dtype=D64, **kwargs)
+        out, _ = layer(torch.ones(3, 2, 1, dtype=D64))
+        with pytest.raises(NonFiniteDirectionError) as info:
+            (out[-1].sum() * math.inf).backward()
+        tried = str(info.value).split("; try ")[1]
+        assert tried.startswith(wanted.removeprefix("try "))
+        assert unwanted is None or unwanted not in tried

@@ -223,12 +223,23 @@ def _check_finite(shape: Shape, settings, grad_x, grad_h0, grads) -> None:
     hint = ("a gradient that overflowed (saturated units and diverging weights; try a smaller learning "
             "rate or gradient clipping)") if not settings.rule.makes_targets else (
         f"usually saturated units (|h| near the activation's bounds, where eq. 2 divides by a' ≥ the floor "
-        f"set by tol) or an ill-conditioned inverse (reg too small){_gain_hint(shape, settings)}; try reg=10, "
-        f"tol=0.1, a smaller learning rate or target_step, or through_time=True")
+        f"set by tol) or an ill-conditioned inverse (reg too small){_gain_hint(shape, settings)}; try "
+        f"{_remedies(settings)}")
     raise NonFiniteDirectionError(
         f"{shape.name}(rule={rule!r}, reg={settings.reg:g}, tol={settings.tol:g}, "
         f"target_step={settings.target_step:g}): the backward produced NaN/inf in {', '.join(bad)}; {hint}. "
         "check_finite=False lets it through.")
+
+
+def _remedies(settings) -> str:
+    """What to try, leaving out what the settings already do."""
+    tries = ["reg=10" if settings.reg < 10 else f"a larger reg (e.g. {10 * settings.reg:g})"]
+    if settings.tol < 0.1:
+        tries.append("tol=0.1")
+    tries.append("a smaller learning rate or target_step")
+    if not settings.through_time:
+        tries.append("through_time=True")
+    return ", ".join(tries[:-1]) + ", or " + tries[-1]
 
 
 def _gain_hint(shape: Shape, settings) -> str:
