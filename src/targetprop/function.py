@@ -260,4 +260,3 @@ def _contraction(tol: float, name: str) -> str:
     if math.isinf(reg):
         return f"no reg makes a step a contraction at tol={tol:g}"
     return f"with tol={tol:g}, reg ≥ {reg:.3g} makes every step a contraction"
-

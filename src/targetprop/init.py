@@ -61,4 +61,3 @@ def forget_bias_(module: nn.Module, value: float = 1.0) -> nn.Module:
     if not found:
         raise ValueError("forget_bias_ found no bias_ih_*/bias_hh_* to set (an LSTM built with bias=False?)")
     return module
-
