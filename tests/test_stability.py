@@ -86,3 +86,14 @@ def test_the_error_suggests_only_what_the_settings_do_not_already_do():
         tried = str(info.value).split("; try ")[1]
         assert tried.startswith(wanted.removeprefix("try "))
         assert unwanted is None or unwanted not in tried
+
+
+def test_the_elman_rules_with_a_floored_step_give_the_bound_and_the_others_none():
+    from types import SimpleNamespace
+
+    from targetprop import get_activation, rules
+
+    settings = SimpleNamespace(reg=4.0, tol=0.2, activation=get_activation("tanh"))
+    gains = {key: rule.step_gain_bound(settings) for key, rule in rules.TABLE.items()}
+    assert gains[("rnn", "linearized")] == gains[("rnn", "difference")] == pytest.approx(step_gain_bound(4.0, 0.2))
+    assert {key for key, g in gains.items() if g is not None} == {("rnn", "linearized"), ("rnn", "difference")}

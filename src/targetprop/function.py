@@ -223,7 +223,7 @@ def _check_finite(shape: Shape, settings, grad_x, grad_h0, grads) -> None:
     hint = ("a gradient that overflowed (saturated units and diverging weights; try a smaller learning "
             "rate or gradient clipping)") if not settings.rule.makes_targets else (
         f"usually saturated units (|h| near the activation's bounds, where eq. 2 divides by a' ≥ the floor "
-        f"set by tol) or an ill-conditioned inverse (reg too small){_gain_hint(shape, settings)}; try "
+        f"set by tol) or an ill-conditioned inverse (reg too small){_gain_hint(settings)}; try "
         f"{_remedies(settings)}")
     raise NonFiniteDirectionError(
         f"{shape.name}(rule={rule!r}, reg={settings.reg:g}, tol={settings.tol:g}, "
@@ -242,14 +242,13 @@ def _remedies(settings) -> str:
     return ", ".join(tries[:-1]) + ", or " + tries[-1]
 
 
-def _gain_hint(shape: Shape, settings) -> str:
-    """For the Elman rule, how much one step back can amplify the targets at these settings."""
-    if shape.name != "TPRNN":
+def _gain_hint(settings) -> str:
+    """Where the rule bounds its step back (the Elman rules), how much one step can amplify the
+    targets at these settings."""
+    gain = settings.rule.step_gain_bound(settings)
+    if gain is None or gain <= 1:
         return ""
     name = settings.activation.name
-    gain = stability.step_gain_bound(settings.reg, settings.tol, name)
-    if gain <= 1:
-        return ""
     return (f"; at these settings one step of eq. 2 back in time can multiply a displacement by up to "
             f"{gain:.3g} (1/(2√reg·a'_min(tol))), so over a long sequence the targets can overflow; "
             f"{_contraction(settings.tol, name)} (docs/maths.md, \"Why long runs overflow\")")

@@ -37,6 +37,11 @@ class Rule:
     def recursion(self, tape, settings) -> Recursion:
         raise NotImplementedError
 
+    def step_gain_bound(self, settings) -> float | None:
+        """The largest factor by which one step of the recursion can multiply a displacement's
+        norm, over all weights (:mod:`targetprop.stability`); None where no bound is derived."""
+        return None
+
     def input_displacement(self, tape, lam: Tensor, adjoints, settings) -> Tensor:
         """(T, B, gates·p): the displacement of the input side's pre-activation ``x_t W_ihᵀ``
         from the final ``λ`` (``adjoints``: what the recursion returned)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import stability
 from ..activations import Activation
 from ..recursion import propagate
 from .base import AdjointRule, InverseRule, Rule
@@ -27,7 +28,15 @@ class BP(AdjointRule):
         return lam[1:] * tape.derivative
 
 
-class Linearized(InverseRule):
+class _Bounded:
+    """An Elman rule whose step back divides by the floored ``a'`` and multiplies by ``Mᵀ``
+    (the difference quotient of ``a⁻¹ ∘ π`` is bounded by the same floor)."""
+
+    def step_gain_bound(self, settings) -> float:
+        return stability.step_gain_bound(settings.reg, settings.tol, settings.activation.name)
+
+
+class Linearized(_Bounded, InverseRule):
     name = "linearized"
 
     def recursion(self, tape, settings):
@@ -57,7 +66,7 @@ class _Stepwise(InverseRule):
         return lambda lam: propagate(step, lam)
 
 
-class Difference(_Stepwise):
+class Difference(_Bounded, _Stepwise):
     name = "difference"
 
     def _step(self, tape, tol, mt, buf):
