@@ -290,8 +290,8 @@ def start(out) -> subprocess.Popen:
 
 
 def wait_for_checkpoint(proc, out, iteration: int) -> None:
-    """Wait (at most 60 s) until the run in ``out`` has a checkpoint at ``iteration`` or later."""
-    deadline = time.monotonic() + 60
+    """Wait (at most 300 s: a loaded machine) until the run in ``out`` has a checkpoint at ``iteration`` or later."""
+    deadline = time.monotonic() + 300
     folder = rundir.checkpoint_dir(out)
     while not any(i >= iteration for i, _ in checkpoint.listed(folder)):
         if proc.poll() is not None or time.monotonic() > deadline:
