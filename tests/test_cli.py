@@ -135,7 +135,10 @@ def test_ctrl_c_exits_130_with_valid_files(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "targetprop", "train", "--length", "10", "--hidden-size", "8",
                              "--iterations", "1000000", "--eval-every", "10", "--test-size", "20", "--quiet",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # a suite started in the background (`cmd &`) inherits an ignored SIGINT, which the run
+                            # would rightly keep ignoring: give the child the default, as a terminal's would have
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # generous: on a fresh environment the child may first build the compiled loops (minutes on a loaded machine)
         deadline = time.monotonic() + 600
